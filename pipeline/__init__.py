@@ -1,0 +1,1 @@
+"""Faust stream processing of shop events, with Avro records checked against a schema registry."""

@@ -1,0 +1,15 @@
+"""The ``pipeline`` command: one group per concern."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.stack.cli import stack
+
+
+@click.group()
+def main() -> None:
+    """Shop event pipeline: local stack, schemas, dead letters, load generation."""
+
+
+main.add_command(stack)

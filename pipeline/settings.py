@@ -1,0 +1,194 @@
+"""Every setting of the pipeline, read from environment variables.
+
+Precedence: the process environment, then the env file written by
+``pipeline stack up`` (so a worker started after ``stack up`` finds the local
+stack with nothing exported), then the defaults below, which suit the local stack.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PREFIX = "PIPELINE_"
+
+
+def default_stack_dir() -> Path:
+    """Where ``pipeline stack`` keeps its state: pids, logs, data and the env file."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(os.environ.get("PIPELINE_STACK_DIR") or Path(base) / "shop-pipeline" / "stack")
+
+
+def stack_env_file() -> Path:
+    return Path(os.environ.get("PIPELINE_ENV_FILE") or default_stack_dir() / "stack.env")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines; blank lines and ``#`` comments are skipped."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip()
+    return values
+
+
+class SettingsError(ValueError):
+    """A setting has a value the pipeline cannot use; the message names it."""
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _int(name: str, raw: str, minimum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} is below the minimum {minimum}")
+    return value
+
+
+PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+
+    def confluent_config(self) -> dict[str, str]:
+        """The same security as librdkafka (confluent-kafka) properties."""
+        config: dict[str, str] = {"security.protocol": self.protocol}
+        if self.protocol.startswith("SASL"):
+            config["sasl.mechanism"] = self.sasl_mechanism
+            if self.sasl_username is not None:
+                config["sasl.username"] = self.sasl_username
+            if self.sasl_password is not None:
+                config["sasl.password"] = self.sasl_password
+        if self.protocol.endswith("SSL") and self.ssl_cafile:
+            config["ssl.ca.location"] = self.ssl_cafile
+        return config
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_id: str = "shop-pipeline"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
+    # "user:password"; kept out of repr so it never lands in a log line.
+    schema_registry_basic_auth: str | None = field(default=None, repr=False)
+    auto_register_schemas: bool = False
+    store: str = "rocksdb://"
+    data_dir: Path = Path(".data")
+    partitions: int = 8
+    replication_factor: int = 1
+    standby_replicas: int = 0
+    low_stock_threshold: int = 10
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    processing_guarantee: str = "at_least_once"
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings; ``environ`` defaults to the env file overlaid by os.environ."""
+        if environ is None:
+            merged = read_env_file(stack_env_file())
+            merged.update(os.environ)
+            environ = merged
+
+        def get(name: str, default: str) -> str:
+            return environ.get(PREFIX + name, default)
+
+        def optional(name: str) -> str | None:
+            return environ.get(PREFIX + name) or None
+
+        defaults = cls()
+        guarantee = get("PROCESSING_GUARANTEE", defaults.processing_guarantee)
+        if guarantee not in PROCESSING_GUARANTEES:
+            raise SettingsError(
+                f"{PREFIX}PROCESSING_GUARANTEE={guarantee!r} is not one of {PROCESSING_GUARANTEES}"
+            )
+        protocol = get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+        if protocol not in SECURITY_PROTOCOLS:
+            raise SettingsError(
+                f"{PREFIX}KAFKA_SECURITY_PROTOCOL={protocol!r} is not one of {SECURITY_PROTOCOLS}"
+            )
+        mechanism = get("KAFKA_SASL_MECHANISM", "PLAIN").upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise SettingsError(
+                f"{PREFIX}KAFKA_SASL_MECHANISM={mechanism!r} is not one of {SASL_MECHANISMS}"
+            )
+        store = get("STORE", defaults.store)
+        if not store.startswith(("rocksdb://", "memory://")):
+            raise SettingsError(f"{PREFIX}STORE={store!r} must be rocksdb:// or memory://")
+        basic_auth = optional("SCHEMA_REGISTRY_BASIC_AUTH")
+        if basic_auth is not None and ":" not in basic_auth:
+            raise SettingsError(f"{PREFIX}SCHEMA_REGISTRY_BASIC_AUTH must be user:password")
+        return cls(
+            app_id=get("APP_ID", defaults.app_id),
+            kafka_bootstrap_servers=get(
+                "KAFKA_BOOTSTRAP_SERVERS", defaults.kafka_bootstrap_servers
+            ),
+            schema_registry_url=get("SCHEMA_REGISTRY_URL", defaults.schema_registry_url).rstrip(
+                "/"
+            ),
+            schema_registry_basic_auth=basic_auth,
+            auto_register_schemas=_bool(
+                PREFIX + "AUTO_REGISTER_SCHEMAS", get("AUTO_REGISTER_SCHEMAS", "false")
+            ),
+            store=store,
+            data_dir=Path(get("DATA_DIR", str(defaults.data_dir))),
+            partitions=_int(PREFIX + "PARTITIONS", get("PARTITIONS", "8"), 1),
+            replication_factor=_int(
+                PREFIX + "REPLICATION_FACTOR", get("REPLICATION_FACTOR", "1"), 1
+            ),
+            standby_replicas=_int(PREFIX + "STANDBY_REPLICAS", get("STANDBY_REPLICAS", "0"), 0),
+            low_stock_threshold=_int(
+                PREFIX + "LOW_STOCK_THRESHOLD", get("LOW_STOCK_THRESHOLD", "10"), 0
+            ),
+            web_host=get("WEB_HOST", defaults.web_host),
+            web_port=_int(PREFIX + "WEB_PORT", get("WEB_PORT", "6066"), 1),
+            processing_guarantee=guarantee,
+            kafka_security=KafkaSecurity(
+                protocol=protocol,
+                sasl_mechanism=mechanism,
+                sasl_username=optional("KAFKA_SASL_USERNAME"),
+                sasl_password=optional("KAFKA_SASL_PASSWORD"),
+                ssl_cafile=optional("KAFKA_SSL_CAFILE"),
+            ),
+        )
+
+    def registry_client_config(self) -> dict[str, Any]:
+        """Configuration for confluent-kafka's ``SchemaRegistryClient``."""
+        config: dict[str, Any] = {"url": self.schema_registry_url}
+        if self.schema_registry_basic_auth:
+            config["basic.auth.user.info"] = self.schema_registry_basic_auth
+        return config
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """Configuration for confluent-kafka producers, consumers and the admin client."""
+        return {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            **self.kafka_security.confluent_config(),
+        }

@@ -1,0 +1,137 @@
+"""Fetching the servers from Maven Central with Maven, cached outside the repository.
+
+Kafka is its ``kafka_2.13`` jar with its runtime dependencies plus a log4j2 backend; Apicurio
+Registry is its ``tar.gz:all`` Quarkus distribution. A finished download leaves a marker file,
+so a second start downloads nothing and a half-finished one is redone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+KAFKA_VERSION = "4.1.1"
+APICURIO_VERSION = "3.3.3"
+LOG4J_VERSION = "2.24.3"
+
+_DONE = ".complete"
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("PIPELINE_CACHE_DIR") or Path(base) / "shop-pipeline")
+
+
+def kafka_pom(version: str = KAFKA_VERSION, log4j: str = LOG4J_VERSION) -> str:
+    """A throwaway POM whose runtime classpath is a Kafka broker."""
+    # Kafka 4.1 logs through slf4j 1.7, so the log4j2 binding is log4j-slf4j-impl (not -slf4j2-).
+    return f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>shop-pipeline.stack</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>1</version>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{version}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+
+def _mvn(args: list[str], cwd: Path, attempts: int = 3) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise DownloadError("Maven (mvn) is not installed: apt-get install maven")
+    command = [
+        mvn,
+        "-B",
+        "-q",
+        # Retry flaky connections inside Maven too, not only around it.
+        "-Dmaven.wagon.http.retryHandler.count=3",
+        "-Dmaven.wagon.httpconnectionManager.ttlSeconds=120",
+        *args,
+    ]
+    last = ""
+    for attempt in range(1, attempts + 1):
+        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+        if result.returncode == 0:
+            return
+        last = (result.stdout + result.stderr)[-3000:]
+        if attempt < attempts:
+            time.sleep(5 * attempt)
+    raise DownloadError(f"`{' '.join(command)}` failed {attempts} times:\n{last}")
+
+
+def _fetch_once(target: Path, fill: Callable[[Path], None]) -> Path:
+    """Fill ``target`` through a temporary sibling, so a broken download never looks finished."""
+    if (target / _DONE).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        fill(work)
+        (work / _DONE).write_text("ok\n")
+        shutil.rmtree(target, ignore_errors=True)
+        work.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def kafka_home(version: str = KAFKA_VERSION) -> Path:
+    """A folder whose ``lib/`` holds the broker's classpath, downloaded on first use."""
+
+    def fill(work: Path) -> None:
+        (work / "pom.xml").write_text(kafka_pom(version))
+        _mvn(
+            [
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={work / 'lib'}",
+            ],
+            cwd=work,
+        )
+
+    return _fetch_once(cache_dir() / f"kafka-{version}", fill)
+
+
+def apicurio_home(version: str = APICURIO_VERSION) -> Path:
+    """The unpacked Apicurio Registry distribution (``quarkus-run.jar``), downloaded on first use."""
+
+    def fill(work: Path) -> None:
+        _mvn(
+            [
+                "dependency:copy",
+                f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all",
+                f"-DoutputDirectory={work / 'download'}",
+            ],
+            cwd=work,
+        )
+        (archive,) = (work / "download").glob("*.tar.gz")
+        with tarfile.open(archive) as tar:
+            tar.extractall(work, filter="data")
+        shutil.rmtree(work / "download")
+        if not (work / "quarkus-run.jar").exists():
+            raise DownloadError(f"{archive.name} has no quarkus-run.jar at its top")
+
+    return _fetch_once(cache_dir() / f"apicurio-registry-{version}", fill)

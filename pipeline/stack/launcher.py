@@ -1,0 +1,267 @@
+"""Starting, checking and stopping the local stack.
+
+Everything lives in one state directory: ``stack.json`` (what runs, by pid), ``stack.env`` (the
+addresses, read by :mod:`pipeline.settings`), each server's config, log and data. ``down`` stops
+exactly the pids it recorded, after checking each is still the process it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.stack import artifacts, config
+from pipeline.stack.java import find_java
+
+STATE_FILE = "stack.json"
+ENV_FILE = "stack.env"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    pid: int
+    start_ticks: int  # /proc/<pid>/stat field 22: tells a reused pid from ours
+    log: str
+
+
+@dataclass
+class StackState:
+    brokers: int
+    bootstrap: str
+    registry_url: str
+    processes: list[ServerProcess]
+    kafka_version: str
+    apicurio_version: str
+
+    @classmethod
+    def load(cls, state_dir: Path) -> StackState | None:
+        path = state_dir / STATE_FILE
+        if not path.is_file():
+            return None
+        raw = json.loads(path.read_text())
+        raw["processes"] = [ServerProcess(**p) for p in raw["processes"]]
+        return cls(**raw)
+
+    def save(self, state_dir: Path) -> None:
+        (state_dir / STATE_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; fields after its closing parenthesis are plain.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def is_alive(proc: ServerProcess) -> bool:
+    return _start_ticks(proc.pid) == proc.start_ticks
+
+
+def _spawn(name: str, command: list[str], log: Path, cwd: Path) -> ServerProcess:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        popen = subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives the CLI; not hit by its terminal's Ctrl-C
+        )
+    ticks = _start_ticks(popen.pid)
+    if ticks is None:
+        raise StackError(f"{name} exited at once; see {log}:\n{tail(log)}")
+    return ServerProcess(name=name, pid=popen.pid, start_ticks=ticks, log=str(log))
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait(what: str, proc: ServerProcess, ready: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_alive(proc):
+            raise StackError(f"{what} exited while starting; last lines of {proc.log}:\n"
+                             f"{tail(Path(proc.log))}")
+        if ready():
+            return
+        time.sleep(0.5)
+    raise StackError(f"{what} not ready after {timeout:.0f} s; last lines of {proc.log}:\n"
+                     f"{tail(Path(proc.log))}")
+
+
+def broker_ready(bootstrap: str, expected_brokers: int) -> bool:
+    """True once a metadata request is answered and lists every broker."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        metadata = admin.list_topics(timeout=2)
+    except Exception:
+        return False
+    return len(metadata.brokers) >= expected_brokers
+
+
+def registry_ready(registry_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(registry_url + "/subjects", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Stack:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    @property
+    def env_file(self) -> Path:
+        return self.state_dir / ENV_FILE
+
+    def state(self) -> StackState | None:
+        return StackState.load(self.state_dir)
+
+    def running(self) -> StackState | None:
+        """The recorded stack if any of its processes still runs."""
+        state = self.state()
+        if state is not None and any(is_alive(p) for p in state.processes):
+            return state
+        return None
+
+    def up(
+        self,
+        brokers: int = 1,
+        kafka_heap_mb: int | None = None,
+        registry_heap_mb: int = 512,
+        timeout: float = 120.0,
+    ) -> StackState:
+        existing = self.running()
+        if existing is not None:
+            raise StackAlreadyRunning(existing)
+        if self.state() is not None:
+            self._clean()  # leftovers of a stack that died on its own
+        java = find_java()
+        kafka_home = artifacts.kafka_home()
+        apicurio_home = artifacts.apicurio_home()
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        ports = config.free_ports(2 * brokers + 1)
+        nodes = config.plan_nodes(brokers, self.state_dir, ports[:-1])
+        registry_port = ports[-1]
+        bootstrap = ",".join(n.bootstrap for n in nodes)
+        registry_url = f"http://{config.HOST}:{registry_port}{config.REGISTRY_API}"
+        heap = kafka_heap_mb or (512 if brokers == 1 else 384)
+
+        log4j = self.state_dir / "log4j2.properties"
+        log4j.write_text(config.LOG4J2_PROPERTIES)
+        classpath = str(kafka_home / "lib" / "*")
+        cluster_id = config.new_cluster_id()
+        state = StackState(
+            brokers=brokers,
+            bootstrap=bootstrap,
+            registry_url=registry_url,
+            processes=[],
+            kafka_version=artifacts.KAFKA_VERSION,
+            apicurio_version=artifacts.APICURIO_VERSION,
+        )
+        try:
+            for node in nodes:
+                node_dir = node.data_dir.parent
+                node_dir.mkdir(parents=True, exist_ok=True)
+                props = node_dir / "server.properties"
+                props.write_text(config.render_properties(config.kafka_properties(node, nodes)))
+                jvm = config.kafka_jvm_args(heap, log4j)
+                formatted = subprocess.run(
+                    [java, *jvm, "-cp", classpath, "kafka.tools.StorageTool", "format",
+                     "-t", cluster_id, "-c", str(props)],
+                    capture_output=True, text=True, check=False,
+                )
+                if formatted.returncode != 0:
+                    raise StackError(f"formatting kafka-{node.node_id} failed:\n"
+                                     f"{formatted.stdout}{formatted.stderr}")
+                state.processes.append(_spawn(
+                    f"kafka-{node.node_id}",
+                    [java, *jvm, "-cp", classpath, "kafka.Kafka", str(props)],
+                    node_dir / "server.log",
+                    node_dir,
+                ))
+            registry_dir = self.state_dir / "registry"
+            registry_dir.mkdir(parents=True, exist_ok=True)
+            state.processes.append(_spawn(
+                "registry",
+                [java, *config.registry_jvm_args(registry_port, registry_heap_mb),
+                 "-jar", str(apicurio_home / "quarkus-run.jar")],
+                registry_dir / "registry.log",
+                registry_dir,
+            ))
+            state.save(self.state_dir)  # saved before waiting: `down` can stop a slow start
+
+            for proc in state.processes[:-1]:
+                _wait(f"Kafka broker {proc.name}", proc,
+                      lambda: broker_ready(bootstrap, brokers), timeout)
+            _wait("Apicurio Registry", state.processes[-1],
+                  lambda: registry_ready(registry_url), timeout)
+        except BaseException:
+            self._stop(state.processes)
+            state.save(self.state_dir)
+            raise
+        self.env_file.write_text(
+            config.env_file_text(bootstrap, registry_url, min(brokers, 3))
+        )
+        return state
+
+    def down(self) -> list[str]:
+        """Stop what ``up`` started; return the names of the processes that were running."""
+        state = self.state()
+        if state is None:
+            return []
+        stopped = self._stop(state.processes)
+        self._clean()
+        return stopped
+
+    @staticmethod
+    def _stop(processes: list[ServerProcess], grace: float = 30.0) -> list[str]:
+        alive = [p for p in processes if is_alive(p)]
+        # Registry first, then brokers in reverse order, so the last broker stays controller.
+        for proc in reversed(alive):
+            os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(is_alive(p) for p in alive):
+            time.sleep(0.2)
+        for proc in alive:
+            if is_alive(proc):
+                os.kill(proc.pid, signal.SIGKILL)
+        return [p.name for p in alive]
+
+    def _clean(self) -> None:
+        """Forget everything of the last stack: state, env file, logs, data."""
+        if self.state_dir.is_dir():
+            shutil.rmtree(self.state_dir)
+
+
+class StackAlreadyRunning(StackError):
+    def __init__(self, state: StackState) -> None:
+        super().__init__(
+            f"a stack is already running (kafka {state.bootstrap}, registry {state.registry_url})"
+        )
+        self.state = state
