@@ -93,6 +93,9 @@ class KafkaSecurity:
 @dataclass(frozen=True)
 class Settings:
     app_id: str = "shop-pipeline"
+    # Prepended to every contract topic name (empty in production); lets tests and
+    # demos run side by side on one broker without sharing topics.
+    topic_prefix: str = ""
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
     # "user:password"; kept out of repr so it never lands in a log line.
@@ -147,6 +150,7 @@ class Settings:
             raise SettingsError(f"{PREFIX}SCHEMA_REGISTRY_BASIC_AUTH must be user:password")
         return cls(
             app_id=get("APP_ID", defaults.app_id),
+            topic_prefix=get("TOPIC_PREFIX", defaults.topic_prefix),
             kafka_bootstrap_servers=get(
                 "KAFKA_BOOTSTRAP_SERVERS", defaults.kafka_bootstrap_servers
             ),

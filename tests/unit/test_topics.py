@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from pipeline.settings import Settings
+from pipeline.topics import TopicNames, copartitioning_problems
+
+
+def test_contract_names_without_prefix() -> None:
+    names = TopicNames.from_settings(Settings())
+    assert names.order_created == "order_created"
+    assert names.dead_letters(names.order_created) == "order_created.dlq"
+    assert names.changelog("stock") == "shop-pipeline-stock-changelog"
+
+
+def test_prefix_applies_to_contract_topics() -> None:
+    names = TopicNames(prefix="t1.", app_id="app")
+    assert names.stock_levels == "t1.stock_levels"
+    assert names.order_lines_by_sku == "app-order_lines_by_sku"
+
+
+def test_copartitioning_problem_names_the_topics() -> None:
+    names = TopicNames(prefix="", app_id="app")
+    counts = {spec.name: 8 for spec in names.specs()}
+    assert copartitioning_problems(names.specs(), counts) == []
+    counts["stock_adjusted"] = 4
+    counts["notifications"] = 3  # not co-partitioned with anything: fine
+    (problem,) = copartitioning_problems(names.specs(), counts)
+    assert "stock_adjusted=4" in problem and "app-stock-changelog=8" in problem
