@@ -12,7 +12,8 @@ Layouts (big-endian):
   position list, then last_order_id UTF-8 to the end
 - stock row: u8 version=1, i64 available, position list
 - order line: u8 version=1, i32 quantity, i32 order partition, i64 order offset,
-  i32 line index, then order_id UTF-8 to the end (the SKU is the record key)
+  i32 line index, i64 order created_at (ms), then order_id UTF-8 to the end (the
+  SKU is the record key)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _SOURCE_LEN = struct.Struct(">B")
 _POSITION = struct.Struct(">qi")
 _STATS = struct.Struct(">Bqq")
 _STOCK = struct.Struct(">Bq")
-_LINE = struct.Struct(">Biiqi")
+_LINE = struct.Struct(">Biiqiq")
 
 
 class EncodingError(ValueError):
@@ -98,7 +99,12 @@ def decode_stock_row(data: bytes) -> StockRow:
 
 def encode_order_line(line: OrderLine) -> bytes:
     head = _LINE.pack(
-        VERSION, line.quantity, line.order_partition, line.order_offset, line.line_index
+        VERSION,
+        line.quantity,
+        line.order_partition,
+        line.order_offset,
+        line.line_index,
+        line.created_at_ms,
     )
     return head + line.order_id.encode()
 
@@ -107,7 +113,7 @@ def decode_order_line(sku: str, data: bytes) -> OrderLine:
     _check_version(data, "order line")
     if len(data) < _LINE.size:
         raise EncodingError(f"order line: {len(data)} bytes is shorter than {_LINE.size}")
-    _, quantity, partition, offset, index = _LINE.unpack_from(data)
+    _, quantity, partition, offset, index, created_at_ms = _LINE.unpack_from(data)
     return OrderLine(
         sku=sku,
         quantity=quantity,
@@ -115,4 +121,5 @@ def decode_order_line(sku: str, data: bytes) -> OrderLine:
         order_partition=partition,
         order_offset=offset,
         line_index=index,
+        created_at_ms=created_at_ms,
     )

@@ -120,6 +120,9 @@ class OrderLine:
     order_partition: int
     order_offset: int
     line_index: int
+    # The order's creation time (ms): the stock level's updated_at, so a replayed
+    # line yields the same derived event.
+    created_at_ms: int
 
 
 def order_lines_by_sku(
@@ -128,6 +131,7 @@ def order_lines_by_sku(
     items: Sequence[Mapping[str, Any]],
     order_partition: int,
     order_offset: int,
+    created_at_ms: int,
 ) -> list[OrderLine]:
     """The order's lines in order, each numbered so replays are recognised per line."""
     return [
@@ -138,6 +142,7 @@ def order_lines_by_sku(
             order_partition=order_partition,
             order_offset=order_offset,
             line_index=index,
+            created_at_ms=created_at_ms,
         )
         for index, item in enumerate(items)
     ]

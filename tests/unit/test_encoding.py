@@ -40,9 +40,9 @@ def test_stock_row_round_trip(available: int, applied: dict[str, Position]) -> N
     assert decode_stock_row(encode_stock_row(row)) == row
 
 
-@given(st.text(min_size=1), int32, int32, int64, int32, st.text())
+@given(st.text(min_size=1), int32, int32, int64, int32, st.text(), int64)
 def test_order_line_round_trip(
-    sku: str, quantity: int, partition: int, offset: int, index: int, order_id: str
+    sku: str, quantity: int, partition: int, offset: int, index: int, order_id: str, at: int
 ) -> None:
     line = OrderLine(
         sku=sku,
@@ -51,6 +51,7 @@ def test_order_line_round_trip(
         order_partition=partition,
         order_offset=offset,
         line_index=index,
+        created_at_ms=at,
     )
     assert decode_order_line(sku, encode_order_line(line)) == line
 

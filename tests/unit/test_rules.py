@@ -132,14 +132,16 @@ def test_order_lines_are_numbered_in_order() -> None:
         ],
         order_partition=3,
         order_offset=42,
+        created_at_ms=1700000000000,
     )
     assert [(line.sku, line.quantity, line.line_index) for line in lines] == [
         ("A", 2, 0),
         ("B", 1, 1),
     ]
-    assert {(line.order_partition, line.order_offset, line.order_id) for line in lines} == {
-        (3, 42, "o9")
-    }
+    assert {
+        (line.order_partition, line.order_offset, line.order_id, line.created_at_ms)
+        for line in lines
+    } == {(3, 42, "o9", 1700000000000)}
 
 
 def test_welcome_notification() -> None:
