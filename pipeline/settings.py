@@ -111,6 +111,8 @@ class Settings:
     web_port: int = 6066
     processing_guarantee: str = "at_least_once"
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    # The .avsc files and subjects.yaml; None: the packaged or checkout copy.
+    schema_dir: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -181,6 +183,7 @@ class Settings:
                 sasl_password=optional("KAFKA_SASL_PASSWORD"),
                 ssl_cafile=optional("KAFKA_SSL_CAFILE"),
             ),
+            schema_dir=Path(schema_dir) if (schema_dir := optional("SCHEMA_DIR")) else None,
         )
 
     def registry_client_config(self) -> dict[str, Any]:

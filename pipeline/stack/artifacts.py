@@ -116,7 +116,7 @@ def kafka_home(version: str = KAFKA_VERSION) -> Path:
 
 
 def apicurio_home(version: str = APICURIO_VERSION) -> Path:
-    """The unpacked Apicurio Registry distribution (``quarkus-run.jar``), downloaded on first use."""
+    """The unpacked Apicurio Registry (``quarkus-run.jar``), downloaded on first use."""
 
     def fill(work: Path) -> None:
         _mvn(

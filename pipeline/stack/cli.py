@@ -28,10 +28,20 @@ def stack() -> None:
 
 @stack.command()
 @state_dir_option
-@click.option("--brokers", type=click.IntRange(1, 5), default=1, show_default=True,
-              help="Kafka nodes (each broker+controller); 3 for the replication tests.")
-@click.option("--timeout", type=float, default=120.0, show_default=True,
-              help="Seconds each server may take to become ready.")
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Kafka nodes (each broker+controller); 3 for the replication tests.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds each server may take to become ready.",
+)
 def up(state_dir: Path, brokers: int, timeout: float) -> None:
     """Download (once) and start the stack; print where it listens."""
     started = time.monotonic()

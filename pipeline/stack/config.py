@@ -119,13 +119,17 @@ def kafka_jvm_args(heap_mb: int, log4j_config: Path) -> list[str]:
     ]
 
 
-def registry_jvm_args(port: int, heap_mb: int) -> list[str]:
+def registry_jvm_args(port: int, management_port: int, heap_mb: int) -> list[str]:
     """Apicurio Registry 3.x, in-memory storage, Confluent-compatible API, global BACKWARD."""
     return [
         f"-Xmx{heap_mb}m",
         "-XX:+UseG1GC",
         f"-Dquarkus.http.host={HOST}",
         f"-Dquarkus.http.port={port}",
+        # Quarkus' health/metrics interface listens on 0.0.0.0:9000 by default: a second
+        # registry on the machine would fail to bind, and it need not face the network.
+        f"-Dquarkus.management.host={HOST}",
+        f"-Dquarkus.management.port={management_port}",
         # In-memory H2 is Apicurio 3's default storage; say so, so an upgrade cannot change it.
         "-Dapicurio.storage.kind=sql",
         "-Dapicurio.storage.sql.kind=h2",

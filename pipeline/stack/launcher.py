@@ -7,6 +7,7 @@ exactly the pids it recorded, after checking each is still the process it starte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -61,12 +62,16 @@ class StackState:
 
 
 def _start_ticks(pid: int) -> int | None:
+    """The start time of a running pid, or None if it is gone (or a zombie)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces; fields after its closing parenthesis are plain.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
 
 
 def is_alive(proc: ServerProcess) -> bool:
@@ -90,6 +95,13 @@ def _spawn(name: str, command: list[str], log: Path, cwd: Path) -> ServerProcess
     return ServerProcess(name=name, pid=popen.pid, start_ticks=ticks, log=str(log))
 
 
+def _reap(pid: int) -> None:
+    """Collect the exit status of a child of this process, so it does not linger as a zombie."""
+    # A stack started by another `pipeline stack up` is not our child: init reaps it.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -97,17 +109,52 @@ def tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def _wait(what: str, proc: ServerProcess, ready: Callable[[], bool], timeout: float) -> None:
+def _wait(proc: ServerProcess, ready: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not is_alive(proc):
-            raise StackError(f"{what} exited while starting; last lines of {proc.log}:\n"
-                             f"{tail(Path(proc.log))}")
+            raise StackError(
+                f"{proc.name} exited while starting; last lines of {proc.log}:\n"
+                f"{tail(Path(proc.log))}"
+            )
         if ready():
             return
         time.sleep(0.5)
-    raise StackError(f"{what} not ready after {timeout:.0f} s; last lines of {proc.log}:\n"
-                     f"{tail(Path(proc.log))}")
+    raise StackError(
+        f"{proc.name} not ready after {timeout:.0f} s; last lines of {proc.log}:\n"
+        f"{tail(Path(proc.log))}"
+    )
+
+
+def _start_kafka_node(
+    java: str,
+    jvm: list[str],
+    cluster_id: str,
+    node: config.KafkaNode,
+    nodes: list[config.KafkaNode],
+) -> ServerProcess:
+    """Format the node's log dir for the cluster (KRaft needs it), then start the node."""
+    node_dir = node.data_dir.parent
+    node_dir.mkdir(parents=True, exist_ok=True)
+    props = node_dir / "server.properties"
+    props.write_text(config.render_properties(config.kafka_properties(node, nodes)))
+    storage_tool = [java, *jvm, "kafka.tools.StorageTool", "format"]
+    formatted = subprocess.run(
+        [*storage_tool, "-t", cluster_id, "-c", str(props)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if formatted.returncode != 0:
+        raise StackError(
+            f"formatting kafka-{node.node_id} failed:\n{formatted.stdout}{formatted.stderr}"
+        )
+    return _spawn(
+        f"kafka-{node.node_id}",
+        [java, *jvm, "kafka.Kafka", str(props)],
+        node_dir / "server.log",
+        node_dir,
+    )
 
 
 def broker_ready(bootstrap: str, expected_brokers: int) -> bool:
@@ -165,16 +212,16 @@ class Stack:
         apicurio_home = artifacts.apicurio_home()
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        ports = config.free_ports(2 * brokers + 1)
-        nodes = config.plan_nodes(brokers, self.state_dir, ports[:-1])
-        registry_port = ports[-1]
+        ports = config.free_ports(2 * brokers + 2)
+        nodes = config.plan_nodes(brokers, self.state_dir, ports[:-2])
+        registry_port, management_port = ports[-2:]
         bootstrap = ",".join(n.bootstrap for n in nodes)
         registry_url = f"http://{config.HOST}:{registry_port}{config.REGISTRY_API}"
         heap = kafka_heap_mb or (512 if brokers == 1 else 384)
 
         log4j = self.state_dir / "log4j2.properties"
         log4j.write_text(config.LOG4J2_PROPERTIES)
-        classpath = str(kafka_home / "lib" / "*")
+        kafka_jvm = [*config.kafka_jvm_args(heap, log4j), "-cp", str(kafka_home / "lib" / "*")]
         cluster_id = config.new_cluster_id()
         state = StackState(
             brokers=brokers,
@@ -186,48 +233,28 @@ class Stack:
         )
         try:
             for node in nodes:
-                node_dir = node.data_dir.parent
-                node_dir.mkdir(parents=True, exist_ok=True)
-                props = node_dir / "server.properties"
-                props.write_text(config.render_properties(config.kafka_properties(node, nodes)))
-                jvm = config.kafka_jvm_args(heap, log4j)
-                formatted = subprocess.run(
-                    [java, *jvm, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                     "-t", cluster_id, "-c", str(props)],
-                    capture_output=True, text=True, check=False,
-                )
-                if formatted.returncode != 0:
-                    raise StackError(f"formatting kafka-{node.node_id} failed:\n"
-                                     f"{formatted.stdout}{formatted.stderr}")
-                state.processes.append(_spawn(
-                    f"kafka-{node.node_id}",
-                    [java, *jvm, "-cp", classpath, "kafka.Kafka", str(props)],
-                    node_dir / "server.log",
-                    node_dir,
-                ))
+                state.processes.append(_start_kafka_node(java, kafka_jvm, cluster_id, node, nodes))
+            registry_jvm = config.registry_jvm_args(
+                registry_port, management_port, registry_heap_mb
+            )
             registry_dir = self.state_dir / "registry"
-            registry_dir.mkdir(parents=True, exist_ok=True)
-            state.processes.append(_spawn(
-                "registry",
-                [java, *config.registry_jvm_args(registry_port, registry_heap_mb),
-                 "-jar", str(apicurio_home / "quarkus-run.jar")],
-                registry_dir / "registry.log",
-                registry_dir,
-            ))
+            state.processes.append(
+                _spawn(
+                    "registry",
+                    [java, *registry_jvm, "-jar", str(apicurio_home / "quarkus-run.jar")],
+                    registry_dir / "registry.log",
+                    registry_dir,
+                )
+            )
             state.save(self.state_dir)  # saved before waiting: `down` can stop a slow start
-
             for proc in state.processes[:-1]:
-                _wait(f"Kafka broker {proc.name}", proc,
-                      lambda: broker_ready(bootstrap, brokers), timeout)
-            _wait("Apicurio Registry", state.processes[-1],
-                  lambda: registry_ready(registry_url), timeout)
+                _wait(proc, lambda: broker_ready(bootstrap, brokers), timeout)
+            _wait(state.processes[-1], lambda: registry_ready(registry_url), timeout)
         except BaseException:
             self._stop(state.processes)
             state.save(self.state_dir)
             raise
-        self.env_file.write_text(
-            config.env_file_text(bootstrap, registry_url, min(brokers, 3))
-        )
+        self.env_file.write_text(config.env_file_text(bootstrap, registry_url, min(brokers, 3)))
         return state
 
     def down(self) -> list[str]:
@@ -251,6 +278,8 @@ class Stack:
         for proc in alive:
             if is_alive(proc):
                 os.kill(proc.pid, signal.SIGKILL)
+        for proc in alive:
+            _reap(proc.pid)
         return [p.name for p in alive]
 
     def _clean(self) -> None:

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.settings import Settings, SettingsError, read_env_file
+
+
+def test_defaults_suit_the_local_stack() -> None:
+    settings = Settings.from_env({})
+    assert settings.store == "rocksdb://"
+    assert settings.partitions == 8
+    assert settings.low_stock_threshold == 10
+    assert settings.processing_guarantee == "at_least_once"
+    assert settings.auto_register_schemas is False
+    assert settings.kafka_client_config() == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "PLAINTEXT",
+    }
+
+
+def test_environment_overrides_and_security_maps_to_librdkafka() -> None:
+    settings = Settings.from_env(
+        {
+            "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "b1:9092,b2:9092",
+            "PIPELINE_PARTITIONS": "4",
+            "PIPELINE_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "PIPELINE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "PIPELINE_KAFKA_SASL_USERNAME": "svc",
+            "PIPELINE_KAFKA_SASL_PASSWORD": "s3cret",
+            "PIPELINE_KAFKA_SSL_CAFILE": "/etc/ca.pem",
+            "PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH": "reg:pw",
+            "PIPELINE_SCHEMA_REGISTRY_URL": "http://r:8081/",
+        }
+    )
+    assert settings.partitions == 4
+    assert settings.kafka_client_config() == {
+        "bootstrap.servers": "b1:9092,b2:9092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "svc",
+        "sasl.password": "s3cret",
+        "ssl.ca.location": "/etc/ca.pem",
+    }
+    assert settings.registry_client_config() == {
+        "url": "http://r:8081",
+        "basic.auth.user.info": "reg:pw",
+    }
+    # Secrets never show in a repr (and so in a log line).
+    assert "s3cret" not in repr(settings)
+    assert "reg:pw" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PIPELINE_PARTITIONS", "eight", "PIPELINE_PARTITIONS='eight' is not an integer"),
+        ("PIPELINE_PARTITIONS", "0", "PIPELINE_PARTITIONS=0 is below the minimum 1"),
+        ("PIPELINE_AUTO_REGISTER_SCHEMAS", "maybe", "is not a boolean"),
+        ("PIPELINE_PROCESSING_GUARANTEE", "twice", "PIPELINE_PROCESSING_GUARANTEE='twice'"),
+        ("PIPELINE_STORE", "redis://", "must be rocksdb:// or memory://"),
+        ("PIPELINE_KAFKA_SECURITY_PROTOCOL", "TLS", "is not one of"),
+        ("PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH", "nocolon", "must be user:password"),
+    ],
+)
+def test_bad_values_are_named(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        Settings.from_env({name: value})
+
+
+def test_env_file_lines_and_comments(tmp_path: Path) -> None:
+    path = tmp_path / "stack.env"
+    path.write_text("# comment\n\nA=1\nB = two words \nnot a pair\n")
+    assert read_env_file(path) == {"A": "1", "B": "two words"}
+    assert read_env_file(tmp_path / "missing.env") == {}

@@ -1,0 +1,109 @@
+"""The local stack's generated configuration, checked without starting anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.stack import artifacts, config
+from pipeline.stack.launcher import ServerProcess, StackState, is_alive
+
+
+def test_single_node_is_a_combined_kraft_node_with_replication_one(tmp_path: Path) -> None:
+    (node,) = config.plan_nodes(1, tmp_path, [9092, 9093])
+    props = config.kafka_properties(node, [node])
+    assert props["process.roles"] == "broker,controller"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:9093"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
+    for key in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "min.insync.replicas",
+    ):
+        assert props[key] == "1", key
+    assert props["group.initial.rebalance.delay.ms"] == "0"
+    assert props["log.dirs"] == str(tmp_path / "kafka-1" / "data")
+
+
+def test_three_nodes_share_one_quorum_and_replicate_internal_topics(tmp_path: Path) -> None:
+    nodes = config.plan_nodes(3, tmp_path, [1, 2, 3, 4, 5, 6])
+    all_props = [config.kafka_properties(n, nodes) for n in nodes]
+    assert {p["controller.quorum.voters"] for p in all_props} == {
+        "1@127.0.0.1:2,2@127.0.0.1:4,3@127.0.0.1:6"
+    }
+    assert [p["node.id"] for p in all_props] == ["1", "2", "3"]
+    assert len({p["log.dirs"] for p in all_props}) == 3
+    for props in all_props:
+        assert props["offsets.topic.replication.factor"] == "3"
+        assert props["min.insync.replicas"] == "2"
+        assert props["transaction.state.log.min.isr"] == "2"
+
+
+def test_plan_nodes_rejects_wrong_port_counts(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="need 4 ports"):
+        config.plan_nodes(2, tmp_path, [1, 2, 3])
+    with pytest.raises(ValueError, match="at least one"):
+        config.plan_nodes(0, tmp_path, [])
+
+
+def test_rendered_properties_are_key_value_lines() -> None:
+    assert config.render_properties({"a": "1", "b.c": "x y"}) == "a=1\nb.c=x y\n"
+
+
+def test_free_ports_are_distinct_and_bindable() -> None:
+    ports = config.free_ports(5)
+    assert len(set(ports)) == 5
+    assert all(1024 <= p <= 65535 for p in ports)
+
+
+def test_cluster_id_is_22_url_safe_characters() -> None:
+    cluster_id = config.new_cluster_id()
+    assert len(cluster_id) == 22
+    assert set(cluster_id) <= set(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    )
+    assert cluster_id != config.new_cluster_id()
+
+
+def test_registry_binds_both_interfaces_to_loopback_with_backward_compatibility() -> None:
+    args = config.registry_jvm_args(8081, 9001, 256)
+    assert "-Dquarkus.http.host=127.0.0.1" in args
+    assert "-Dquarkus.http.port=8081" in args
+    assert "-Dquarkus.management.host=127.0.0.1" in args
+    assert "-Dquarkus.management.port=9001" in args
+    assert "-Dapicurio.rules.global.compatibility=BACKWARD" in args
+    assert "-Xmx256m" in args
+
+
+def test_env_file_names_the_settings_the_pipeline_reads() -> None:
+    text = config.env_file_text("127.0.0.1:1", "http://127.0.0.1:2/apis/ccompat/v7", 3)
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    assert lines == [
+        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1",
+        "PIPELINE_SCHEMA_REGISTRY_URL=http://127.0.0.1:2/apis/ccompat/v7",
+        "PIPELINE_REPLICATION_FACTOR=3",
+    ]
+
+
+def test_kafka_pom_pins_the_broker_and_an_slf4j1_log4j2_binding() -> None:
+    pom = artifacts.kafka_pom("4.1.1", "2.24.3")
+    assert "<artifactId>kafka_2.13</artifactId>\n      <version>4.1.1</version>" in pom
+    assert "<artifactId>log4j-slf4j-impl</artifactId>" in pom
+
+
+def test_state_round_trips_and_a_dead_pid_is_not_alive(tmp_path: Path) -> None:
+    state = StackState(
+        brokers=1,
+        bootstrap="127.0.0.1:1",
+        registry_url="http://127.0.0.1:2/apis/ccompat/v7",
+        processes=[ServerProcess(name="kafka-1", pid=2**22 + 1, start_ticks=1, log="x.log")],
+        kafka_version="4.1.1",
+        apicurio_version="3.3.3",
+    )
+    state.save(tmp_path)
+    loaded = StackState.load(tmp_path)
+    assert loaded == state
+    assert not is_alive(loaded.processes[0])
