@@ -1,0 +1,1 @@
+"""One module per agent; pipeline.app wires them to topics and tables."""

@@ -1,0 +1,77 @@
+"""order_created → user order stats table, user_order_stats, order lines by SKU.
+
+Runs on the worker that owns the order's user_id partition, so one user's orders
+are applied in the order they were placed.
+"""
+
+from __future__ import annotations
+
+from faust.types import AppT, Message, StreamT
+
+from pipeline.encoding import decode_user_stats, encode_order_line, encode_user_stats
+from pipeline.outputs import Outgoing, Outputs, millis
+from pipeline.processing import EventRunner
+from pipeline.rules import Position, apply_order, order_lines_by_sku, source_id
+from pipeline.tables import Tables
+
+ORDERS_STREAM = "orders"
+
+
+def register(app: AppT, outputs: Outputs, tables: Tables, runner: EventRunner) -> None:
+    names = outputs.names
+    source = app.topic(
+        names.order_created,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    user_stats = tables.user_stats
+
+    async def handle(message: Message) -> None:
+        order = await outputs.codec.decode(message.topic, message.value)
+        user_key: bytes = message.key or order["user_id"].encode()
+        stored = user_stats.get(user_key)
+        stats = apply_order(
+            decode_user_stats(stored) if stored is not None else None,
+            order_id=order["order_id"],
+            total_cents=order["total_cents"],
+            source=source_id(ORDERS_STREAM, message.partition),
+            position=Position(message.offset),
+        )
+        if stats is None:  # a replay of an order already applied, lines included
+            return
+        created_at_ms = millis(order["created_at"])
+        lines = order_lines_by_sku(
+            order_id=order["order_id"],
+            items=order["items"],
+            order_partition=message.partition,
+            order_offset=message.offset,
+            created_at_ms=created_at_ms,
+        )
+        user_id = user_key.decode()
+        await outputs.send_all(
+            [
+                *(
+                    Outgoing(names.order_lines_by_sku, line.sku.encode(), encode_order_line(line))
+                    for line in lines
+                ),
+                outputs.record(
+                    names.user_order_stats,
+                    user_id,
+                    {
+                        "user_id": user_id,
+                        "order_count": stats.order_count,
+                        "total_spent_cents": stats.total_spent_cents,
+                        "last_order_id": stats.last_order_id,
+                        "updated_at": created_at_ms,
+                    },
+                ),
+            ]
+        )
+        user_stats[user_key] = encode_user_stats(stats)
+
+    @app.agent(source, name="orders")
+    async def process_orders(stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await runner.run(event.message, handle)

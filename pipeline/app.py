@@ -1,0 +1,91 @@
+"""The Faust app: the whole topology, wired in one place.
+
+    faust -A pipeline.app worker -l info
+
+    user_registered ──notifications──▶ notifications
+    order_created ──orders──▶ [user_order_stats table] ──▶ user_order_stats
+                          └─▶ <app_id>-order_lines_by_sku (re-keyed by SKU) ─┐
+    stock_adjusted ─────────────────────────────────────────────────stock──┴▶ [stock table]
+                                                          ──▶ stock_levels, low_stock_alerts
+    anything that cannot be processed ──▶ <source topic>.dlq
+
+Settings come from the environment (pipeline.settings); topics are created at
+start-up when missing (pipeline.topics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import faust
+from faust.types.auth import CredentialsT
+
+from pipeline.agents import notifications, orders, stock
+from pipeline.dlq import DeadLetters
+from pipeline.outputs import Outputs, RecordCodec
+from pipeline.processing import EventRunner
+from pipeline.settings import KafkaSecurity, Settings
+from pipeline.tables import define_tables
+from pipeline.topics import TopicNames, ensure_topics
+
+
+class PipelineApp(faust.App):
+    """A Faust app that creates its topics (the broker does not) before consuming."""
+
+    pipeline_settings: Settings
+
+    async def on_first_start(self) -> None:
+        # Blocking admin calls, once per process, before any consumer or producer runs.
+        await asyncio.to_thread(ensure_topics, self.pipeline_settings)
+        await super().on_first_start()
+
+
+def broker_credentials(security: KafkaSecurity) -> CredentialsT | ssl.SSLContext | None:
+    if security.protocol == "PLAINTEXT":
+        return None
+    context = None
+    if security.protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=security.ssl_cafile)
+    if security.protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=security.sasl_username,
+            password=security.sasl_password,
+            mechanism=security.sasl_mechanism,
+            ssl_context=context,
+        )
+    return context
+
+
+def create_app(settings: Settings, codec: RecordCodec) -> PipelineApp:
+    brokers = [
+        f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")
+    ]
+    app = PipelineApp(
+        settings.app_id,
+        broker=brokers,
+        broker_credentials=broker_credentials(settings.kafka_security),
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=settings.standby_replicas,
+        processing_guarantee=settings.processing_guarantee,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        canonical_url=f"http://{settings.web_host}:{settings.web_port}",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        autodiscover=False,
+    )
+    app.pipeline_settings = settings
+
+    names = TopicNames.from_settings(settings)
+    tables = define_tables(app, settings)
+    outputs = Outputs(app=app, codec=codec, names=names)
+    runner = EventRunner(dead_letters=DeadLetters(app))
+
+    notifications.register(app, outputs, runner)
+    orders.register(app, outputs, tables, runner)
+    stock.register(app, outputs, tables, runner, settings.low_stock_threshold)
+    return app

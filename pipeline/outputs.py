@@ -1,0 +1,67 @@
+"""What the agents share: the codec, the producer and the topic names.
+
+Derived events are sent and *acknowledged* before the table write that records
+the source event as applied (see pipeline.rules): a crash in between replays the
+source event, which re-sends the derived events (a duplicate, never a loss) and
+then applies the table change once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from faust.types import AppT
+
+from pipeline.topics import TopicNames
+
+
+class RecordCodec(Protocol):
+    """Avro in Confluent wire format, by topic (the codec module implements it)."""
+
+    async def decode(self, topic: str, data: bytes | None) -> dict[str, Any]: ...
+
+    def encode(self, topic: str, record: Mapping[str, Any]) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes
+    value: bytes
+
+
+def millis(value: datetime | int) -> int:
+    """A timestamp-millis field as decoded (datetime) or as given (int), in ms."""
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    app: AppT
+    codec: RecordCodec
+    names: TopicNames
+
+    def record(self, topic: str, key: str, record: Mapping[str, Any]) -> Outgoing:
+        return Outgoing(topic, key.encode(), self.codec.encode(topic, record))
+
+    async def send_all(self, messages: Iterable[Outgoing]) -> None:
+        """Send, then wait until the broker acknowledged every message."""
+        producer = self.app.producer
+        pending = [
+            await producer.send(
+                message.topic,
+                message.key,
+                message.value,
+                partition=None,
+                timestamp=None,
+                headers=None,
+            )
+            for message in messages
+        ]
+        await asyncio.gather(*pending)
