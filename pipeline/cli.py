@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from pipeline.evolution_cli import schemas
 from pipeline.stack.cli import stack
 
 
@@ -13,3 +14,4 @@ def main() -> None:
 
 
 main.add_command(stack)
+main.add_command(schemas)
