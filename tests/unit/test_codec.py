@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from pipeline.catalog import Catalog, default_schema_dir
 from pipeline.codec import CodecNotPrepared, Codecs, frame, schema_id_of
@@ -17,11 +18,13 @@ from pipeline.errors import (
     IncompatibleWriterSchema,
     NotConfluentFraming,
     RecordValidationError,
+    RegistryUnavailable,
     SchemaNotCached,
     UndecodableRecord,
     UnknownSchemaId,
 )
-from pipeline.registry import InMemorySchemaSource
+from pipeline.registry import ConfluentSchemaSource, InMemorySchemaSource
+from pipeline.settings import Settings
 
 CREATED_AT = datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.UTC)
 
@@ -247,3 +250,19 @@ def test_fields_with_defaults_may_be_left_out(source: InMemorySchemaSource, tmp_
     codecs.prepare()
     codec = codecs["order_created"]
     assert codec.decode(codec.encode(order()))["coupon"] is None
+
+
+def test_an_unreachable_registry_with_nothing_cached_is_registry_unavailable() -> None:
+    settings = Settings(schema_registry_url="http://127.0.0.1:9/apis/ccompat/v7")
+    codecs = Codecs(
+        Catalog.load(),
+        ConfluentSchemaSource(
+            SchemaRegistryClient({**settings.registry_client_config(), "max.retries": 0})
+        ),
+        auto_register=False,
+    )
+    with pytest.raises(RegistryUnavailable) as caught:
+        asyncio.run(codecs.decode("order_created", frame(7, b"\x02")))
+    assert caught.value.schema_id == 7
+    with pytest.raises(RegistryUnavailable, match="order_created-value"):
+        codecs["order_created"].prepare()
