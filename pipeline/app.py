@@ -21,9 +21,12 @@ import ssl
 import faust
 from faust.types.auth import CredentialsT
 
+from pipeline import web
 from pipeline.agents import notifications, orders, stock
+from pipeline.codec import Codecs
 from pipeline.dlq import DeadLetters
-from pipeline.outputs import Outputs, RecordCodec
+from pipeline.metrics import Metrics
+from pipeline.outputs import Outputs
 from pipeline.processing import EventRunner
 from pipeline.settings import KafkaSecurity, Settings
 from pipeline.tables import define_tables
@@ -31,13 +34,16 @@ from pipeline.topics import TopicNames, ensure_topics
 
 
 class PipelineApp(faust.App):
-    """A Faust app that creates its topics (the broker does not) before consuming."""
+    """A Faust app that creates its topics (the broker does not) and resolves its
+    schema ids (encoding is synchronous) before consuming."""
 
     pipeline_settings: Settings
+    codecs: Codecs
 
     async def on_first_start(self) -> None:
         # Blocking admin calls, once per process, before any consumer or producer runs.
         await asyncio.to_thread(ensure_topics, self.pipeline_settings)
+        await self.codecs.prepare_async()
         await super().on_first_start()
 
 
@@ -57,7 +63,7 @@ def broker_credentials(security: KafkaSecurity) -> CredentialsT | ssl.SSLContext
     return context
 
 
-def create_app(settings: Settings, codec: RecordCodec) -> PipelineApp:
+def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
     brokers = [
         f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")
     ]
@@ -79,13 +85,26 @@ def create_app(settings: Settings, codec: RecordCodec) -> PipelineApp:
         autodiscover=False,
     )
     app.pipeline_settings = settings
+    app.codecs = codecs if codecs is not None else Codecs.from_settings(settings)
 
     names = TopicNames.from_settings(settings)
+    metrics = Metrics()
     tables = define_tables(app, settings)
-    outputs = Outputs(app=app, codec=codec, names=names)
-    runner = EventRunner(dead_letters=DeadLetters(app))
+    outputs = Outputs(app=app, codec=app.codecs, names=names, metrics=metrics)
+    runner = EventRunner(dead_letters=DeadLetters(app), metrics=metrics)
 
     notifications.register(app, outputs, runner)
     orders.register(app, outputs, tables, runner)
     stock.register(app, outputs, tables, runner, settings.low_stock_threshold)
+    web.register(
+        app,
+        tables=tables,
+        names=names,
+        codecs=app.codecs,
+        metrics=metrics,
+        partitions=settings.partitions,
+    )
     return app
+
+
+app = create_app(Settings.from_env())

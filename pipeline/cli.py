@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from pipeline.evolution_cli import schemas
+from pipeline.loadgen import loadgen
 from pipeline.stack.cli import stack
 
 
@@ -15,3 +16,4 @@ def main() -> None:
 
 main.add_command(stack)
 main.add_command(schemas)
+main.add_command(loadgen)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from faust.types import AppT
 
+from pipeline.metrics import Metrics
 from pipeline.topics import TopicNames
 
 
@@ -46,6 +47,7 @@ class Outputs:
     app: AppT
     codec: RecordCodec
     names: TopicNames
+    metrics: Metrics
 
     def record(self, topic: str, key: str, record: Mapping[str, Any]) -> Outgoing:
         return Outgoing(topic, key.encode(), self.codec.encode(topic, record))
@@ -53,6 +55,7 @@ class Outputs:
     async def send_all(self, messages: Iterable[Outgoing]) -> None:
         """Send, then wait until the broker acknowledged every message."""
         producer = self.app.producer
+        messages_list = list(messages)
         pending = [
             await producer.send(
                 message.topic,
@@ -62,6 +65,8 @@ class Outputs:
                 timestamp=None,
                 headers=None,
             )
-            for message in messages
+            for message in messages_list
         ]
         await asyncio.gather(*pending)
+        for message in messages_list:
+            self.metrics.derived_events.labels(message.topic).inc()

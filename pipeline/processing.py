@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from faust.types import Message
 
-from pipeline.dlq import DeadLetters
+from pipeline.dlq import DeadLetters, error_class_of
 from pipeline.errors import PipelineCodecError, RegistryUnavailable
+from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,12 @@ def is_permanent(error: BaseException) -> bool:
 @dataclass
 class EventRunner:
     dead_letters: DeadLetters
+    metrics: Metrics
     # Pauses between attempts; len(backoff) + 1 attempts in all.
     backoff: Sequence[float] = field(default=(0.1, 0.5, 2.0))
-    on_dead_letter: Callable[[Message, BaseException], None] | None = None
 
     async def run(self, message: Message, handler: Handler) -> None:
+        self.metrics.events_processed.labels(message.topic).inc()
         attempt = 0
         while True:
             attempt += 1
@@ -49,9 +51,9 @@ class EventRunner:
                 last_attempt = attempt > len(self.backoff)
                 if is_permanent(error) or last_attempt:
                     await self.dead_letters.send(message, error, attempt)
-                    if self.on_dead_letter is not None:
-                        self.on_dead_letter(message, error)
+                    self.metrics.dead_letters.labels(message.topic, error_class_of(error)).inc()
                     return
+                self.metrics.retries.labels(message.topic).inc()
                 pause = self.backoff[attempt - 1]
                 log.warning(
                     "%s[%d]@%d failed (attempt %d), retrying in %.1f s: %r",

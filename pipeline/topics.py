@@ -119,19 +119,27 @@ class TopicNames:
         return specs
 
 
-def copartitioning_problems(specs: Iterable[TopicSpec], partitions: Mapping[str, int]) -> list[str]:
-    """What is wrong with the existing partition counts, one line per group at fault."""
+def copartitioning_problems(
+    specs: Iterable[TopicSpec], partitions: Mapping[str, int], expected: int
+) -> list[str]:
+    """What is wrong with the existing partition counts, one line per group at fault.
+
+    Every topic of a co-partitioned group must have ``expected`` partitions: the
+    tables declare that many for their changelogs and the web router hashes keys
+    over that many.
+    """
     groups: dict[str, dict[str, int]] = {}
     for spec in specs:
         if spec.copartition_group is not None and spec.name in partitions:
             groups.setdefault(spec.copartition_group, {})[spec.name] = partitions[spec.name]
     problems = []
     for group, counts in sorted(groups.items()):
-        if len(set(counts.values())) > 1:
-            listing = ", ".join(f"{name}={count}" for name, count in sorted(counts.items()))
+        wrong = {name: count for name, count in counts.items() if count != expected}
+        if wrong:
+            listing = ", ".join(f"{name}={count}" for name, count in sorted(wrong.items()))
             problems.append(
-                f"topics keyed {group.removeprefix('by_')} must have the same partition "
-                f"count, found {listing}"
+                f"topics keyed {group.removeprefix('by_')} must all have {expected} partitions "
+                f"(PIPELINE_PARTITIONS) to stay co-partitioned with their table, found {listing}"
             )
     return problems
 
@@ -171,7 +179,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
         existing = existing_partition_counts(admin, timeout)
-    problems = copartitioning_problems(specs, existing)
+    problems = copartitioning_problems(specs, existing, settings.partitions)
     if problems:
         raise TopicLayoutError("; ".join(problems))
     return [spec.name for spec in missing]

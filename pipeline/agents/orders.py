@@ -40,6 +40,7 @@ def register(app: AppT, outputs: Outputs, tables: Tables, runner: EventRunner) -
             position=Position(message.offset),
         )
         if stats is None:  # a replay of an order already applied, lines included
+            outputs.metrics.replays_skipped.labels(user_stats.name).inc()
             return
         created_at_ms = millis(order["created_at"])
         lines = order_lines_by_sku(

@@ -46,6 +46,7 @@ def register(
             threshold=threshold,
         )
         if change is None:  # already applied before a crash or rebalance
+            outputs.metrics.replays_skipped.labels(stock.name).inc()
             return
         sku = sku_key.decode()
         available = change.row.available

@@ -20,8 +20,8 @@ def test_prefix_applies_to_contract_topics() -> None:
 def test_copartitioning_problem_names_the_topics() -> None:
     names = TopicNames(prefix="", app_id="app")
     counts = {spec.name: 8 for spec in names.specs()}
-    assert copartitioning_problems(names.specs(), counts) == []
+    assert copartitioning_problems(names.specs(), counts, 8) == []
     counts["stock_adjusted"] = 4
     counts["notifications"] = 3  # not co-partitioned with anything: fine
-    (problem,) = copartitioning_problems(names.specs(), counts)
-    assert "stock_adjusted=4" in problem and "app-stock-changelog=8" in problem
+    (problem,) = copartitioning_problems(names.specs(), counts, 8)
+    assert "stock_adjusted=4" in problem and "must all have 8 partitions" in problem
