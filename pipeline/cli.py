@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from pipeline.dlq_cli import dlq
 from pipeline.evolution_cli import schemas
 from pipeline.loadgen import loadgen
 from pipeline.stack.cli import stack
@@ -17,3 +18,4 @@ def main() -> None:
 main.add_command(stack)
 main.add_command(schemas)
 main.add_command(loadgen)
+main.add_command(dlq)
