@@ -61,7 +61,7 @@ class SubjectState:
 @dataclass(frozen=True)
 class CheckResult:
     state: SubjectState
-    verdict: str  # new subject | unchanged | compatible | incompatible
+    verdict: str  # new subject | unchanged (version N) | compatible | incompatible
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -135,7 +135,7 @@ class SchemaWorkflow:
             return CheckResult(state, "new subject")
         same = state.local_version
         if same is not None:
-            return CheckResult(state, "unchanged", notes=[f"registered as version {same.version}"])
+            return CheckResult(state, f"unchanged (version {same.version})")
         notes = []
         if state.registry_level != entry.compatibility:
             notes.append(
@@ -179,7 +179,7 @@ class SchemaWorkflow:
         if not result.ok:
             return RegisterResult(result, "refused", None, None)
         level_change = self.set_level(entry.subject, entry.compatibility)
-        if result.verdict == "unchanged":
+        if state.local_version is not None:
             return RegisterResult(result, "unchanged", state.local_version, level_change)
         try:
             self.client.register_schema(entry.subject, Schema(entry.schema_str, schema_type="AVRO"))

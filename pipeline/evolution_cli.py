@@ -126,7 +126,7 @@ def diff(context: Context) -> None:
 def _echo_check(result: CheckResult) -> None:
     entry = result.state.topic_schema
     marker = "ok " if result.ok else "ERR"
-    click.echo(f"{marker} {entry.subject}: {result.verdict} ({entry.compatibility})")
+    click.echo(f"{marker} {entry.subject}: {result.verdict}, under {entry.compatibility}")
     for note in result.notes:
         click.echo(f"      note: {note}")
     for problem in result.problems:

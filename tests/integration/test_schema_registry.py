@@ -102,9 +102,11 @@ def test_check_fails_on_a_required_field_without_default_and_register_refuses_it
     broken = schemas_copy(tmp_path, {"name": "currency", "type": "string", "doc": "ISO code."})
     check = run_schemas(stack, prefix, "--schemas-dir", str(broken), "check")
     assert check.exit_code == 1, check.output
-    assert f"ERR {prefix}order_created-value: incompatible" in check.output
+    assert (
+        f"ERR {prefix}order_created-value: incompatible, under BACKWARD_TRANSITIVE" in check.output
+    )
     assert "field currency is missing from the writer's schema and has no default" in check.output
-    assert f"ok  {prefix}stock_levels-value: unchanged" in check.output
+    assert f"ok  {prefix}stock_levels-value: unchanged (version 1)" in check.output
 
     register = run_schemas(stack, prefix, "--schemas-dir", str(broken), "register")
     assert register.exit_code == 1
