@@ -47,7 +47,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException, to_parsing_canonical_form
 
-from pipeline.catalog import Catalog, TopicSchema
+from pipeline.catalog import SUBJECTS_FILE, Catalog, TopicSchema
 from pipeline.errors import (
     IncompatibleWriterSchema,
     NotConfluentFraming,
@@ -55,6 +55,7 @@ from pipeline.errors import (
     RecordValidationError,
     SchemaNotCached,
     UndecodableRecord,
+    UnknownTopic,
 )
 from pipeline.registry import ConfluentSchemaSource, SchemaSource
 from pipeline.settings import Settings
@@ -307,8 +308,9 @@ class Codecs:
     def __getitem__(self, topic: str) -> TopicCodec:
         codec = self._by_topic.get(topic)
         if codec is None:
-            self.catalog[topic]  # raises UnknownTopic naming the mapping file
-        assert codec is not None
+            raise UnknownTopic(
+                f"topic {topic!r} has no schema in {self.catalog.schema_dir / SUBJECTS_FILE}"
+            )
         return codec
 
     def __iter__(self) -> Iterator[TopicCodec]:

@@ -22,6 +22,7 @@ from pipeline.errors import (
     SchemaNotCached,
     UndecodableRecord,
     UnknownSchemaId,
+    UnknownTopic,
 )
 from pipeline.registry import ConfluentSchemaSource, InMemorySchemaSource
 from pipeline.settings import Settings
@@ -266,3 +267,8 @@ def test_an_unreachable_registry_with_nothing_cached_is_registry_unavailable() -
     assert caught.value.schema_id == 7
     with pytest.raises(RegistryUnavailable, match="order_created-value"):
         codecs["order_created"].prepare()
+
+
+def test_a_topic_without_schema_is_named(codecs: Codecs) -> None:
+    with pytest.raises(UnknownTopic, match=r"'orders' has no schema in .*subjects\.yaml"):
+        codecs.encode("orders", order())
