@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import faust
@@ -86,7 +86,7 @@ class AvroValueSchema(faust.Schema[str, dict[str, Any]]):
         on_key_decode_error: Any = None,
         on_value_decode_error: Any = None,
         default_propagate: bool = False,
-    ) -> Callable[..., Awaitable[Any]]:
+    ) -> Callable[..., Coroutine[Any, Any, Any]]:
         """The decoder Faust calls per message; Faust's own error callbacks are not used.
 
         Faust's callbacks would throw the error into the agent's stream (killing the
