@@ -18,9 +18,9 @@ How to use it (agents, web views, producers)::
 Topic names include ``settings.topic_prefix`` (``Codecs.from_settings`` applies it).
 
 Records are plain dicts in fastavro's native form: ``timestamp-millis`` fields
-decode to timezone-aware UTC ``datetime`` and encode from a ``datetime`` or an
-int of epoch milliseconds; ``long`` money fields are ints of cents. Fields with
-defaults may be left out when encoding.
+decode to timezone-aware UTC ``datetime`` and encode from an aware ``datetime``
+or an int of epoch milliseconds (a naive datetime is refused); ``long`` money
+fields are ints of cents. Fields with defaults may be left out when encoding.
 
 Encoding resolves the topic's schema id once, in ``prepare``: registered first
 if ``auto_register_schemas`` is on, else looked up (the normal case: ``pipeline
@@ -59,7 +59,7 @@ from pipeline.errors import (
 )
 from pipeline.registry import ConfluentSchemaSource, SchemaSource
 from pipeline.settings import Settings
-from pipeline.validation import int_guard, record_problems
+from pipeline.validation import encode_guard, record_problems
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
@@ -154,7 +154,7 @@ class TopicCodec:
         self.schema_id: int | None = None
         self._header = b""
         self._canonical = to_parsing_canonical_form(dict(topic_schema.schema))
-        self._guard = int_guard(topic_schema.schema)
+        self._guard = encode_guard(topic_schema.schema)
         self._readers: dict[int, Reader] = {}
 
     @property
@@ -188,7 +188,8 @@ class TopicCodec:
                 f"schema id for topic {self.topic!r} is not resolved: call prepare() at start-up"
             )
         # fastavro's writer refuses most bad values itself; the guard adds what it lets
-        # through (bools, floats and out-of-range numbers in int/long fields).
+        # through (bools, floats and out-of-range numbers in int/long fields, naive
+        # datetimes, which it would take as local time).
         if self._guard is not None and not self._guard(record):
             raise self._invalid(record, None)
         out = io.BytesIO()

@@ -272,3 +272,11 @@ def test_an_unreachable_registry_with_nothing_cached_is_registry_unavailable() -
 def test_a_topic_without_schema_is_named(codecs: Codecs) -> None:
     with pytest.raises(UnknownTopic, match=r"'orders' has no schema in .*subjects\.yaml"):
         codecs.encode("orders", order())
+
+
+def test_a_naive_datetime_is_refused_because_it_would_be_read_as_local_time(
+    codecs: Codecs,
+) -> None:
+    naive = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    with pytest.raises(RecordValidationError, match=r"created_at: .* has no time zone"):
+        codecs.encode("order_created", order(created_at=naive))
