@@ -67,9 +67,6 @@ class TopicSchema:
     schema_str: str  # compact JSON text: what is registered and looked up
     parsed: Any  # fastavro's parsed form, for the reader and writer
 
-    def field_names(self) -> list[str]:
-        return [field["name"] for field in self.schema.get("fields", [])]
-
 
 @dataclass(frozen=True)
 class Catalog:

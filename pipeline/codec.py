@@ -51,7 +51,6 @@ from pipeline.catalog import SUBJECTS_FILE, Catalog, TopicSchema
 from pipeline.errors import (
     IncompatibleWriterSchema,
     NotConfluentFraming,
-    PipelineCodecError,
     RecordValidationError,
     SchemaNotCached,
     UndecodableRecord,
@@ -335,13 +334,3 @@ class Codecs:
         """``prepare`` in a thread: for a Faust ``@app.task`` or ``on_start``."""
         return await asyncio.to_thread(self.prepare)
 
-
-__all__ = [
-    "CodecNotPrepared",
-    "Codecs",
-    "PipelineCodecError",
-    "TopicCodec",
-    "WriterSchemas",
-    "frame",
-    "schema_id_of",
-]
