@@ -333,4 +333,3 @@ class Codecs:
     async def prepare_async(self) -> dict[str, int]:
         """``prepare`` in a thread: for a Faust ``@app.task`` or ``on_start``."""
         return await asyncio.to_thread(self.prepare)
-
