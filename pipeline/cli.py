@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from pipeline.demo import demo
 from pipeline.dlq_cli import dlq
 from pipeline.evolution_cli import schemas
 from pipeline.loadgen import loadgen
@@ -12,10 +13,11 @@ from pipeline.stack.cli import stack
 
 @click.group()
 def main() -> None:
-    """Shop event pipeline: local stack, schemas, dead letters, load generation."""
+    """Shop event pipeline: local stack, schemas, dead letters, load generation, demo."""
 
 
 main.add_command(stack)
 main.add_command(schemas)
 main.add_command(loadgen)
 main.add_command(dlq)
+main.add_command(demo)
