@@ -59,6 +59,8 @@ def kafka_pom(version: str = KAFKA_VERSION, log4j: str = LOG4J_VERSION) -> str:
 
 
 def _mvn(args: list[str], cwd: Path, attempts: int = 3) -> None:
+    """Run Maven in ``cwd`` with a local repository of its own there, deleted with it: the
+    cache is then only what we keep, under :func:`cache_dir`, and honours $HOME."""
     mvn = shutil.which("mvn")
     if mvn is None:
         raise DownloadError("Maven (mvn) is not installed: apt-get install maven")
@@ -66,6 +68,7 @@ def _mvn(args: list[str], cwd: Path, attempts: int = 3) -> None:
         mvn,
         "-B",
         "-q",
+        f"-Dmaven.repo.local={cwd / 'm2'}",
         # Retry flaky connections inside Maven too, not only around it.
         "-Dmaven.wagon.http.retryHandler.count=3",
         "-Dmaven.wagon.httpconnectionManager.ttlSeconds=120",
@@ -90,6 +93,7 @@ def _fetch_once(target: Path, fill: Callable[[Path], None]) -> Path:
     work = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         fill(work)
+        shutil.rmtree(work / "m2", ignore_errors=True)  # Maven's repository: not needed now
         (work / _DONE).write_text("ok\n")
         shutil.rmtree(target, ignore_errors=True)
         work.rename(target)
