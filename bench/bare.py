@@ -1,0 +1,125 @@
+"""The bare limit: confluent-kafka consume → fastavro decode → fastavro encode → produce,
+in one Python process, with no state.
+
+    python -m bench.bare --input P.order_created --output-prefix B. --group G --count N
+
+For each order it writes what the pipeline writes per order, minus the state: one
+UserOrderStats (as if it were the user's first order) to ``<output-prefix>user_order_stats``
+and one StockLevel per line (``-quantity``, as if the SKU started at 0) to
+``<output-prefix>stock_levels``, keyed like the pipeline's. No repartition hop, no tables,
+no retries or dead letters: an upper bound for a Python process on this machine, not a
+competitor. Exits after ``--count`` orders, once every output is acknowledged.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import replace
+from typing import Any
+
+import click
+from confluent_kafka import Consumer, Producer
+from fastavro import schemaless_reader, schemaless_writer
+
+from pipeline.codec import Codecs
+from pipeline.loadgen import producer_config
+from pipeline.settings import Settings
+
+HEADER = struct.Struct(">bI")
+
+
+@click.command()
+@click.option("--input", "input_topic", required=True)
+@click.option("--output-prefix", required=True)
+@click.option("--group", required=True)
+@click.option("--count", type=click.IntRange(1), required=True)
+def main(input_topic: str, output_prefix: str, group: str, count: int) -> None:
+    settings = replace(Settings.from_env(), topic_prefix=output_prefix, auto_register_schemas=True)
+    codecs = Codecs.from_settings(settings)
+    stats_topic = f"{output_prefix}user_order_stats"
+    levels_topic = f"{output_prefix}stock_levels"
+    # Schema ids and parsed schemas once, up front; the loop below is bare fastavro.
+    stats_codec, levels_codec = codecs[stats_topic], codecs[levels_topic]
+    stats_header = HEADER.pack(0, stats_codec.prepare())
+    levels_header = HEADER.pack(0, levels_codec.prepare())
+    stats_schema = stats_codec.topic_schema.parsed
+    levels_schema = levels_codec.topic_schema.parsed
+    input_prefix = input_topic.removesuffix("order_created")
+    # The orders were written with the catalog's OrderCreated schema: read with it as is.
+    input_settings = replace(settings, topic_prefix=input_prefix)
+    writer_schema = Codecs.from_settings(input_settings)[input_topic].topic_schema.parsed
+
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+        }
+    )
+    producer = Producer({**producer_config(settings), "enable.idempotence": True})
+    failures: list[Any] = []
+
+    def delivered(error: Any, message: Any) -> None:
+        if error is not None:
+            failures.append(error)
+
+    def send(topic: str, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=delivered)
+                return
+            except BufferError:
+                producer.poll(0.05)
+
+    consumer.subscribe([input_topic])
+    done = 0
+    try:
+        while done < count:
+            for message in consumer.consume(num_messages=500, timeout=0.5):
+                if message.error() is not None:
+                    continue
+                data = message.value()
+                stream = io.BytesIO(data)
+                stream.seek(5)
+                order = schemaless_reader(stream, writer_schema, None)
+                out = io.BytesIO()
+                out.write(stats_header)
+                user = order["user_id"]
+                schemaless_writer(
+                    out,
+                    stats_schema,
+                    {
+                        "user_id": user,
+                        "order_count": 1,
+                        "total_spent_cents": order["total_cents"],
+                        "last_order_id": order["order_id"],
+                        "updated_at": order["created_at"],
+                    },
+                )
+                send(stats_topic, message.key() or user.encode(), out.getvalue())
+                for item in order["items"]:
+                    out = io.BytesIO()
+                    out.write(levels_header)
+                    schemaless_writer(
+                        out,
+                        levels_schema,
+                        {
+                            "sku": item["sku"],
+                            "available": -item["quantity"],
+                            "updated_at": order["created_at"],
+                        },
+                    )
+                    send(levels_topic, item["sku"].encode(), out.getvalue())
+                done += 1
+            producer.poll(0)
+        producer.flush()
+    finally:
+        consumer.close()
+    if failures:
+        raise SystemExit(f"{len(failures)} produce failures, first: {failures[0]}")
+
+
+if __name__ == "__main__":
+    main()

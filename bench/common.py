@@ -1,0 +1,412 @@
+"""What every part of the benchmark shares: deployments on the stack, worker processes,
+pre-loaded input, offset watching, and result rows.
+
+Each benchmark run uses deployments of its own (app id and topic prefix), so runs never
+share consumer groups, tables or derived topics with each other or with the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from pipeline.codec import Codecs
+from pipeline.loadgen import order, producer_config, user_id
+from pipeline.settings import Settings, read_env_file, stack_env_file
+from pipeline.topics import TopicNames, ensure_topics
+
+BENCH_DIR = Path(__file__).resolve().parent
+FAUST = str(Path(sys.executable).with_name("faust"))
+T = TypeVar("T")
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_id() -> str:
+    """A short tag unique to this run, for app ids, prefixes and consumer groups."""
+    return f"{time.strftime('%H%M%S')}{random.randrange(1000):03d}"
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.1) -> T:
+    """Poll ``probe`` until it returns something other than None or False."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def base_env() -> dict[str, str]:
+    """The process environment over the stack's env file (what Settings.from_env reads)."""
+    return {**read_env_file(stack_env_file()), **os.environ}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One app id and topic prefix on the stack."""
+
+    name: str
+    root: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **base_env(),
+            "PIPELINE_APP_ID": self.name,
+            "PIPELINE_TOPIC_PREFIX": f"{self.name}.",
+            "PIPELINE_AUTO_REGISTER_SCHEMAS": "true",
+            **self.extra_env,
+        }
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    @property
+    def names(self) -> TopicNames:
+        return TopicNames.from_settings(self.settings)
+
+    def with_app_id(self, app_id: str, root: Path) -> Deployment:
+        """Same topics (prefix), another app id: a fresh consumer group and fresh tables."""
+        return replace(self, root=root, extra_env={**self.extra_env, "PIPELINE_APP_ID": app_id})
+
+    def prepare(self) -> Codecs:
+        """Create the topics and register the schemas, outside any timed window."""
+        settings = self.settings
+        ensure_topics(settings)
+        codecs = Codecs.from_settings(settings)
+        codecs.prepare()
+        return codecs
+
+    def worker(self, label: str) -> Worker:
+        return Worker(self, label, self.root / label, free_port())
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, None
+
+
+@dataclass
+class Worker:
+    """A ``faust -A pipeline.app worker`` subprocess with its own data dir and web port."""
+
+    deployment: Deployment
+    label: str
+    data_dir: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.deployment.root / f"{self.label}.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> Worker:
+        self.deployment.root.mkdir(parents=True, exist_ok=True)
+        env = {
+            **self.deployment.env,
+            "PIPELINE_DATA_DIR": str(self.data_dir),
+            "PIPELINE_WEB_PORT": str(self.port),
+        }
+        with self.log.open("ab") as log:
+            self.started_at = time.monotonic()
+            self.process = subprocess.Popen(
+                [FAUST, "-A", "pipeline.app", "worker", "-l", "info"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"worker {self.label} exited; see {self.log}")
+        try:
+            status, body = http_get(f"{self.url}/health")
+        except (OSError, ValueError):
+            return False
+        return status == 200 and isinstance(body, dict) and body.get("status") == "ok"
+
+    def wait_healthy(self, timeout: float = 300.0) -> float:
+        """Seconds from start until GET /health answered ok."""
+        wait_for(f"worker {self.label} to be healthy", self.healthy, timeout)
+        return time.monotonic() - self.started_at
+
+    def peak_rss_bytes(self) -> int:
+        """VmHWM: the peak resident set size of the worker process so far."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc status")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM (Faust commits and closes its stores), then SIGKILL if it hangs."""
+        stop_process(self.process, timeout)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 60.0) -> None:
+    """Stop one process we started, by its pid: SIGTERM, then SIGKILL after ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
+class Offsets:
+    """Watermarks and committed offsets, summed over a topic's partitions."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.consumer = Consumer(
+            {
+                **settings.kafka_client_config(),
+                "group.id": f"bench-offsets-{os.getpid()}",
+                "enable.auto.commit": False,
+            }
+        )
+        self._partitions: dict[str, list[int]] = {}
+
+    def partitions(self, topic: str) -> list[int]:
+        if topic not in self._partitions:
+            metadata = self.consumer.list_topics(topic, timeout=30).topics[topic]
+            self._partitions[topic] = sorted(metadata.partitions)
+        return self._partitions[topic]
+
+    def end(self, topic: str) -> int:
+        return sum(self._high(topic, p) for p in self.partitions(topic))
+
+    def _high(self, topic: str, partition: int) -> int:
+        # A topic created a moment ago may not have a leader yet: retry for a while.
+        for attempt in range(50):
+            try:
+                low_high = self.consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=30
+                )
+                return int(low_high[1])
+            except KafkaException:
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    def ends(self, topics: Iterable[str]) -> dict[str, int]:
+        return {topic: self.end(topic) for topic in topics}
+
+    def committed(self, group: str, topic: str) -> int:
+        """Sum of ``group``'s committed offsets on ``topic`` (0 for uncommitted partitions)."""
+        reader = Consumer(
+            {
+                **self.settings.kafka_client_config(),
+                "group.id": group,
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            offsets = reader.committed(
+                [TopicPartition(topic, p) for p in self.partitions(topic)], timeout=30
+            )
+            return sum(max(tp.offset, 0) for tp in offsets)
+        finally:
+            reader.close()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@dataclass(frozen=True)
+class Window:
+    """When the first and the last expected output record appeared (monotonic seconds)."""
+
+    first: float
+    last: float
+
+    @property
+    def seconds(self) -> float:
+        return max(self.last - self.first, 1e-9)
+
+
+def watch_outputs(
+    offsets: Offsets,
+    expected: dict[str, int],
+    timeout: float,
+    alive: Callable[[], bool] = lambda: True,
+    interval: float = 0.05,
+    start: dict[str, int] | None = None,
+) -> Window:
+    """Poll the end offsets of the ``expected`` topics until each grew by its count
+    (from ``start``, by default their ends when called).
+
+    ``first`` is the first poll that saw any of them move past its start; ``last`` the
+    poll that saw all of them complete. The resolution is ``interval`` plus one round
+    of watermark requests (a few ms on loopback).
+    """
+    if start is None:
+        start = offsets.ends(expected)
+    targets = {topic: start[topic] + count for topic, count in expected.items()}
+    first: float | None = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = offsets.ends(targets)
+        stamp = time.monotonic()
+        if first is None and any(now[t] > start[t] for t in targets):
+            first = stamp
+        if all(now[t] >= target for t, target in targets.items()):
+            return Window(first if first is not None else stamp, stamp)
+        if not alive():
+            raise RuntimeError("the process under test exited before it finished")
+        time.sleep(interval)
+    raise TimeoutError(f"outputs did not reach {targets} within {timeout:.0f} s")
+
+
+@dataclass(frozen=True)
+class Preloaded:
+    orders: int
+    lines: int
+    users: int
+    skus: int
+    seconds: float
+
+
+def order_stream(
+    count: int, users: int, skus: int, seed: int = 7, start_ms: int | None = None
+) -> Iterable[tuple[str, dict[str, Any]]]:
+    """``count`` orders of 1 to 4 lines over ``users`` users and ``skus`` SKUs, as
+    (key, record) pairs, using the load generator's record builders."""
+    rng = random.Random(seed)
+    clock = start_ms if start_ms is not None else int(time.time() * 1000)
+    sequence: dict[str, int] = {}
+    prices = [rng.randrange(99, 20_000) for _ in range(skus)]
+    for _ in range(count):
+        buyer = user_id(rng.randrange(users))
+        sequence[buyer] = sequence.get(buyer, 0) + 1
+        picked = rng.sample(range(skus), rng.randrange(1, min(4, skus) + 1))
+        lines = [
+            {"sku": f"SKU-{i:06d}", "quantity": rng.randrange(1, 5), "unit_price_cents": prices[i]}
+            for i in picked
+        ]
+        clock += 1
+        event = order(buyer, f"{buyer}-o{sequence[buyer]:05d}", lines, clock)
+        yield event.key, event.record
+
+
+def bulk_producer(settings: Settings) -> Producer:
+    return Producer(
+        {
+            **producer_config(settings),
+            "linger.ms": 20,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
+
+
+def produce_all(producer: Producer, topic: str, messages: Iterable[tuple[bytes, bytes]]) -> int:
+    """Produce every (key, value), wait for all acknowledgements; raise on any failure."""
+    failures: list[str] = []
+
+    def delivered(error: Any, message: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    count = 0
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        count += 1
+    producer.flush()
+    if failures:
+        raise RuntimeError(f"{len(failures)} produce failures, first: {failures[0]}")
+    return count
+
+
+def preload_orders(
+    deployment: Deployment, codecs: Codecs, count: int, users: int, skus: int
+) -> Preloaded:
+    """Produce ``count`` Avro orders to the deployment's order_created topic (murmur2)."""
+    topic = deployment.names.order_created
+    codec = codecs[topic]
+    lines = 0
+
+    def messages() -> Iterable[tuple[bytes, bytes]]:
+        nonlocal lines
+        for key, record in order_stream(count, users, skus):
+            lines += len(record["items"])
+            yield key.encode(), codec.encode(record)
+
+    started = time.monotonic()
+    produce_all(bulk_producer(deployment.settings), topic, messages())
+    return Preloaded(count, lines, users, skus, time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table."""
+
+    part: str
+    what: str
+    value: str
+    ratio: str = ""
+    notes: str = ""
+
+
+def spread(values: Sequence[float], fmt: str = ",.0f") -> str:
+    """``median (min-max, n=k)``."""
+    if not values:
+        return "n/a"
+    median = statistics.median(values)
+    if len(values) == 1:
+        return f"{median:{fmt}} (n=1)"
+    return f"{median:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}}, n={len(values)})"
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")

@@ -1,0 +1,249 @@
+"""Throughput of the whole topology (parts 1 and 2): the pipeline with one or more
+workers, the bare limit, and the Quix Streams peer, all over the same pre-loaded input.
+
+Every system reads the same ``order_created`` topic with a consumer group of its own
+and writes its derived topics; the time is taken from the first to the last derived
+record appearing (end offsets of ``user_order_stats`` and ``stock_levels`` polled every
+0.05 s), so start-up and group joins are left out. Systems run one after the other,
+interleaved across repeats, so a noisy minute hits each of them rather than one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import quix_env
+from bench.common import (
+    BENCH_DIR,
+    Deployment,
+    Offsets,
+    Preloaded,
+    Row,
+    Window,
+    cores,
+    median,
+    preload_orders,
+    run_id,
+    spread,
+    stop_process,
+    wait_for,
+    watch_outputs,
+)
+
+BARE = "bare"
+QUIX = "quix"
+
+
+def pipeline_system(workers: int) -> str:
+    return f"pipeline x{workers}"
+
+
+@dataclass
+class Input:
+    """Pre-loaded orders on one deployment's order_created topic."""
+
+    deployment: Deployment
+    loaded: Preloaded
+
+    @property
+    def expected(self) -> dict[str, int]:
+        names = self.deployment.names
+        return {names.user_order_stats: self.loaded.orders, names.stock_levels: self.loaded.lines}
+
+    def timeout(self) -> float:
+        # Generous: a system slower than 100 orders/s is broken, not slow.
+        return max(180.0, self.loaded.orders / 100)
+
+
+def make_input(root: Path, orders: int, users: int, skus: int) -> Input:
+    deployment = Deployment(f"bench-{run_id()}", root / "input")
+    codecs = deployment.prepare()
+    return Input(deployment, preload_orders(deployment, codecs, orders, users, skus))
+
+
+def run_pipeline(source: Input, workers: int, label: str) -> Window:
+    """``workers`` workers of a fresh app id over the input; the window of their outputs."""
+    deployment = source.deployment.with_app_id(
+        f"{source.deployment.name}-{label}", source.deployment.root / label
+    )
+    offsets = Offsets(deployment.settings)
+    start = offsets.ends(source.expected)
+    started = [deployment.worker(f"w{index}").start() for index in range(workers)]
+    try:
+        window = watch_outputs(
+            offsets,
+            source.expected,
+            source.timeout(),
+            alive=lambda: all(w.process is not None and w.process.poll() is None for w in started),
+            start=start,
+        )
+        # Completeness: the group committed every input offset (commits every 2.8 s).
+        group = deployment.settings.app_id
+        topic = deployment.names.order_created
+        wait_for(
+            f"{group} to commit {topic}",
+            lambda: offsets.committed(group, topic) >= source.loaded.orders,
+            timeout=60,
+            interval=0.5,
+        )
+        return window
+    finally:
+        for worker in started:
+            worker.stop()
+        offsets.close()
+
+
+def _outputs_of(prefix_deployment: Deployment, source: Input) -> dict[str, int]:
+    names = prefix_deployment.names
+    return {
+        names.user_order_stats: source.loaded.orders,
+        names.stock_levels: source.loaded.lines,
+    }
+
+
+def run_bare(source: Input, label: str) -> Window:
+    out = Deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
+    out.prepare()
+    expected = _outputs_of(out, source)
+    offsets = Offsets(out.settings)
+    start = offsets.ends(expected)
+    out.root.mkdir(parents=True, exist_ok=True)
+    with (out.root / "bare.log").open("ab") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.bare",
+                "--input",
+                source.deployment.names.order_created,
+                "--output-prefix",
+                f"{out.name}.",
+                "--group",
+                out.name,
+                "--count",
+                str(source.loaded.orders),
+            ],
+            env=out.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        return watch_outputs(
+            offsets,
+            expected,
+            source.timeout(),
+            alive=lambda: process.poll() in (None, 0),
+            start=start,
+        )
+    finally:
+        stop_process(process)
+        offsets.close()
+
+
+def run_quix(source: Input, label: str) -> Window:
+    python = quix_env.ensure()
+    out = Deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
+    out.prepare()  # the output topics and their subjects
+    settings = out.settings
+    expected = _outputs_of(out, source)
+    offsets = Offsets(settings)
+    start = offsets.ends(expected)
+    out.root.mkdir(parents=True, exist_ok=True)
+    with (out.root / "quix.log").open("ab") as log:
+        process = subprocess.Popen(
+            [
+                str(python),
+                str(BENCH_DIR / "peers" / "quix_shop.py"),
+                "--broker",
+                settings.kafka_bootstrap_servers,
+                "--registry",
+                settings.schema_registry_url,
+                "--input",
+                source.deployment.names.order_created,
+                "--output-prefix",
+                f"{out.name}.",
+                "--group",
+                out.name,
+                "--state-dir",
+                str(out.root / "state"),
+                "--schemas-dir",
+                str(BENCH_DIR.parent / "schemas"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        return watch_outputs(
+            offsets, expected, source.timeout(), alive=lambda: process.poll() is None, start=start
+        )
+    finally:
+        stop_process(process)
+        offsets.close()
+
+
+@dataclass
+class Results:
+    source: Input
+    rates: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, system: str, window: Window) -> None:
+        rate = self.source.loaded.orders / window.seconds
+        self.rates.setdefault(system, []).append(rate)
+        print(f"  {system:<14} {rate:>10,.0f} orders/s ({window.seconds:.1f} s)", flush=True)
+
+
+def measure(
+    root: Path, orders: int, users: int, skus: int, repeats: int, systems: Sequence[str]
+) -> Results:
+    """Pre-load once, then run every system ``repeats`` times, interleaved."""
+    print(f"pre-loading {orders:,} orders ...", flush=True)
+    source = make_input(root, orders, users, skus)
+    loaded = source.loaded
+    print(
+        f"  {loaded.orders:,} orders, {loaded.lines:,} lines in {loaded.seconds:.1f} s "
+        f"({loaded.orders / loaded.seconds:,.0f}/s) on {source.deployment.names.order_created}",
+        flush=True,
+    )
+    results = Results(source)
+    for repeat in range(repeats):
+        print(f"repeat {repeat + 1}/{repeats}", flush=True)
+        for system in systems:
+            label = f"{system.replace(' ', '')}-r{repeat}"
+            if system == BARE:
+                window = run_bare(source, label)
+            elif system == QUIX:
+                window = run_quix(source, label)
+            else:
+                window = run_pipeline(source, int(system.rsplit("x", 1)[1]), label)
+            results.add(system, window)
+    return results
+
+
+def rows(results: Results, part: str, baseline: str) -> list[Row]:
+    loaded = results.source.loaded
+    base = median(results.rates[baseline])
+    out = []
+    for system, rates in results.rates.items():
+        ratio = "" if system == baseline else f"{median(rates) / base:.2f}x {baseline}"
+        out.append(
+            Row(
+                part,
+                f"{system}: orders/s",
+                spread(rates),
+                ratio,
+                f"N={loaded.orders:,} orders ({loaded.lines:,} lines), {cores()} cores",
+            )
+        )
+    return out
+
+
+def run(
+    root: Path, orders: int, users: int, skus: int, repeats: int, quix: bool = True
+) -> list[Row]:
+    systems = [BARE, pipeline_system(1)] + ([QUIX] if quix else [])
+    results = measure(root, orders, users, skus, repeats, systems)
+    return rows(results, "1 throughput", BARE)
