@@ -89,7 +89,7 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
 
     names = TopicNames.from_settings(settings)
     metrics = Metrics()
-    tables = define_tables(app, settings)
+    tables = define_tables(app, settings, metrics)
     outputs = Outputs(app=app, codec=app.codecs, names=names, metrics=metrics)
     runner = EventRunner(dead_letters=DeadLetters(app), metrics=metrics)
 

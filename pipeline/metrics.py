@@ -47,6 +47,12 @@ class Metrics:
             ["topic"],
             registry=self.registry,
         )
+        self.changelog_events_recovered = Counter(
+            "pipeline_changelog_events_recovered",
+            "Changelog records read into a table (recovery and standby replicas).",
+            ["table"],
+            registry=self.registry,
+        )
         self.routed_requests = Counter(
             "pipeline_routed_requests",
             "Table queries forwarded to the worker owning the key.",

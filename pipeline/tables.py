@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types import TableT
+from faust.types import EventT, TableT
 
+from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.topics import STOCK_TABLE, USER_STATS_TABLE
 
@@ -35,8 +36,16 @@ class Tables:
     stock: TableT[bytes, bytes]
 
 
-def _table(app: faust.App, settings: Settings, name: str, help: str) -> TableT[bytes, bytes]:
+def _table(
+    app: faust.App, settings: Settings, metrics: Metrics, name: str, help: str
+) -> TableT[bytes, bytes]:
     rocksdb = settings.store.startswith("rocksdb://")
+    recovered = metrics.changelog_events_recovered.labels(name)
+
+    async def count_recovered(event: EventT[bytes]) -> None:
+        # Shows how much of the changelog a (re)started worker had to read.
+        recovered.inc()
+
     return app.Table(
         name,
         key_type=bytes,
@@ -45,13 +54,18 @@ def _table(app: faust.App, settings: Settings, name: str, help: str) -> TableT[b
         help=help,
         # A fresh dict per table: Faust's RocksDB store pops keys from it.
         options=dict(ROCKSDB_OPTIONS) if rocksdb else None,
+        on_changelog_event=count_recovered,
     )
 
 
-def define_tables(app: faust.App, settings: Settings) -> Tables:
+def define_tables(app: faust.App, settings: Settings, metrics: Metrics) -> Tables:
     return Tables(
         user_stats=_table(
-            app, settings, USER_STATS_TABLE, "Order count, total spent and last order per user."
+            app,
+            settings,
+            metrics,
+            USER_STATS_TABLE,
+            "Order count, total spent and last order per user.",
         ),
-        stock=_table(app, settings, STOCK_TABLE, "Units available per SKU."),
+        stock=_table(app, settings, metrics, STOCK_TABLE, "Units available per SKU."),
     )
