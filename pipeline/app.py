@@ -63,7 +63,20 @@ def broker_credentials(security: KafkaSecurity) -> CredentialsT | ssl.SSLContext
     return context
 
 
+class UnsupportedGuarantee(ValueError):
+    pass
+
+
 def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
+    if settings.processing_guarantee != "at_least_once":
+        # Faust's exactly_once derives each transactional id from the destination
+        # topic's partition and fails for topics the app does not consume (all our
+        # derived topics). The tables are exact without it: every row remembers the
+        # last source offset it applied (pipeline.rules), so a redelivery is a no-op.
+        raise UnsupportedGuarantee(
+            f"PIPELINE_PROCESSING_GUARANTEE={settings.processing_guarantee!r} is not supported: "
+            "use at_least_once; table updates are idempotent, so replays never double-count"
+        )
     brokers = [
         f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")
     ]

@@ -210,9 +210,11 @@ def register(
         return len(app.consumer.assignment())
 
     async def health(request: web.Request) -> web.Response:
-        # Faust starts the web server only after table recovery, so an answer here
-        # already means the worker recovered; a rebalance pauses consumption.
-        if app.rebalancing:
+        # Consuming means: the group assigned partitions (the web server starts
+        # before the first assignment), no rebalance and no table recovery running.
+        if not app.router.tables_metadata():
+            return web.json_response({"status": "waiting for assignment"}, status=503)
+        if app.rebalancing or app.in_recovery:
             return web.json_response({"status": "rebalancing"}, status=503)
         return web.json_response({"status": "ok", "assigned_partitions": assigned_partitions()})
 
