@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from faust.types import Message
 
 from pipeline.dlq import DeadLetters, error_class_of
+from pipeline.encoding import EncodingError
 from pipeline.errors import PipelineCodecError, RegistryUnavailable
 from pipeline.metrics import Metrics
 
@@ -27,6 +28,8 @@ Handler = Callable[[Message], Awaitable[None]]
 
 def is_permanent(error: BaseException) -> bool:
     """Errors that retrying cannot fix: bad bytes, unknown schemas, invalid records."""
+    if isinstance(error, EncodingError):
+        return True
     return isinstance(error, PipelineCodecError) and not isinstance(error, RegistryUnavailable)
 
 
