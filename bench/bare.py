@@ -80,10 +80,11 @@ def main(input_topic: str, output_prefix: str, group: str, count: int) -> None:
             for message in consumer.consume(num_messages=500, timeout=0.5):
                 if message.error() is not None:
                     continue
-                data = message.value()
-                stream = io.BytesIO(data)
+                stream = io.BytesIO(message.value() or b"")
                 stream.seek(5)
-                order = schemaless_reader(stream, writer_schema, None)
+                order: dict[str, Any] = schemaless_reader(  # type: ignore[assignment]
+                    stream, writer_schema, None
+                )
                 out = io.BytesIO()
                 out.write(stats_header)
                 user = order["user_id"]

@@ -19,11 +19,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from pipeline.codec import Codecs
 from pipeline.loadgen import order, producer_config, user_id
@@ -92,10 +98,6 @@ class Deployment:
     def names(self) -> TopicNames:
         return TopicNames.from_settings(self.settings)
 
-    def with_app_id(self, app_id: str, root: Path) -> Deployment:
-        """Same topics (prefix), another app id: a fresh consumer group and fresh tables."""
-        return replace(self, root=root, extra_env={**self.extra_env, "PIPELINE_APP_ID": app_id})
-
     def prepare(self) -> Codecs:
         """Create the topics and register the schemas, outside any timed window."""
         settings = self.settings
@@ -157,15 +159,21 @@ class Worker:
             )
         return self
 
-    def healthy(self) -> bool:
+    def health(self) -> dict[str, Any] | None:
+        """The body of GET /health when it says ok, else None."""
         assert self.process is not None
         if self.process.poll() is not None:
             raise RuntimeError(f"worker {self.label} exited; see {self.log}")
         try:
             status, body = http_get(f"{self.url}/health")
         except (OSError, ValueError):
-            return False
-        return status == 200 and isinstance(body, dict) and body.get("status") == "ok"
+            return None
+        if status == 200 and isinstance(body, dict) and body.get("status") == "ok":
+            return body
+        return None
+
+    def healthy(self) -> bool:
+        return self.health() is not None
 
     def wait_healthy(self, timeout: float = 300.0) -> float:
         """Seconds from start until GET /health answered ok."""
@@ -182,6 +190,25 @@ class Worker:
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (Faust commits and closes its stores), then SIGKILL if it hangs."""
         stop_process(self.process, timeout)
+
+
+def wait_stable_group(
+    workers: Sequence[Worker], timeout: float = 300.0, steady: float = 3.0
+) -> None:
+    """Until every worker is healthy with partitions assigned and no assignment changed
+    for ``steady`` seconds: the group has settled, no rebalance is coming."""
+    last: list[int] | None = None
+    since = time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        bodies = [worker.health() for worker in workers]
+        counts = [int(body.get("assigned_partitions", 0)) if body else -1 for body in bodies]
+        if counts != last:
+            last, since = counts, time.monotonic()
+        elif min(counts) > 0 and time.monotonic() - since >= steady:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"the group did not settle within {timeout:.0f} s (assigned: {last})")
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 60.0) -> None:
@@ -385,6 +412,43 @@ def preload_orders(
     started = time.monotonic()
     produce_all(bulk_producer(deployment.settings), topic, messages())
     return Preloaded(count, lines, users, skus, time.monotonic() - started)
+
+
+def copy_topic(settings: Settings, source: str, target: str) -> int:
+    """Every record of ``source`` (up to its current end) produced again to ``target``,
+    key and value bytes unchanged; how many."""
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"bench-copy-{os.getpid()}",
+            "enable.auto.commit": False,
+        }
+    )
+    offsets = Offsets(settings)
+    remaining: dict[int, int] = {}
+    try:
+        for partition in offsets.partitions(source):
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(source, partition), timeout=30
+            )
+            if high > low:
+                remaining[partition] = high
+        consumer.assign([TopicPartition(source, p, OFFSET_BEGINNING) for p in remaining])
+
+        def records() -> Iterable[tuple[bytes, bytes]]:
+            while remaining:
+                for message in consumer.consume(num_messages=10_000, timeout=1.0):
+                    partition, offset = message.partition(), message.offset()
+                    if message.error() is not None or partition is None or offset is None:
+                        continue
+                    yield message.key() or b"", message.value() or b""
+                    if offset + 1 >= remaining.get(partition, 0):
+                        remaining.pop(partition, None)
+
+        return produce_all(bulk_producer(settings), target, records())
+    finally:
+        consumer.close()
+        offsets.close()
 
 
 @dataclass(frozen=True)

@@ -90,10 +90,10 @@ class Arrivals(threading.Thread):
                 if message.error() is not None:
                     continue
                 if message.topic() == self.stats_topic:
-                    stats = self.stats_codec.decode(message.value())
+                    stats = self.stats_codec.decode(message.value() or b"")
                     self.output.setdefault(stats["last_order_id"], now)
                 else:
-                    order = self.orders_codec.decode(message.value())
+                    order = self.orders_codec.decode(message.value() or b"")
                     self.input.setdefault(order["order_id"], now)
         self.consumer.close()
 
