@@ -1,0 +1,170 @@
+"""Benchmarks of the pipeline on the local stack; not part of the test suite.
+
+    python -m bench all                          # every part, one table, bench/RESULTS.md
+    python -m bench throughput --orders 20000    # one part, small, for a quick check
+
+Start a stack of its own first, so the shared one is left alone:
+
+    PIPELINE_STACK_DIR=/tmp/bench-stack pipeline stack up
+    PIPELINE_ENV_FILE=/tmp/bench-stack/stack.env python -m bench all
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bench import codec_part, latency, profile, recovery, scaling, throughput
+from bench.common import BENCH_DIR, Row
+from bench.report import publish
+
+F = TypeVar("F", bound=Callable[..., Any])
+RESULTS = BENCH_DIR / "RESULTS.md"
+
+
+def command_line() -> str:
+    return "python -m bench " + shlex.join(sys.argv[1:])
+
+
+def workdir() -> Path:
+    """Worker data dirs and logs of this run (kept for inspection)."""
+    root = BENCH_DIR / "runs"
+    root.mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="run-", dir=root))
+
+
+def output_option(default: Path | None) -> Callable[[F], F]:
+    return click.option(
+        "--output",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=default,
+        show_default=True,
+        help="Also write the table here as Markdown.",
+    )
+
+
+def size_options(func: F) -> F:
+    func = click.option(
+        "--skus", default=2_000, show_default=True, help="Distinct SKUs in the orders."
+    )(func)
+    func = click.option(
+        "--users", default=20_000, show_default=True, help="Distinct users in the orders."
+    )(func)
+    func = click.option(
+        "--repeats", default=3, show_default=True, help="Runs of each system; median shown."
+    )(func)
+    return click.option(
+        "--orders",
+        default=8_000,
+        show_default=True,
+        help="Orders pre-loaded (the default is about 30 s of work for one worker here).",
+    )(func)
+
+
+@click.group()
+def main() -> None:
+    """Benchmarks of the pipeline on the local stack; each part alone or all of them."""
+
+
+@main.command("throughput")
+@size_options
+@click.option("--quix/--no-quix", default=True, show_default=True, help="Run the Quix peer.")
+@output_option(None)
+def throughput_command(
+    orders: int, repeats: int, users: int, skus: int, quix: bool, output: Path | None
+) -> None:
+    """Part 1: one worker vs the bare limit vs the Quix Streams peer, same input."""
+    rows = throughput.run(workdir(), orders, users, skus, repeats, quix=quix)
+    publish(rows, command_line(), output)
+
+
+@main.command("scaling")
+@size_options
+@output_option(None)
+def scaling_command(orders: int, repeats: int, users: int, skus: int, output: Path | None) -> None:
+    """Part 2: one worker vs two workers, same input."""
+    publish(scaling.run(workdir(), orders, users, skus, repeats), command_line(), output)
+
+
+@main.command("latency")
+@click.option(
+    "--rate",
+    default=100.0,
+    show_default=True,
+    help="Orders offered per second (keep it below one worker's throughput).",
+)
+@click.option("--seconds", default=30.0, show_default=True, help="How long to offer them.")
+@output_option(None)
+def latency_command(rate: float, seconds: float, output: Path | None) -> None:
+    """Part 3: produce time to the matching user_order_stats event, at a fixed rate."""
+    publish(latency.run(workdir(), rate, seconds), command_line(), output)
+
+
+@main.command("recovery")
+@click.option(
+    "--keys", default=1_000_000, show_default=True, help="User-stats rows in the changelog."
+)
+@output_option(None)
+def recovery_command(keys: int, output: Path | None) -> None:
+    """Parts 4 and 5: restart with and without the state dir; peak RSS with the keys."""
+    publish(recovery.run(workdir(), keys), command_line(), output)
+
+
+@main.command("profile")
+@click.option("--orders", default=8_000, show_default=True)
+@click.option("--top", default=15, show_default=True, help="Functions listed.")
+def profile_command(orders: int, top: int) -> None:
+    """Where one worker's time goes (py-spy record over a pre-loaded run)."""
+    rows, text = profile.run(workdir(), orders, top)
+    publish(rows, command_line(), None, [("profile", text)])
+
+
+@main.command("codec")
+@click.option("--records", default=20_000, show_default=True)
+@click.option("--repeats", default=7, show_default=True)
+def codec_command(records: int, repeats: int) -> None:
+    """Part 6: bench.codec's micro-benchmark."""
+    publish([], command_line(), None, [("codec", codec_part.run(records, repeats))])
+
+
+@main.command("all")
+@size_options
+@click.option("--rate", default=100.0, show_default=True, help="Latency: orders/s offered.")
+@click.option("--seconds", default=30.0, show_default=True, help="Latency: seconds offered.")
+@click.option("--keys", default=1_000_000, show_default=True, help="Recovery: user rows.")
+@click.option("--quix/--no-quix", default=True, show_default=True)
+@output_option(RESULTS)
+def all_command(
+    orders: int,
+    repeats: int,
+    users: int,
+    skus: int,
+    rate: float,
+    seconds: float,
+    keys: int,
+    quix: bool,
+    output: Path | None,
+) -> None:
+    """Every part on one input where parts share one; one table."""
+    root = workdir()
+    rows: list[Row] = []
+    rows += scaling.run_with_throughput(root, orders, users, skus, repeats, quix=quix)
+    rows += latency.run(root, rate, seconds)
+    rows += recovery.run(root, keys)
+    profile_rows, profile_text = profile.run(root, orders, 15)
+    rows += profile_rows
+    extra = [
+        ("Profile of one worker (py-spy)", profile_text),
+        ("Codec micro-benchmark (bench/codec.py)", codec_part.run(20_000, 7)),
+    ]
+    publish(rows, command_line(), output, extra)
+
+
+if __name__ == "__main__":
+    main()
