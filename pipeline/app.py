@@ -90,6 +90,7 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
         topic_replication_factor=settings.replication_factor,
         table_standby_replicas=settings.standby_replicas,
         processing_guarantee=settings.processing_guarantee,
+        web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",

@@ -203,9 +203,11 @@ def read_topic(settings: Settings, topic: str) -> list[Record]:
                 assert message is not None, f"{topic}[{partition}]: nothing at {offset}"
                 assert message.error() is None, message.error()
                 offset = (message.offset() or 0) + 1
+                found = message.headers() or []
+                pairs = list(found.items()) if isinstance(found, dict) else list(found)
                 headers = [
                     (name, value.encode() if isinstance(value, str) else (value or b""))
-                    for name, value in (message.headers() or [])
+                    for name, value in pairs
                 ]
                 key, value = message.key(), message.value()
                 records.append(

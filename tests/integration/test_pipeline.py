@@ -25,6 +25,7 @@ from tests.integration import expected
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import (
     Deployment,
+    Record,
     Worker,
     decoded,
     end_offsets,
@@ -100,9 +101,11 @@ def all_views_match(worker: Worker, shop: Shop) -> bool:
 
 def test_tables_equal_values_computed_from_the_input_through_either_worker(shop: Shop) -> None:
     for worker in shop.workers:
-        wait_for(
-            f"views of worker {worker.label} to match", lambda w=worker: all_views_match(w, shop)
-        )
+
+        def matches(worker: Worker = worker) -> bool:
+            return all_views_match(worker, shop)
+
+        wait_for(f"views of worker {worker.label} to match", matches)
     # Both workers answered for every key, so each forwarded the keys it does not own.
     assert all(w.metric("pipeline_routed_requests_total", table="stock") > 0 for w in shop.workers)
 
@@ -305,10 +308,12 @@ def test_poison_messages_go_to_the_dlq_unchanged_and_the_rest_is_processed(shop:
         lambda: shop.workers[0].get(f"/users/{user}/orders")[1].get("order_count") == 2,
     )
     dlq = names.dead_letters(names.order_created)
-    letters = wait_for(
-        "two dead letters",
-        lambda: (found := read_topic(settings, dlq)) and len(found) >= 2 and found,
-    )
+
+    def two_dead_letters() -> list[Record] | None:
+        found = read_topic(settings, dlq)
+        return found if len(found) >= 2 else None
+
+    letters = wait_for("two dead letters", two_dead_letters)
     assert sorted(letter.value or b"" for letter in letters) == sorted([not_avro, unknown_id])
     assert {letter.key for letter in letters} == {user.encode()}
     for letter in letters:
