@@ -144,6 +144,11 @@ def copartitioning_problems(
     return problems
 
 
+def admin_client(settings: Settings) -> AdminClient:
+    config: dict[str, str | int | float | bool] = dict(settings.kafka_client_config())
+    return AdminClient(config)
+
+
 def existing_partition_counts(admin: AdminClient, timeout: float = 30.0) -> dict[str, int]:
     metadata = admin.list_topics(timeout=timeout)
     return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
@@ -154,7 +159,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
 
     Raises TopicLayoutError naming each group of topics whose partition counts differ.
     """
-    admin = AdminClient(dict(settings.kafka_client_config()))
+    admin = admin_client(settings)
     specs = TopicNames.from_settings(settings).specs()
     existing = existing_partition_counts(admin, timeout)
     missing = [spec for spec in specs if spec.name not in existing]

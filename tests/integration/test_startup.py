@@ -1,0 +1,42 @@
+"""Start-up against the real broker: topics created, bad layouts refused."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+from pipeline.topics import admin_client, ensure_topics, existing_partition_counts
+from tests.integration.conftest import StackInfo
+from tests.integration.harness import Deployment
+
+pytestmark = pytest.mark.integration
+
+
+def test_missing_topics_are_created_with_the_configured_counts(stack: StackInfo) -> None:
+    name = f"it-topics-{uuid.uuid4().hex[:8]}"
+    settings = stack.settings(app_id=name, topic_prefix=f"{name}.", partitions=3)
+    created = ensure_topics(settings)
+    assert f"{name}.order_created" in created and f"{name}-stock-changelog" in created
+    counts = existing_partition_counts(admin_client(settings))
+    assert {counts[topic] for topic in created} == {3}
+    assert ensure_topics(settings) == []  # idempotent
+
+
+def test_worker_refuses_to_start_when_copartitioning_is_broken(
+    stack: StackInfo, tmp_path: Path
+) -> None:
+    name = f"it-layout-{uuid.uuid4().hex[:8]}"
+    deployment = Deployment(stack, name, tmp_path)
+    admin = admin_client(deployment.settings)
+    wrong = NewTopic(f"{name}.stock_adjusted", num_partitions=3, replication_factor=1)
+    for future in admin.create_topics([wrong]).values():
+        future.result()
+    worker = deployment.worker("refused").start()
+    assert worker.process is not None
+    assert worker.process.wait(120) != 0
+    log = worker.log.read_text()
+    assert "TopicLayoutError" in log
+    assert f"{name}.stock_adjusted=3" in log
