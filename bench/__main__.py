@@ -100,10 +100,11 @@ def scaling_command(orders: int, repeats: int, users: int, skus: int, output: Pa
     help="Orders offered per second (keep it below one worker's throughput).",
 )
 @click.option("--seconds", default=30.0, show_default=True, help="How long to offer them.")
+@click.option("--repeats", default=3, show_default=True, help="Runs, each with a fresh worker.")
 @output_option(None)
-def latency_command(rate: float, seconds: float, output: Path | None) -> None:
+def latency_command(rate: float, seconds: float, repeats: int, output: Path | None) -> None:
     """Part 3: produce time to the matching user_order_stats event, at a fixed rate."""
-    publish(latency.run(workdir(), rate, seconds), command_line(), output)
+    publish(latency.run(workdir(), rate, seconds, repeats), command_line(), output)
 
 
 @main.command("recovery")
@@ -155,7 +156,7 @@ def all_command(
     root = workdir()
     rows: list[Row] = []
     rows += scaling.run_with_throughput(root, orders, users, skus, repeats, quix=quix)
-    rows += latency.run(root, rate, seconds)
+    rows += latency.run(root, rate, seconds, repeats)
     rows += recovery.run(root, keys)
     profile_rows, profile_text = profile.run(root, orders, 15)
     rows += profile_rows
