@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from bench import codec_part, latency, profile, recovery, scaling, throughput
-from bench.common import BENCH_DIR, Row
+from bench.common import BENCH_DIR, Row, use_pipeline_commit
 from bench.report import publish
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,8 +68,16 @@ def size_options(func: F) -> F:
 
 
 @click.group()
-def main() -> None:
+@click.option(
+    "--pipeline-commit",
+    default="HEAD",
+    show_default=True,
+    help="Workers run pipeline/ as committed here (git archive), or 'worktree' as it is.",
+)
+def main(pipeline_commit: str) -> None:
     """Benchmarks of the pipeline on the local stack; each part alone or all of them."""
+    commit = use_pipeline_commit(pipeline_commit)
+    print(f"workers run the pipeline at {commit}", flush=True)
 
 
 @main.command("throughput")

@@ -67,6 +67,45 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+WORKTREE = "worktree"
+
+
+def use_pipeline_commit(commit: str) -> str:
+    """Make the workers this process starts run ``pipeline/`` (and ``schemas/``) as committed
+    at ``commit``, exported with ``git archive`` under bench/runs/: the working tree may be
+    in the middle of an edit. Returns the full commit id (or "worktree" to run the working
+    tree as it is)."""
+    if commit == WORKTREE:
+        os.environ.pop("PYTHONPATH", None)
+        os.environ["BENCH_PIPELINE_COMMIT"] = WORKTREE
+        return WORKTREE
+    repo = BENCH_DIR.parent
+    sha = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{commit}^{{commit}}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    target = BENCH_DIR / "runs" / f"src-{sha[:12]}"
+    if not target.exists():
+        staging = target.with_name(target.name + ".partial")
+        staging.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", sha, "pipeline", "schemas"],
+            cwd=repo,
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(staging)], input=archive, check=True)
+        staging.rename(target)
+    # Workers start outside the checkout (cwd is their run dir), so this path comes before
+    # the editable install's.
+    os.environ["PYTHONPATH"] = str(target)
+    os.environ["BENCH_PIPELINE_COMMIT"] = sha
+    return sha
+
+
 def base_env() -> dict[str, str]:
     """The process environment over the stack's env file (what Settings.from_env reads)."""
     return {**read_env_file(stack_env_file()), **os.environ}
@@ -153,6 +192,7 @@ class Worker:
             self.started_at = time.monotonic()
             self.process = subprocess.Popen(
                 [FAUST, "-A", "pipeline.app", "worker", "-l", "info"],
+                cwd=self.deployment.root,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ def text_table(rows: Sequence[Row]) -> str:
 def markdown(rows: Sequence[Row], command: str, extra: Sequence[tuple[str, str]] = ()) -> str:
     """The whole RESULTS.md: context, the table, then ``extra`` (title, preformatted text)."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    commit = os.environ.get("BENCH_PIPELINE_COMMIT", "worktree")
+    code = "the working tree" if commit == "worktree" else f"commit `{commit[:12]}`"
     out = [
         "# Benchmark results",
         "",
@@ -38,6 +41,8 @@ def markdown(rows: Sequence[Row], command: str, extra: Sequence[tuple[str, str]]
         "machine. The machine is shared and noisy: compare the ratios, which are measured "
         "in the same run, more than the absolute figures. Values are the median of the "
         "repeats with (min-max, n=repeats).",
+        "",
+        f"Workers ran the pipeline as of {code}.",
         "",
         "| " + " | ".join(HEADERS) + " |",
         "|" + "---|" * len(HEADERS),
