@@ -95,6 +95,9 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
         web_port=settings.web_port,
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
         consumer_auto_offset_reset="earliest",
+        # A crashed worker's partitions wait for its session to expire before they
+        # move (Faust's default: 60 s).
+        broker_session_timeout=15.0,
         producer_acks=-1,
         autodiscover=False,
     )
