@@ -9,6 +9,7 @@ from pipeline.dlq_cli import dlq
 from pipeline.evolution_cli import schemas
 from pipeline.loadgen import loadgen
 from pipeline.stack.cli import stack
+from pipeline.topics_cli import topics
 
 
 @click.group()
@@ -21,3 +22,4 @@ main.add_command(schemas)
 main.add_command(loadgen)
 main.add_command(dlq)
 main.add_command(demo)
+main.add_command(topics)

@@ -6,8 +6,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+from pipeline.cli import main
 from pipeline.topics import admin_client, ensure_topics, existing_partition_counts
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import Deployment
@@ -23,6 +25,17 @@ def test_missing_topics_are_created_with_the_configured_counts(stack: StackInfo)
     counts = existing_partition_counts(admin_client(settings))
     assert {counts[topic] for topic in created} == {3}
     assert ensure_topics(settings) == []  # idempotent
+
+    env = {
+        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
+        "PIPELINE_APP_ID": name,
+        "PIPELINE_TOPIC_PREFIX": f"{name}.",
+        "PIPELINE_PARTITIONS": "3",
+    }
+    listing = CliRunner().invoke(main, ["topics", "list"], env=env)
+    assert listing.exit_code == 0, listing.output
+    assert f"{name}.order_created" in listing.output
+    assert "missing" not in listing.output
 
 
 def test_worker_refuses_to_start_when_copartitioning_is_broken(
