@@ -61,7 +61,7 @@ def size_options(func: F) -> F:
     )(func)
     return click.option(
         "--orders",
-        default=8_000,
+        default=20_000,
         show_default=True,
         help="Orders pre-loaded (the default is about 30 s of work for one worker here).",
     )(func)
