@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from faust.types import AppT, Message
 
 from pipeline.errors import PipelineCodecError
+from pipeline.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,6 @@ ATTEMPTS = "dlq.attempts"
 FAILED_AT = "dlq.failed.at"  # milliseconds since the epoch
 
 Headers = list[tuple[str, bytes]]
-
-
-def dead_letter_topic(topic: str) -> str:
-    return f"{topic}.dlq"
 
 
 def schema_id_of(value: bytes | None, error: BaseException) -> int | None:
@@ -110,7 +107,7 @@ class DeadLetters:
             attempts=attempts,
             failed_at_ms=int(time.time() * 1000),
         )
-        target = dead_letter_topic(message.topic)
+        target = TopicNames.dead_letters(message.topic)
         await self.app.producer.send_and_wait(
             target, message.key, message.value, partition=None, timestamp=None, headers=headers
         )

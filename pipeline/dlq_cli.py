@@ -22,7 +22,6 @@ from pipeline.dlq import (
     SOURCE_OFFSET,
     SOURCE_PARTITION,
     SOURCE_TOPIC,
-    dead_letter_topic,
     without_dead_letter_headers,
 )
 from pipeline.loadgen import producer_config
@@ -101,7 +100,7 @@ def read_dead_letters(
 
 def _topics(settings: Settings, sources: Sequence[str]) -> list[str]:
     names = TopicNames.from_settings(settings)
-    return [dead_letter_topic(source) for source in (sources or names.consumed)]
+    return [names.dead_letters(source) for source in (sources or names.consumed)]
 
 
 def _consumer(settings: Settings, group: str) -> Consumer:
