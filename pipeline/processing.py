@@ -1,28 +1,25 @@
-"""How every agent handles its events: in batches, with bounded retries per event,
-then the dead-letter topic.
+"""How every agent handles one event: bounded retries, then the dead-letter topic.
 
-Agents take events in batches (one broker round trip acknowledges all the derived
-events of a batch, instead of one per event). A batch that fails is handled
-again one event at a time, so only the event at fault is retried: with a growing
-pause (transient trouble: the registry or the broker briefly away), and after
-the last attempt it is dead-lettered and the agent moves on, so one bad message
-never blocks its partition. A message that cannot be decoded is not retried: the
-same bytes will never decode, so it goes to the dead-letter topic at once.
+A handler that raises is retried with a growing pause (transient trouble: the
+registry or the broker briefly away); after the last attempt the message is
+dead-lettered and the agent moves on, so one bad message never blocks its
+partition. A message that cannot be decoded is not retried: the same bytes will
+never decode, so it goes to the dead-letter topic at once.
 
-Faust acknowledges a batch's events only after the agent finished the batch.
+Events are handled one at a time (``stream.events()``). Batching with Faust's
+``take_events`` was tried and reverted: in the SIGKILL crash test a batched worker
+never processed one stock_adjusted message (no error, no dead letter; compare
+robinhood/faust issue 656 on ``take()`` skipping messages).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
 
-from faust.streams import Stream, _current_event
-from faust.types import EventT, Message, StreamT, TableT
+from faust.types import Message
 
 from pipeline.dlq import DeadLetters, error_class_of
 from pipeline.encoding import EncodingError
@@ -31,64 +28,7 @@ from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Event = EventT[Any]
-BatchHandler = Callable[[Sequence[Event]], Awaitable[None]]
-
-# Faust holds back consumption once more than 100 changelog records wait to be
-# sent (producer buffer); larger batches only stall on that.
-BATCH_SIZE = 100
-# How long a batch waits to fill: the latency an event may gain at low load.
-BATCH_WINDOW_SECONDS = 0.05
-
-
-def bind_event(event: Event) -> None:
-    """Make ``event`` Faust's current event. Tables take the partition of a read or
-    write (which RocksDB database, which changelog partition) from the current
-    event; in a batch, each row is read and written under the event that changed it.
-    """
-    _current_event.set(weakref.ref(event))
-
-
-Row = TypeVar("Row")
-
-
-class RowBatch(Generic[Row]):
-    """The rows one batch changes: read through (the batch's own changes first, then
-    the table) and written only when ``write`` is called, after the batch's derived
-    events were acknowledged."""
-
-    def __init__(
-        self,
-        table: TableT[bytes, bytes],
-        decode: Callable[[bytes], Row],
-        encode: Callable[[Row], bytes],
-    ) -> None:
-        self.table = table
-        self.decode = decode
-        self.encode = encode
-        self.pending: dict[bytes, tuple[Row, Event]] = {}
-
-    def get(self, key: bytes, event: Event) -> Row | None:
-        if key in self.pending:
-            return self.pending[key][0]
-        bind_event(event)
-        stored = self.table.get(key)
-        return self.decode(stored) if stored is not None else None
-
-    def put(self, key: bytes, row: Row, event: Event) -> None:
-        self.pending[key] = (row, event)
-
-    def write(self) -> None:
-        for key, (row, event) in self.pending.items():
-            bind_event(event)
-            self.table[key] = self.encode(row)
-
-
-async def batches(stream: StreamT[Any]) -> AsyncIterator[Sequence[Event]]:
-    # take_events is on the concrete Stream only (not on StreamT).
-    concrete = cast(Stream[Any], stream)
-    async for events in concrete.take_events(BATCH_SIZE, within=BATCH_WINDOW_SECONDS):
-        yield events
+Handler = Callable[[Message], Awaitable[None]]
 
 
 def is_permanent(error: BaseException) -> bool:
@@ -105,31 +45,13 @@ class EventRunner:
     # Pauses between attempts; len(backoff) + 1 attempts in all.
     backoff: Sequence[float] = field(default=(0.1, 0.5, 2.0))
 
-    async def run_batch(self, events: Sequence[Event], handler: BatchHandler) -> None:
-        try:
-            await handler(events)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            # The handler writes table rows only after every derived event of the
-            # batch was acknowledged, and rows skip what they already applied, so
-            # handling the events again one by one neither loses nor doubles anything.
-            log.warning("batch of %d failed (%r): handling it event by event", len(events), error)
-            for event in events:
-                await self.run(event, handler)
-            return
-        for event in events:
-            self.metrics.events_processed.labels(event.message.topic).inc()
-
-    async def run(self, event: Event, handler: BatchHandler) -> None:
-        message: Message = event.message
+    async def run(self, message: Message, handler: Handler) -> None:
         self.metrics.events_processed.labels(message.topic).inc()
         attempt = 0
         while True:
             attempt += 1
             try:
-                bind_event(event)
-                await handler([event])
+                await handler(message)
                 return
             except asyncio.CancelledError:
                 raise
