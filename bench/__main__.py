@@ -61,9 +61,9 @@ def size_options(func: F) -> F:
     )(func)
     return click.option(
         "--orders",
-        default=20_000,
+        default=10_000,
         show_default=True,
-        help="Orders pre-loaded (the default is about 30 s of work for one worker here).",
+        help="Orders pre-loaded (the default is 15-40 s of work for one worker here).",
     )(func)
 
 
@@ -103,16 +103,23 @@ def scaling_command(orders: int, repeats: int, users: int, skus: int, output: Pa
 @main.command("latency")
 @click.option(
     "--rate",
-    default=100.0,
+    "rates",
+    type=float,
+    multiple=True,
+    default=(100.0, 200.0),
     show_default=True,
-    help="Orders offered per second (keep it below one worker's throughput).",
+    help="Orders offered per second (repeatable); keep it below one worker's throughput.",
 )
 @click.option("--seconds", default=30.0, show_default=True, help="How long to offer them.")
 @click.option("--repeats", default=3, show_default=True, help="Runs, each with a fresh worker.")
 @output_option(None)
-def latency_command(rate: float, seconds: float, repeats: int, output: Path | None) -> None:
-    """Part 3: produce time to the matching user_order_stats event, at a fixed rate."""
-    publish(latency.run(workdir(), rate, seconds, repeats), command_line(), output)
+def latency_command(
+    rates: tuple[float, ...], seconds: float, repeats: int, output: Path | None
+) -> None:
+    """Part 3: produce time to the matching user_order_stats event, at fixed rates."""
+    root = workdir()
+    rows = [row for rate in rates for row in latency.run(root, rate, seconds, repeats)]
+    publish(rows, command_line(), output)
 
 
 @main.command("recovery")
@@ -144,7 +151,15 @@ def codec_command(records: int, repeats: int) -> None:
 
 @main.command("all")
 @size_options
-@click.option("--rate", default=100.0, show_default=True, help="Latency: orders/s offered.")
+@click.option(
+    "--rate",
+    "rates",
+    type=float,
+    multiple=True,
+    default=(100.0, 200.0),
+    show_default=True,
+    help="Latency: orders/s offered (repeatable).",
+)
 @click.option("--seconds", default=30.0, show_default=True, help="Latency: seconds offered.")
 @click.option("--keys", default=1_000_000, show_default=True, help="Recovery: user rows.")
 @click.option("--quix/--no-quix", default=True, show_default=True)
@@ -154,7 +169,7 @@ def all_command(
     repeats: int,
     users: int,
     skus: int,
-    rate: float,
+    rates: tuple[float, ...],
     seconds: float,
     keys: int,
     quix: bool,
@@ -164,7 +179,8 @@ def all_command(
     root = workdir()
     rows: list[Row] = []
     rows += scaling.run_with_throughput(root, orders, users, skus, repeats, quix=quix)
-    rows += latency.run(root, rate, seconds, repeats)
+    for rate in rates:
+        rows += latency.run(root, rate, seconds, repeats)
     rows += recovery.run(root, keys)
     profile_rows, profile_text = profile.run(root, orders, 15)
     rows += profile_rows

@@ -169,7 +169,7 @@ def run(root: Path, rate: float, seconds: float, repeats: int = 3) -> list[Row]:
     pipeline: list[Percentiles] = []
     transport: list[Percentiles] = []
     for repeat in range(repeats):
-        ours, floor = measure_once(root, f"latency-r{repeat}", rate, seconds)
+        ours, floor = measure_once(root, f"latency{rate:.0f}-r{repeat}", rate, seconds)
         pipeline.append(ours)
         transport.append(floor)
     ratio = median([p.p50 / max(t.p50, 0.001) for p, t in zip(pipeline, transport, strict=True)])
@@ -180,14 +180,14 @@ def run(root: Path, rate: float, seconds: float, repeats: int = 3) -> list[Row]:
     return [
         Row(
             "3 latency",
-            "order → user_order_stats",
+            f"order → user_order_stats at {rate:,.0f}/s",
             _text(pipeline),
             f"p50 {ratio:,.1f}x transport",
             f"{offered}, {cores()} cores",
         ),
         Row(
             "3 latency",
-            "order → order_created (transport)",
+            f"order → order_created at {rate:,.0f}/s (transport)",
             _text(transport),
             "",
             "the broker round trip alone, same consumer, same runs",

@@ -245,8 +245,12 @@ def rows(results: Results, part: str, baseline: str) -> list[Row]:
     loaded = results.source.loaded
     base = median(results.rates[baseline])
     out = []
+    peer = median(results.rates[QUIX]) if QUIX in results.rates else None
     for system, rates in results.rates.items():
-        ratio = "" if system == baseline else f"{median(rates) / base:.2f}x {baseline}"
+        ratios = [] if system == baseline else [f"{median(rates) / base:.2f}x {baseline}"]
+        if peer is not None and system not in (baseline, QUIX):
+            ratios.append(f"{median(rates) / peer:.2f}x {QUIX}")
+        ratio = ", ".join(ratios)
         out.append(
             Row(
                 part,
