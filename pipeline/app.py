@@ -93,7 +93,7 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
-        canonical_url=f"http://{settings.web_host}:{settings.web_port}",
+        canonical_url=settings.web_url,
         consumer_auto_offset_reset="earliest",
         # A crashed worker's partitions wait for its session to expire before they
         # move (Faust's default: 60 s).

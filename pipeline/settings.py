@@ -109,6 +109,9 @@ class Settings:
     low_stock_threshold: int = 10
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    # Where other workers reach this one to forward a query for a key it owns; differs from
+    # web_host when the server binds 0.0.0.0 (containers). None: http://web_host:web_port.
+    web_advertised_url: str | None = None
     processing_guarantee: str = "at_least_once"
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     # The .avsc files and subjects.yaml; None: the packaged or checkout copy.
@@ -175,6 +178,7 @@ class Settings:
             ),
             web_host=get("WEB_HOST", defaults.web_host),
             web_port=_int(PREFIX + "WEB_PORT", get("WEB_PORT", "6066"), 1),
+            web_advertised_url=optional("WEB_ADVERTISED_URL"),
             processing_guarantee=guarantee,
             kafka_security=KafkaSecurity(
                 protocol=protocol,
@@ -185,6 +189,11 @@ class Settings:
             ),
             schema_dir=Path(schema_dir) if (schema_dir := optional("SCHEMA_DIR")) else None,
         )
+
+    @property
+    def web_url(self) -> str:
+        """The URL other workers use for this worker's web server."""
+        return (self.web_advertised_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
 
     def registry_client_config(self) -> dict[str, Any]:
         """Configuration for confluent-kafka's ``SchemaRegistryClient``."""

@@ -39,5 +39,7 @@ def test_workers_settings_parse_and_point_at_the_compose_services() -> None:
         assert settings.schema_registry_url == "http://registry:8080/apis/ccompat/v7"
         assert settings.web_host == "0.0.0.0"
         assert str(settings.data_dir) == "/data"
+        # Bound to 0.0.0.0, so other workers need the service's own name to route queries.
+        assert settings.web_url == f"http://{name}:6066"
         assert any(volume.endswith(":/data") for volume in service["volumes"])
         assert "healthcheck" in service

@@ -74,3 +74,11 @@ def test_env_file_lines_and_comments(tmp_path: Path) -> None:
     path.write_text("# comment\n\nA=1\nB = two words \nnot a pair\n")
     assert read_env_file(path) == {"A": "1", "B": "two words"}
     assert read_env_file(tmp_path / "missing.env") == {}
+
+
+def test_the_advertised_web_url_defaults_to_the_bind_address() -> None:
+    assert Settings.from_env({"PIPELINE_WEB_PORT": "7000"}).web_url == "http://127.0.0.1:7000"
+    in_container = Settings.from_env(
+        {"PIPELINE_WEB_HOST": "0.0.0.0", "PIPELINE_WEB_ADVERTISED_URL": "http://worker-1:6066/"}
+    )
+    assert in_container.web_url == "http://worker-1:6066"
