@@ -11,130 +11,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 
 from pipeline.loadgen import ORDER_CREATED, STOCK_ADJUSTED, LoadConfig, ShopEvent, generate, send
 from pipeline.settings import Settings
 from pipeline.stack.config import free_ports
-from pipeline.stack.launcher import tail
-from pipeline.topics import TopicNames
+from pipeline.topics import TopicNames, record_count, watermarks
+from pipeline.workers import WorkerFailed, WorkerProcess
 
-BIN = Path(sys.executable).parent
+BIN = Path(sys.executable).parent  # the venv's scripts: `pipeline`
 
 
 def step(text: str) -> None:
     click.secho(f"\n==> {text}", bold=True)
-
-
-@dataclass
-class DemoWorker:
-    number: int
-    port: int
-    data_dir: Path
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, env: dict[str, str]) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [str(BIN / "faust"), "-A", "pipeline.app", "worker", "-l", "info"],
-                env={
-                    **env,
-                    "PIPELINE_WEB_PORT": str(self.port),
-                    "PIPELINE_DATA_DIR": str(self.data_dir),
-                },
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the demo, which stops workers cleanly
-            )
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        """SIGTERM, so Faust commits offsets and closes its RocksDB stores; SIGKILL after 60 s."""
-        if self.process is None or not self.running():
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def get_json(url: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
-
-
-def wait_healthy(worker: DemoWorker, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not worker.running():
-            raise click.ClickException(
-                f"worker {worker.number} exited; last lines of {worker.log}:\n{tail(worker.log)}"
-            )
-        try:
-            status, body = get_json(worker.url + "/health")
-            # Healthy and holding partitions: the group has settled with this worker in it.
-            if status == 200 and body.get("assigned_partitions", 0) > 0:
-                return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise click.ClickException(
-        f"worker {worker.number} not healthy after {timeout:.0f} s; "
-        f"last lines of {worker.log}:\n{tail(worker.log)}"
-    )
-
-
-def watermarks(consumer: Consumer, topic: str) -> dict[int, tuple[int, int]]:
-    """(low, high) offsets by partition; {} for a topic that does not exist (yet)."""
-    metadata = consumer.list_topics(topic, timeout=30).topics.get(topic)
-    if metadata is None or metadata.error is not None:
-        return {}
-    result: dict[int, tuple[int, int]] = {}
-    for partition in metadata.partitions:
-        for attempt in range(20):
-            try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=30
-                )
-                break
-            except KafkaException as error:
-                # A topic the workers just created may not have elected its leaders yet.
-                if not error.args[0].retriable() or attempt == 19:
-                    raise
-                time.sleep(0.5)
-        result[partition] = (low, high)
-    return result
-
-
-def message_count(consumer: Consumer, topic: str) -> int:
-    return sum(high - low for low, high in watermarks(consumer, topic).values())
 
 
 def lag(admin: AdminClient, consumer: Consumer, group: str, topics: tuple[str, ...]) -> int:
@@ -185,10 +82,10 @@ def expected_state(events: list[ShopEvent]) -> tuple[Counter[str], Counter[str]]
     return orders, stock
 
 
-def show_views(workers: list[DemoWorker], users: list[str], skus: list[str]) -> None:
+def show_views(workers: list[WorkerProcess], users: list[str], skus: list[str]) -> None:
     step("table views, each asked through every worker (keys owned elsewhere are routed)")
     for path in [f"/users/{user}/orders" for user in users] + [f"/stock/{sku}" for sku in skus]:
-        answers = [get_json(worker.url + path) for worker in workers]
+        answers = [worker.get(path) for worker in workers]
         agree = (
             "same answer"
             if len({json.dumps(a, sort_keys=True) for a in answers}) == 1
@@ -198,17 +95,19 @@ def show_views(workers: list[DemoWorker], users: list[str], skus: list[str]) -> 
         click.echo(f"    GET {path:<28} {status} {json.dumps(body)}  ({agree})")
 
 
-def verify_tables(worker: DemoWorker, orders: Counter[str], stock: Counter[str]) -> tuple[int, int]:
+def verify_tables(
+    worker: WorkerProcess, orders: Counter[str], stock: Counter[str]
+) -> tuple[int, int]:
     """How many users and SKUs the views report exactly as computed from the input."""
     users_ok = sum(
         1
         for user, count in orders.items()
-        if get_json(f"{worker.url}/users/{user}/orders")[1].get("order_count") == count
+        if worker.get(f"/users/{user}/orders")[1].get("order_count") == count
     )
     skus_ok = sum(
         1
         for sku, available in stock.items()
-        if get_json(f"{worker.url}/stock/{sku}")[1].get("available") == available
+        if worker.get(f"/stock/{sku}")[1].get("available") == available
     )
     return users_ok, skus_ok
 
@@ -238,22 +137,26 @@ def demo(users: int, orders: int, skus: int, rate: float, keep_running: bool) ->
     subprocess.run([str(BIN / "pipeline"), "schemas", "register"], check=True)
 
     step("starting two workers")
-    env = dict(os.environ)
     workers = [
-        DemoWorker(n, port, root / f"worker-{n}", root / f"worker-{n}.log")
+        WorkerProcess(
+            f"worker-{n}", os.environ, root / f"worker-{n}", port, root / f"worker-{n}.log"
+        )
         for n, port in enumerate(free_ports(2), start=1)
     ]
     try:
         for worker in workers:
-            worker.start(env)
+            worker.start()
         for worker in workers:
-            wait_healthy(worker)
-            click.echo(f"    worker {worker.number}: {worker.url} (log {worker.log})")
+            try:
+                worker.wait_healthy()
+            except WorkerFailed as failure:
+                raise click.ClickException(str(failure)) from None
+            click.echo(f"    {worker.label}: {worker.url} (log {worker.log})")
 
         config = LoadConfig(users=users, orders=orders, skus=skus)
         events = list(generate(config))
         consumer = Consumer({**settings.kafka_client_config(), "group.id": "pipeline-demo"})
-        fresh = message_count(consumer, names.order_created) == 0
+        fresh = record_count(consumer, names.order_created) == 0
         step(f"feeding {len(events)} events: registrations, orders, restocks")
         started = time.monotonic()
         report = send(events, settings, rate=rate, total=len(events))
@@ -268,7 +171,7 @@ def demo(users: int, orders: int, skus: int, rate: float, keep_running: bool) ->
 
         expected_orders, expected_stock = expected_state(events)
         show_views(workers, sorted(expected_orders)[:3], sorted(expected_stock)[:3])
-        status, body = get_json(workers[0].url + "/stock/NO-SUCH-SKU")
+        status, body = workers[0].get("/stock/NO-SUCH-SKU")
         click.echo(f"    GET {'/stock/NO-SUCH-SKU':<28} {status} {json.dumps(body)}")
 
         step("derived topics and dead letters")
@@ -278,10 +181,10 @@ def demo(users: int, orders: int, skus: int, rate: float, keep_running: bool) ->
             names.low_stock_alerts,
             names.notifications,
         ):
-            click.echo(f"    {topic:<24} {message_count(consumer, topic):>8} events")
+            click.echo(f"    {topic:<24} {record_count(consumer, topic):>8} events")
         for topic in (names.user_registered, names.order_created, names.stock_adjusted):
             dlq = names.dead_letters(topic)
-            click.echo(f"    {dlq:<24} {message_count(consumer, dlq):>8} dead letters")
+            click.echo(f"    {dlq:<24} {record_count(consumer, dlq):>8} dead letters")
         consumer.close()
 
         step("tables against the stream that was sent")
@@ -297,7 +200,7 @@ def demo(users: int, orders: int, skus: int, rate: float, keep_running: bool) ->
         if keep_running:
             for worker in workers:
                 if worker.process is not None:
-                    click.echo(f"    worker {worker.number} runs on as pid {worker.process.pid}")
+                    click.echo(f"    {worker.label} runs on as pid {worker.pid}")
         else:
             step("stopping the workers")
             for worker in workers:

@@ -9,10 +9,11 @@ have exactly as many partitions as the table's changelog.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pipeline.settings import Settings
@@ -188,3 +189,39 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     if problems:
         raise TopicLayoutError("; ".join(problems))
     return [spec.name for spec in missing]
+
+
+LEADERLESS = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
+def watermarks(consumer: Consumer, topic: str, timeout: float = 30.0) -> dict[int, tuple[int, int]]:
+    """(low, high) offsets by partition; {} for a topic that does not exist."""
+    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        return {}
+    result: dict[int, tuple[int, int]] = {}
+    for partition in metadata.partitions:
+        for attempt in range(1, 21):
+            try:
+                result[partition] = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=timeout
+                )
+                break
+            except KafkaException as error:
+                # A topic created a moment ago may not have elected its leaders yet
+                # (librdkafka does not flag these as retriable here).
+                if error.args[0].code() not in LEADERLESS or attempt == 20:
+                    raise
+                time.sleep(0.5)
+    return result
+
+
+def record_count(consumer: Consumer, topic: str, timeout: float = 30.0) -> int:
+    """Records ``topic`` holds now (0 for a topic that does not exist)."""
+    return sum(high - low for low, high in watermarks(consumer, topic, timeout).values())

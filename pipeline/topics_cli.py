@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import click
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from pipeline.settings import Settings
-from pipeline.topics import TopicNames, ensure_topics
+from pipeline.topics import TopicNames, ensure_topics, record_count
 
 TIMEOUT = 30.0
 
@@ -37,12 +37,7 @@ def list_topics() -> None:
             if metadata is None:
                 click.echo(f"{spec.name:<48} missing")
                 continue
-            records = 0
-            for partition in metadata.partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(spec.name, partition), timeout=TIMEOUT
-                )
-                records += high - low
+            records = record_count(consumer, spec.name, TIMEOUT)
             click.echo(f"{spec.name:<48} {len(metadata.partitions):>3} partitions {records:>10}")
     finally:
         consumer.close()

@@ -21,15 +21,14 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from pipeline.codec import Codecs
 from pipeline.dlq import ATTEMPTS, ERROR_CLASS, SCHEMA_ID, SOURCE_OFFSET, SOURCE_TOPIC
 from pipeline.loadgen import LoadConfig, ShopEvent, adjustment, generate, order, send
+from pipeline.workers import Deployment, WorkerProcess, http_json
 from tests.integration import expected
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import (
-    Deployment,
     Record,
-    Worker,
     decoded,
+    deployment,
     end_offsets,
-    http,
     read_topic,
     wait_for,
 )
@@ -46,7 +45,7 @@ LOW_STOCK_DELTAS = [15, -3, -4, -1, 20, -30]
 @dataclass
 class Shop:
     deployment: Deployment
-    workers: list[Worker]
+    workers: list[WorkerProcess]
     events: list[ShopEvent]
     codecs: Codecs
 
@@ -63,8 +62,8 @@ def scenario() -> list[ShopEvent]:
 @pytest.fixture(scope="module")
 def shop(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     name = f"it-e2e-{uuid.uuid4().hex[:8]}"
-    deployment = Deployment(stack, name, tmp_path_factory.mktemp(name))
-    workers = [deployment.worker("a").start(), deployment.worker("b").start()]
+    deployed = deployment(stack, name, tmp_path_factory.mktemp(name))
+    workers = [deployed.worker("a").start(), deployed.worker("b").start()]
     try:
         for worker in workers:
             worker.wait_healthy()
@@ -74,17 +73,17 @@ def shop(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             lambda: all(w.get("/health")[1].get("assigned_partitions", 0) > 0 for w in workers),
         )
         events = scenario()
-        report = send(events, deployment.settings, progress=False)
+        report = send(events, deployed.settings, progress=False)
         assert report.failed == 0
-        codecs = Codecs.from_settings(deployment.settings)
+        codecs = Codecs.from_settings(deployed.settings)
         codecs.prepare()
-        yield Shop(deployment, workers, events, codecs)
+        yield Shop(deployed, workers, events, codecs)
     finally:
         for worker in workers:
             worker.stop()
 
 
-def all_views_match(worker: Worker, shop: Shop) -> bool:
+def all_views_match(worker: WorkerProcess, shop: Shop) -> bool:
     for user_id, user in expected.user_stats(shop.events).items():
         status, body = worker.get(f"/users/{user_id}/orders")
         if status != 200 or (body["order_count"], body["total_spent_cents"]) != (
@@ -102,7 +101,7 @@ def all_views_match(worker: Worker, shop: Shop) -> bool:
 def test_tables_equal_values_computed_from_the_input_through_either_worker(shop: Shop) -> None:
     for worker in shop.workers:
 
-        def matches(worker: Worker = worker) -> bool:
+        def matches(worker: WorkerProcess = worker) -> bool:
             return all_views_match(worker, shop)
 
         wait_for(f"views of worker {worker.label} to match", matches)
@@ -221,7 +220,7 @@ def test_ingest_produces_with_acknowledgement(shop: Shop) -> None:
         "name": "Posted",
         "registered_at": 1_767_400_000_000,
     }
-    status, body = http("POST", f"{shop.workers[1].url}/users", user)
+    status, body = http_json("POST", f"{shop.workers[1].url}/users", user)
     assert status == 202, body
     assert body["topic"] == topic
 
@@ -277,11 +276,11 @@ def test_ingest_rejects_invalid_body_and_produces_nothing(
         "/stock": names.stock_adjusted,
     }[path]
     before = end_offsets(shop.deployment.settings, topic)
-    status, answer = http("POST", shop.workers[0].url + path, body)
+    status, answer = http_json("POST", shop.workers[0].url + path, body)
     assert status == 400
     assert set(answer) == {"error", "details"}
     assert any(detail.startswith(bad_field) for detail in answer["details"]), answer
-    status, answer = http("POST", shop.workers[0].url + path, raw=b"{not json")
+    status, answer = http_json("POST", shop.workers[0].url + path, raw=b"{not json")
     assert status == 400 and "error" in answer
     assert end_offsets(shop.deployment.settings, topic) == before
 

@@ -10,14 +10,15 @@ import pytest
 
 from pipeline.loadgen import LoadConfig, ShopEvent, generate, send
 from pipeline.topics import STOCK_TABLE, USER_STATS_TABLE
+from pipeline.workers import Deployment, WorkerProcess
 from tests.integration import expected
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import Deployment, Worker, free_port, read_topic, wait_for
+from tests.integration.harness import deployment, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def views_match(worker: Worker, events: list[ShopEvent]) -> bool:
+def views_match(worker: WorkerProcess, events: list[ShopEvent]) -> bool:
     for user_id, user in expected.user_stats(events).items():
         status, body = worker.get(f"/users/{user_id}/orders")
         if status != 200 or (body["order_count"], body["total_spent_cents"]) != (
@@ -32,22 +33,22 @@ def views_match(worker: Worker, events: list[ShopEvent]) -> bool:
     return True
 
 
-def recovered(worker: Worker) -> float:
+def recovered(worker: WorkerProcess) -> float:
     return sum(
         worker.metric("pipeline_changelog_events_recovered_total", table=table)
         for table in (USER_STATS_TABLE, STOCK_TABLE)
     )
 
 
-def deployment(stack: StackInfo, tmp_path: Path, kind: str) -> Deployment:
+def new_deployment(stack: StackInfo, tmp_path: Path, kind: str) -> Deployment:
     name = f"it-{kind}-{uuid.uuid4().hex[:8]}"
-    return Deployment(stack, name, tmp_path)
+    return deployment(stack, name, tmp_path)
 
 
 def test_restart_resumes_from_its_state_dir_and_an_empty_one_rebuilds(
     stack: StackInfo, tmp_path: Path
 ) -> None:
-    shop = deployment(stack, tmp_path, "restart")
+    shop = new_deployment(stack, tmp_path, "restart")
     events = list(generate(LoadConfig(users=20, orders=200, skus=10, seed=11)))
     first = shop.worker("first").start().wait_healthy()
     try:
@@ -62,7 +63,7 @@ def test_restart_resumes_from_its_state_dir_and_an_empty_one_rebuilds(
     )
     assert changelog_records > 0
 
-    kept = Worker(shop, "kept-state", first.data_dir, free_port()).start()
+    kept = shop.worker("kept-state", data_dir=first.data_dir).start()
     try:
         kept.wait_healthy()
         assert views_match(kept, events)
@@ -82,7 +83,7 @@ def test_restart_resumes_from_its_state_dir_and_an_empty_one_rebuilds(
 
 def test_a_killed_worker_neither_loses_nor_double_counts(stack: StackInfo, tmp_path: Path) -> None:
     """SIGKILL mid-stream (no commit, no clean close), then a restart on the same state dir."""
-    shop = deployment(stack, tmp_path, "crash")
+    shop = new_deployment(stack, tmp_path, "crash")
     events = list(generate(LoadConfig(users=30, orders=1500, skus=10, seed=5)))
     victim = shop.worker("victim").start().wait_healthy()
     order_topic = shop.names.order_created
@@ -96,7 +97,7 @@ def test_a_killed_worker_neither_loses_nor_double_counts(stack: StackInfo, tmp_p
             lambda: victim.metric("pipeline_events_processed_total", topic=order_topic) >= 300,
         )
         victim.kill()
-        survivor = Worker(shop, "survivor", victim.data_dir, free_port()).start()
+        survivor = shop.worker("survivor", data_dir=victim.data_dir).start()
         try:
             survivor.wait_healthy()
             sender.join()

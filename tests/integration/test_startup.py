@@ -12,7 +12,7 @@ from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 from pipeline.cli import main
 from pipeline.topics import admin_client, ensure_topics, existing_partition_counts
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import Deployment
+from tests.integration.harness import deployment
 
 pytestmark = pytest.mark.integration
 
@@ -42,12 +42,12 @@ def test_worker_refuses_to_start_when_copartitioning_is_broken(
     stack: StackInfo, tmp_path: Path
 ) -> None:
     name = f"it-layout-{uuid.uuid4().hex[:8]}"
-    deployment = Deployment(stack, name, tmp_path)
-    admin = admin_client(deployment.settings)
+    shop = deployment(stack, name, tmp_path)
+    admin = admin_client(shop.settings)
     wrong = NewTopic(f"{name}.stock_adjusted", num_partitions=3, replication_factor=1)
     for future in admin.create_topics([wrong]).values():
         future.result()
-    worker = deployment.worker("refused").start()
+    worker = shop.worker("refused").start()
     assert worker.process is not None
     assert worker.process.wait(120) != 0
     log = worker.log.read_text()

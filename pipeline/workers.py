@@ -1,0 +1,185 @@
+"""Pipeline workers as separate processes, for the demo, the integration tests and the benchmarks.
+
+A worker is ``faust -A pipeline.app worker`` with its own data dir and web port, started,
+checked through its HTTP answers and stopped by its own pid. A :class:`Deployment` is one app id
+and topic prefix, so several can share a broker without sharing topics, groups or tables.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.settings import Settings
+from pipeline.stack.config import free_ports
+from pipeline.stack.launcher import tail
+from pipeline.topics import TopicNames
+
+FAUST = str(Path(sys.executable).with_name("faust"))
+
+
+class WorkerFailed(RuntimeError):
+    """A worker exited or did not become healthy; the message ends with its log's last lines."""
+
+
+def http_json(
+    method: str, url: str, body: Any = None, raw: bytes | None = None, timeout: float = 30.0
+) -> tuple[int, Any]:
+    """(status, parsed JSON body, or None for an empty one) whatever the status."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, payload = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, payload = error.code, error.read()
+    return status, json.loads(payload) if payload else None
+
+
+@dataclass
+class WorkerProcess:
+    label: str
+    env: Mapping[str, str]
+    data_dir: Path
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0  # time.monotonic() at start
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise WorkerFailed(f"worker {self.label} was never started")
+        return self.process.pid
+
+    def start(self) -> WorkerProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {
+            **self.env,
+            # Absolute: the worker runs in the log's folder, where a relative path would move.
+            "PIPELINE_DATA_DIR": str(self.data_dir.absolute()),
+            "PIPELINE_WEB_PORT": str(self.port),
+        }
+        with self.log.open("ab") as log:
+            self.started_at = time.monotonic()
+            self.process = subprocess.Popen(
+                [FAUST, "-A", "pipeline.app", "worker", "-l", "info"],
+                cwd=self.log.parent,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own process group: a Ctrl-C meant for the caller does not kill it
+                # mid-write; the caller stops it cleanly instead.
+                start_new_session=True,
+            )
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def failure(self, what: str) -> WorkerFailed:
+        return WorkerFailed(
+            f"worker {self.label} {what}; last lines of {self.log}:\n{tail(self.log)}"
+        )
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return http_json("GET", self.url + path)
+
+    def healthy(self) -> bool:
+        """True once GET /health says ok (partitions held, tables recovered)."""
+        if not self.running():
+            raise self.failure("exited")
+        try:
+            status, body = self.get("/health")
+        except (OSError, ValueError):
+            return False
+        return status == 200 and isinstance(body, dict) and body.get("status") == "ok"
+
+    def wait_healthy(self, timeout: float = 180.0) -> WorkerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return self
+            time.sleep(0.3)
+        raise self.failure(f"not healthy after {timeout:.0f} s")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of GET /metrics (0 when absent)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as response:
+            text = response.read().decode()
+        selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+        wanted = f"{name}{{{selector}}}" if labels else name
+        for line in text.splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample == wanted:
+                return float(value)
+        return 0.0
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM, so Faust commits offsets and closes its stores; SIGKILL after ``timeout``."""
+        if self.process is None or not self.running():
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: no commit, no clean close, as in a crash."""
+        if self.process is not None and self.running():
+            self.process.kill()
+            self.process.wait(60)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One app id and topic prefix: its own topics, consumer group and table state."""
+
+    name: str
+    root: Path
+    base_env: Mapping[str, str]
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **self.base_env,
+            "PIPELINE_APP_ID": self.name,
+            "PIPELINE_TOPIC_PREFIX": f"{self.name}.",
+            "PIPELINE_AUTO_REGISTER_SCHEMAS": "true",
+            **self.extra_env,
+        }
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    @property
+    def names(self) -> TopicNames:
+        return TopicNames.from_settings(self.settings)
+
+    def worker(self, label: str, data_dir: Path | None = None) -> WorkerProcess:
+        """A worker of this deployment; pass another worker's ``data_dir`` to restart on it."""
+        (port,) = free_ports(1)
+        return WorkerProcess(
+            label=label,
+            env=self.env,
+            data_dir=data_dir or self.root / label,
+            port=port,
+            log=self.root / f"{label}.log",
+        )
