@@ -27,11 +27,13 @@ def stack_env_file() -> Path:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
+    return read_env_text(path.read_text()) if path.is_file() else {}
+
+
+def read_env_text(text: str) -> dict[str, str]:
     """``KEY=value`` lines; blank lines and ``#`` comments are skipped."""
     values: dict[str, str] = {}
-    if not path.is_file():
-        return values
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue

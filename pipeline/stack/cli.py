@@ -42,11 +42,16 @@ def stack() -> None:
     show_default=True,
     help="Seconds each server may take to become ready.",
 )
-def up(state_dir: Path, brokers: int, timeout: float) -> None:
+@click.option(
+    "--sasl",
+    is_flag=True,
+    help="Clients log in (SCRAM-SHA-256 or PLAIN); the user and password go to the env file.",
+)
+def up(state_dir: Path, brokers: int, timeout: float, sasl: bool) -> None:
     """Download (once) and start the stack; print where it listens."""
     started = time.monotonic()
     try:
-        state = Stack(state_dir).up(brokers=brokers, timeout=timeout)
+        state = Stack(state_dir).up(brokers=brokers, timeout=timeout, sasl=sasl)
     except StackAlreadyRunning as running:
         click.echo(f"{running}; `pipeline stack down` first to restart it.")
         return

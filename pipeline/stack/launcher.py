@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.settings import Settings, read_env_text
 from pipeline.stack import artifacts, config
 from pipeline.stack.java import find_java
 
@@ -132,15 +133,19 @@ def _start_kafka_node(
     cluster_id: str,
     node: config.KafkaNode,
     nodes: list[config.KafkaNode],
+    sasl_user: config.SaslUser | None,
 ) -> ServerProcess:
     """Format the node's log dir for the cluster (KRaft needs it), then start the node."""
     node_dir = node.data_dir.parent
     node_dir.mkdir(parents=True, exist_ok=True)
     props = node_dir / "server.properties"
-    props.write_text(config.render_properties(config.kafka_properties(node, nodes)))
+    props.touch(mode=0o600)  # holds the SASL user's password when there is one
+    props.write_text(config.render_properties(config.kafka_properties(node, nodes, sasl_user)))
     storage_tool = [java, *jvm, "kafka.tools.StorageTool", "format"]
+    # In KRaft, SCRAM users live in the metadata log: they are created when it is formatted.
+    scram = ["--add-scram", sasl_user.scram_credential()] if sasl_user else []
     formatted = subprocess.run(
-        [*storage_tool, "-t", cluster_id, "-c", str(props)],
+        [*storage_tool, "-t", cluster_id, "-c", str(props), *scram],
         capture_output=True,
         text=True,
         check=False,
@@ -157,11 +162,11 @@ def _start_kafka_node(
     )
 
 
-def broker_ready(bootstrap: str, expected_brokers: int) -> bool:
+def broker_ready(client_config: dict[str, str], expected_brokers: int) -> bool:
     """True once a metadata request is answered and lists every broker."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin = AdminClient({**client_config, "log_level": 0})
     try:
         metadata = admin.list_topics(timeout=2)
     except Exception:
@@ -201,7 +206,10 @@ class Stack:
         kafka_heap_mb: int | None = None,
         registry_heap_mb: int = 512,
         timeout: float = 120.0,
+        sasl: bool = False,
     ) -> StackState:
+        """Start the stack. With ``sasl``, clients must log in (SCRAM-SHA-256 or PLAIN) as the
+        user written, with its password, to the env file."""
         existing = self.running()
         if existing is not None:
             raise StackAlreadyRunning(existing)
@@ -212,11 +220,15 @@ class Stack:
         apicurio_home = artifacts.apicurio_home()
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        ports = config.free_ports(2 * brokers + 2)
-        nodes = config.plan_nodes(brokers, self.state_dir, ports[:-2])
+        ports = config.free_ports((3 if sasl else 2) * brokers + 2)
+        nodes = config.plan_nodes(brokers, self.state_dir, ports[:-2], sasl=sasl)
         registry_port, management_port = ports[-2:]
         bootstrap = ",".join(n.bootstrap for n in nodes)
         registry_url = f"http://{config.HOST}:{registry_port}{config.REGISTRY_API}"
+        sasl_user = config.SaslUser.generate() if sasl else None
+        env_text = config.env_file_text(bootstrap, registry_url, min(brokers, 3), sasl_user)
+        # Readiness is checked as a client of the pipeline would connect: with the login.
+        client_config = Settings.from_env(read_env_text(env_text)).kafka_client_config()
         heap = kafka_heap_mb or (512 if brokers == 1 else 384)
 
         log4j = self.state_dir / "log4j2.properties"
@@ -233,7 +245,9 @@ class Stack:
         )
         try:
             for node in nodes:
-                state.processes.append(_start_kafka_node(java, kafka_jvm, cluster_id, node, nodes))
+                state.processes.append(
+                    _start_kafka_node(java, kafka_jvm, cluster_id, node, nodes, sasl_user)
+                )
             registry_jvm = config.registry_jvm_args(
                 registry_port, management_port, registry_heap_mb
             )
@@ -248,13 +262,14 @@ class Stack:
             )
             state.save(self.state_dir)  # saved before waiting: `down` can stop a slow start
             for proc in state.processes[:-1]:
-                _wait(proc, lambda: broker_ready(bootstrap, brokers), timeout)
+                _wait(proc, lambda: broker_ready(client_config, brokers), timeout)
             _wait(state.processes[-1], lambda: registry_ready(registry_url), timeout)
         except BaseException:
             self._stop(state.processes)
             state.save(self.state_dir)
             raise
-        self.env_file.write_text(config.env_file_text(bootstrap, registry_url, min(brokers, 3)))
+        self.env_file.touch(mode=0o600)  # it may hold the SASL password
+        self.env_file.write_text(env_text)
         return state
 
     def down(self) -> list[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.settings import Settings, read_env_text
 from pipeline.stack import artifacts, config
 from pipeline.stack.launcher import ServerProcess, StackState, is_alive
 
@@ -107,3 +108,35 @@ def test_state_round_trips_and_a_dead_pid_is_not_alive(tmp_path: Path) -> None:
     loaded = StackState.load(tmp_path)
     assert loaded == state
     assert not is_alive(loaded.processes[0])
+
+
+def test_sasl_adds_a_client_listener_that_takes_the_user_by_scram_or_plain(tmp_path: Path) -> None:
+    user = config.SaslUser(name="pipeline", password="s3cret")
+    (node,) = config.plan_nodes(1, tmp_path, [9092, 9093, 9094], sasl=True)
+    assert node.bootstrap == "127.0.0.1:9094"  # clients go to the SASL listener
+    props = config.kafka_properties(node, [node], user)
+    assert props["listeners"] == (
+        "PLAINTEXT://127.0.0.1:9092,SASL_PLAINTEXT://127.0.0.1:9094,CONTROLLER://127.0.0.1:9093"
+    )
+    assert props["advertised.listeners"] == (
+        "PLAINTEXT://127.0.0.1:9092,SASL_PLAINTEXT://127.0.0.1:9094"
+    )
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-256,PLAIN"
+    assert 'user_pipeline="s3cret"' in props["listener.name.sasl_plaintext.plain.sasl.jaas.config"]
+    assert user.scram_credential() == "SCRAM-SHA-256=[name=pipeline,password=s3cret]"
+    assert "s3cret" not in repr(user)
+
+
+def test_sasl_env_file_carries_the_login_the_settings_read() -> None:
+    user = config.SaslUser.generate()
+    text = config.env_file_text("127.0.0.1:1", "http://127.0.0.1:2/apis/ccompat/v7", 1, user)
+    settings = Settings.from_env(read_env_text(text))
+    assert settings.kafka_client_config() == {
+        "bootstrap.servers": "127.0.0.1:1",
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.username": "pipeline",
+        "sasl.password": user.password,
+    }
+    assert user.password != config.SaslUser.generate().password
