@@ -114,6 +114,12 @@ class Settings:
     # Where other workers reach this one to forward a query for a key it owns; differs from
     # web_host when the server binds 0.0.0.0 (containers). None: http://web_host:web_port.
     web_advertised_url: str | None = None
+    # Largest request body the web server reads (POSTs); a larger one answers 413.
+    web_max_body_bytes: int = 64 * 1024
+    # POST /users, /orders, /stock: off answers 403; with a token, they need
+    # ``Authorization: Bearer <token>`` (views stay open). Kept out of repr, like passwords.
+    ingest_enabled: bool = True
+    ingest_token: str | None = field(default=None, repr=False)
     processing_guarantee: str = "at_least_once"
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     # The .avsc files and subjects.yaml; None: the packaged or checkout copy.
@@ -181,6 +187,13 @@ class Settings:
             web_host=get("WEB_HOST", defaults.web_host),
             web_port=_int(PREFIX + "WEB_PORT", get("WEB_PORT", "6066"), 1),
             web_advertised_url=optional("WEB_ADVERTISED_URL"),
+            web_max_body_bytes=_int(
+                PREFIX + "WEB_MAX_BODY_BYTES",
+                get("WEB_MAX_BODY_BYTES", str(defaults.web_max_body_bytes)),
+                1,
+            ),
+            ingest_enabled=_bool(PREFIX + "INGEST_ENABLED", get("INGEST_ENABLED", "true")),
+            ingest_token=optional("INGEST_TOKEN"),
             processing_guarantee=guarantee,
             kafka_security=KafkaSecurity(
                 protocol=protocol,

@@ -82,3 +82,23 @@ def test_the_advertised_web_url_defaults_to_the_bind_address() -> None:
         {"PIPELINE_WEB_HOST": "0.0.0.0", "PIPELINE_WEB_ADVERTISED_URL": "http://worker-1:6066/"}
     )
     assert in_container.web_url == "http://worker-1:6066"
+
+
+def test_web_body_limit_and_ingest_protection() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.web_max_body_bytes == 64 * 1024
+    assert defaults.ingest_enabled is True
+    assert defaults.ingest_token is None
+    guarded = Settings.from_env(
+        {
+            "PIPELINE_WEB_MAX_BODY_BYTES": "1024",
+            "PIPELINE_INGEST_ENABLED": "false",
+            "PIPELINE_INGEST_TOKEN": "t0ken-value",
+        }
+    )
+    assert guarded.web_max_body_bytes == 1024
+    assert guarded.ingest_enabled is False
+    assert guarded.ingest_token == "t0ken-value"
+    assert "t0ken-value" not in repr(guarded)
+    with pytest.raises(SettingsError, match="PIPELINE_WEB_MAX_BODY_BYTES=0 is below"):
+        Settings.from_env({"PIPELINE_WEB_MAX_BODY_BYTES": "0"})
