@@ -94,6 +94,10 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
         web_host=settings.web_host,
         web_port=settings.web_port,
         canonical_url=settings.web_url,
+        # Faust's own /router and /table views: queries route through our views instead,
+        # and /table would expose raw rows.
+        web_router_enabled=False,
+        web_tables_enabled=False,
         consumer_auto_offset_reset="earliest",
         # A crashed worker's partitions wait for its session to expire before they
         # move (Faust's default: 60 s).
@@ -120,6 +124,7 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
         codecs=app.codecs,
         metrics=metrics,
         partitions=settings.partitions,
+        settings=settings,
     )
     return app
 

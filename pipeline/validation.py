@@ -94,6 +94,11 @@ def _check(schema: Any, value: Any, path: str, names: _NamedTypes, problems: lis
                     problems.append(f"{field_path}: missing, and the field has no default")
                 continue
             _check(field["type"], value[name], field_path, names, problems)
+        # fastavro's writer drops unknown fields silently: a typo would lose data unseen.
+        known = {field["name"] for field in schema["fields"]}
+        for extra in sorted((key for key in value if key not in known), key=str):
+            extra_path = f"{path}.{extra}" if path else str(extra)
+            problems.append(f"{extra_path}: not a field of {schema['name']}")
         names.namespace = outer
     elif kind == "array":
         if not isinstance(value, list | tuple):

@@ -8,11 +8,17 @@ raw key bytes with the producer's own murmur2 partitioner, the owner is looked
 up in the assignor's changelog distribution, and the request is forwarded once
 (a forwarded request is never forwarded again).
 
-POSTs need no routing: any worker can produce. Every error is JSON.
+POSTs need no routing: any worker can produce. They can be switched off
+(``PIPELINE_INGEST_ENABLED=false``: 403) or need a bearer token
+(``PIPELINE_INGEST_TOKEN``: 401 without it); views stay open. A POST body is read
+up to ``PIPELINE_WEB_MAX_BODY_BYTES`` (413 beyond), must be JSON (415 for another
+declared content type) and a record of the topic's schema with no unknown fields
+(400). Every error is JSON.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import AppT, TableT
 
@@ -28,6 +34,7 @@ from pipeline.codec import Codecs
 from pipeline.encoding import decode_stock_row, decode_user_stats
 from pipeline.errors import PipelineCodecError, RecordValidationError
 from pipeline.metrics import Metrics
+from pipeline.settings import Settings
 from pipeline.tables import Tables
 from pipeline.topics import TopicNames
 
@@ -40,11 +47,13 @@ FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=10)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(status: int, error: str, details: Any = None) -> web.Response:
+def error_response(
+    status: int, error: str, details: Any = None, headers: Mapping[str, str] | None = None
+) -> web.Response:
     body: dict[str, Any] = {"error": error}
     if details is not None:
         body["details"] = details
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=headers)
 
 
 @web.middleware
@@ -55,7 +64,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason)
+        # A 405 must say which methods the path allows.
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, exc.reason, headers=allow)
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return error_response(500, "internal error")
@@ -134,6 +145,30 @@ class TableQuery:
             return error_response(502, f"owner {owner} did not answer", {"reason": str(exc)})
 
 
+def is_json_content_type(request: web.Request) -> bool:
+    """JSON, or no declared type at all (aiohttp reports a missing one as octet-stream)."""
+    if hdrs.CONTENT_TYPE not in request.headers:
+        return True
+    declared = request.content_type
+    return declared == "application/json" or (
+        declared.startswith("application/") and declared.endswith("+json")
+    )
+
+
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds ``limit`` bytes (chunked ones too)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @dataclass
 class Ingest:
     """POST endpoints: validate the JSON body against the topic's schema, produce, wait
@@ -141,20 +176,54 @@ class Ingest:
 
     app: AppT
     codecs: Codecs
+    enabled: bool
+    token: str | None
+    max_body_bytes: int
+
+    def authorized(self, request: web.Request) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        # Constant time: how long a refusal takes says nothing about how much of a guess
+        # was right. surrogatepass: any header text encodes, distinct texts stay distinct.
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogatepass"), self.token.encode()
+        )
 
     async def produce(self, request: web.Request, topic: str, key_field: str) -> web.Response:
+        if not self.enabled:
+            return error_response(403, "ingest is disabled on this worker")
+        if not self.authorized(request):
+            # The token is never echoed, not even the one that was sent.
+            return error_response(
+                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if not is_json_content_type(request):
+            return error_response(
+                415, "body must be JSON", {"content_type": "expected application/json"}
+            )
+        raw = await read_body(request, self.max_body_bytes)
+        if raw is None:
+            return error_response(413, "body too large", {"limit_bytes": self.max_body_bytes})
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return error_response(400, "body is not JSON", {"body": str(exc)})
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers bad JSON, bad UTF-8 and integers too long to convert;
+            # RecursionError, nesting too deep for the parser.
+            return error_response(400, "body is not JSON", {"body": str(exc)[:200]})
         if not isinstance(body, Mapping):
             return error_response(400, "body must be a JSON object", {"body": type(body).__name__})
+        codec = self.codecs[topic]
         try:
-            value = self.codecs.encode(topic, body)
+            codec.validate(body)  # also refuses unknown fields, which encoding would drop
+            value = codec.encode(body)
         except RecordValidationError as exc:
             return error_response(400, f"invalid {exc.record_name}", exc.problems)
         except PipelineCodecError as exc:
             return error_response(503, "cannot encode right now", {"reason": exc.reason})
+        problem = key_problem(str(body[key_field]))
+        if problem is not None:
+            return error_response(400, "malformed key", {key_field: problem})
         key = str(body[key_field]).encode()
         metadata = await self.app.producer.send_and_wait(
             topic, key, value, partition=None, timestamp=None, headers=None
@@ -193,10 +262,17 @@ def register(
     codecs: Codecs,
     metrics: Metrics,
     partitions: int,
+    settings: Settings,
 ) -> None:
     stock = TableQuery(app, tables.stock, partitions, metrics)
     user_stats = TableQuery(app, tables.user_stats, partitions, metrics)
-    ingest = Ingest(app, codecs)
+    ingest = Ingest(
+        app,
+        codecs,
+        enabled=settings.ingest_enabled,
+        token=settings.ingest_token,
+        max_body_bytes=settings.web_max_body_bytes,
+    )
 
     async def get_stock(request: web.Request) -> web.Response:
         sku = request.match_info["sku"]

@@ -36,7 +36,9 @@ def http_json(
 ) -> tuple[int, Any]:
     """(status, parsed JSON body, or None for an empty one) whatever the status."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(url, data=data, method=method)
+    # urllib would declare a form body; POST endpoints refuse any declared type but JSON.
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, payload = response.status, response.read()
