@@ -18,13 +18,13 @@ from collections import Counter
 from pathlib import Path
 
 import click
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from pipeline.loadgen import ORDER_CREATED, STOCK_ADJUSTED, LoadConfig, ShopEvent, generate, send
 from pipeline.settings import Settings
 from pipeline.stack.config import free_ports
-from pipeline.topics import TopicNames, record_count, watermarks
+from pipeline.topics import TopicNames, group_lag, record_count
 from pipeline.workers import WorkerFailed, WorkerProcess
 
 BIN = Path(sys.executable).parent  # the venv's scripts: `pipeline`
@@ -32,19 +32,6 @@ BIN = Path(sys.executable).parent  # the venv's scripts: `pipeline`
 
 def step(text: str) -> None:
     click.secho(f"\n==> {text}", bold=True)
-
-
-def lag(admin: AdminClient, consumer: Consumer, group: str, topics: tuple[str, ...]) -> int:
-    """Messages of ``topics`` that ``group`` has not committed yet."""
-    future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-    committed = {
-        (tp.topic, tp.partition): tp.offset for tp in future.result().topic_partitions or []
-    }
-    behind = 0
-    for topic in topics:
-        for partition, (_, end) in watermarks(consumer, topic).items():
-            behind += end - max(committed.get((topic, partition), 0), 0)
-    return behind
 
 
 def wait_caught_up(settings: Settings, names: TopicNames, timeout: float = 600.0) -> None:
@@ -56,7 +43,7 @@ def wait_caught_up(settings: Settings, names: TopicNames, timeout: float = 600.0
     quiet = 0
     try:
         while time.monotonic() < deadline:
-            behind = lag(admin, consumer, settings.app_id, names.consumed)
+            behind = group_lag(admin, consumer, settings.app_id, names.consumed)
             quiet = quiet + 1 if behind == 0 else 0
             if quiet >= 2:
                 return

@@ -13,7 +13,13 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pipeline.settings import Settings
@@ -225,3 +231,16 @@ def watermarks(consumer: Consumer, topic: str, timeout: float = 30.0) -> dict[in
 def record_count(consumer: Consumer, topic: str, timeout: float = 30.0) -> int:
     """Records ``topic`` holds now (0 for a topic that does not exist)."""
     return sum(high - low for low, high in watermarks(consumer, topic, timeout).values())
+
+
+def group_lag(admin: AdminClient, consumer: Consumer, group: str, topics: Iterable[str]) -> int:
+    """Messages of ``topics`` that ``group`` has not committed yet."""
+    future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+    committed = {
+        (tp.topic, tp.partition): tp.offset for tp in future.result().topic_partitions or []
+    }
+    behind = 0
+    for topic in topics:
+        for partition, (_, end) in watermarks(consumer, topic).items():
+            behind += end - max(committed.get((topic, partition), 0), 0)
+    return behind

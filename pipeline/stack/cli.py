@@ -74,6 +74,31 @@ def down(state_dir: Path) -> None:
 
 @stack.command()
 @state_dir_option
+@click.argument("server")
+@click.option("--kill", is_flag=True, help="SIGKILL, as in a crash (default: SIGTERM).")
+def stop(state_dir: Path, server: str, kill: bool) -> None:
+    """Stop one SERVER (kafka-N or registry) of the running stack; `start` brings it back."""
+    try:
+        Stack(state_dir).stop_server(server, kill=kill)
+    except StackError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{server} {'killed' if kill else 'stopped'}")
+
+
+@stack.command()
+@state_dir_option
+@click.argument("server")
+def start(state_dir: Path, server: str) -> None:
+    """Start a stopped SERVER again with its ports and data, and wait until it is ready."""
+    try:
+        Stack(state_dir).start_server(server)
+    except StackError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{server} is up")
+
+
+@stack.command()
+@state_dir_option
 def status(state_dir: Path) -> None:
     """Say what runs; exit 1 if the stack is not (fully) up."""
     state = Stack(state_dir).state()

@@ -17,10 +17,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.settings import Settings, read_env_text
+from pipeline.settings import Settings, read_env_file, read_env_text
 from pipeline.stack import artifacts, config
 from pipeline.stack.java import find_java
 
@@ -38,6 +38,10 @@ class ServerProcess:
     pid: int
     start_ticks: int  # /proc/<pid>/stat field 22: tells a reused pid from ours
     log: str
+    # How it was started, so one server can be restarted alone (fault tests); empty in the
+    # state of a stack started by an older version.
+    command: list[str] = field(default_factory=list)
+    cwd: str = ""
 
 
 @dataclass
@@ -93,7 +97,14 @@ def _spawn(name: str, command: list[str], log: Path, cwd: Path) -> ServerProcess
     ticks = _start_ticks(popen.pid)
     if ticks is None:
         raise StackError(f"{name} exited at once; see {log}:\n{tail(log)}")
-    return ServerProcess(name=name, pid=popen.pid, start_ticks=ticks, log=str(log))
+    return ServerProcess(
+        name=name,
+        pid=popen.pid,
+        start_ticks=ticks,
+        log=str(log),
+        command=command,
+        cwd=str(cwd),
+    )
 
 
 def _reap(pid: int) -> None:
@@ -162,14 +173,20 @@ def _start_kafka_node(
     )
 
 
-def broker_ready(client_config: dict[str, str], expected_brokers: int) -> bool:
-    """True once a metadata request is answered and lists every broker."""
+def broker_ready(
+    client_config: dict[str, str], expected_brokers: int, answering_node: int | None = None
+) -> bool:
+    """True once a metadata request is answered and lists every broker; with
+    ``answering_node``, only if that node answered it itself (its peers may still list a
+    node that was just killed)."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({**client_config, "log_level": 0})
     try:
         metadata = admin.list_topics(timeout=2)
     except Exception:
+        return False
+    if answering_node is not None and metadata.orig_broker_id != answering_node:
         return False
     return len(metadata.brokers) >= expected_brokers
 
@@ -296,6 +313,51 @@ class Stack:
         for proc in alive:
             _reap(proc.pid)
         return [p.name for p in alive]
+
+    def stop_server(self, name: str, kill: bool = False) -> None:
+        """Stop one server of the running stack: SIGTERM, or with ``kill`` SIGKILL (a crash).
+        Its ports, config and data stay, for :meth:`start_server`."""
+        proc = self._server(name)
+        if not is_alive(proc):
+            raise StackError(f"{name} is not running")
+        if kill:
+            os.kill(proc.pid, signal.SIGKILL)
+            while is_alive(proc):
+                time.sleep(0.1)
+            _reap(proc.pid)
+        else:
+            self._stop([proc])
+
+    def start_server(self, name: str, timeout: float = 120.0) -> ServerProcess:
+        """Start a stopped server again, as it was (same ports, same data), and wait until ready."""
+        state = self.state()
+        proc = self._server(name)
+        if state is None or is_alive(proc):
+            raise StackError(f"{name} is already running")
+        if not proc.command:
+            raise StackError(f"{name} was started by an older version: `stack down`, then `up`")
+        restarted = _spawn(proc.name, proc.command, Path(proc.log), Path(proc.cwd))
+        state.processes = [restarted if p.name == name else p for p in state.processes]
+        state.save(self.state_dir)
+        if name == "registry":
+            _wait(restarted, lambda: registry_ready(state.registry_url), timeout)
+        else:
+            client = Settings.from_env(read_env_file(self.env_file)).kafka_client_config()
+            node_id = int(name.removeprefix("kafka-"))
+            # Ask the restarted node itself: its bootstrap address is its place in the list.
+            client["bootstrap.servers"] = state.bootstrap.split(",")[node_id - 1]
+            _wait(restarted, lambda: broker_ready(client, state.brokers, node_id), timeout)
+        return restarted
+
+    def _server(self, name: str) -> ServerProcess:
+        state = self.state()
+        if state is None:
+            raise StackError("no stack")
+        for proc in state.processes:
+            if proc.name == name:
+                return proc
+        names = ", ".join(p.name for p in state.processes)
+        raise StackError(f"no server {name!r} in this stack (it has {names})")
 
     def _clean(self) -> None:
         """Forget everything of the last stack: state, env file, logs, data."""

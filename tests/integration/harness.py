@@ -16,9 +16,11 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.codec import Codecs
+from pipeline.loadgen import ShopEvent
 from pipeline.settings import Settings
 from pipeline.topics import watermarks
-from pipeline.workers import Deployment
+from pipeline.workers import Deployment, WorkerProcess
+from tests.integration import expected
 from tests.integration.conftest import StackInfo
 
 T = TypeVar("T")
@@ -108,3 +110,18 @@ def decoded(codecs: Codecs, topic: str, records: Iterable[Record]) -> list[dict[
     """Records in partition order, decoded synchronously (our own schema ids are cached)."""
     codec = codecs[topic]
     return [codec.decode(record.value or b"") for record in records]
+
+
+def views_match(worker: WorkerProcess, events: list[ShopEvent]) -> bool:
+    for user_id, user in expected.user_stats(events).items():
+        status, body = worker.get(f"/users/{user_id}/orders")
+        if status != 200 or (body["order_count"], body["total_spent_cents"]) != (
+            user.order_count,
+            user.total_spent_cents,
+        ):
+            return False
+    for sku, available in expected.stock(events).items():
+        status, body = worker.get(f"/stock/{sku}")
+        if status != 200 or body["available"] != available:
+            return False
+    return True

@@ -8,29 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.loadgen import LoadConfig, ShopEvent, generate, send
+from pipeline.loadgen import LoadConfig, generate, send
 from pipeline.topics import STOCK_TABLE, USER_STATS_TABLE
 from pipeline.workers import Deployment, WorkerProcess
-from tests.integration import expected
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import deployment, read_topic, wait_for
+from tests.integration.harness import deployment, read_topic, views_match, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def views_match(worker: WorkerProcess, events: list[ShopEvent]) -> bool:
-    for user_id, user in expected.user_stats(events).items():
-        status, body = worker.get(f"/users/{user_id}/orders")
-        if status != 200 or (body["order_count"], body["total_spent_cents"]) != (
-            user.order_count,
-            user.total_spent_cents,
-        ):
-            return False
-    for sku, available in expected.stock(events).items():
-        status, body = worker.get(f"/stock/{sku}")
-        if status != 200 or body["available"] != available:
-            return False
-    return True
 
 
 def recovered(worker: WorkerProcess) -> float:

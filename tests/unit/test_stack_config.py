@@ -100,7 +100,16 @@ def test_state_round_trips_and_a_dead_pid_is_not_alive(tmp_path: Path) -> None:
         brokers=1,
         bootstrap="127.0.0.1:1",
         registry_url="http://127.0.0.1:2/apis/ccompat/v7",
-        processes=[ServerProcess(name="kafka-1", pid=2**22 + 1, start_ticks=1, log="x.log")],
+        processes=[
+            ServerProcess(
+                name="kafka-1",
+                pid=2**22 + 1,
+                start_ticks=1,
+                log="x.log",
+                command=["java", "kafka.Kafka", "server.properties"],
+                cwd="/tmp",
+            )
+        ],
         kafka_version="4.1.1",
         apicurio_version="3.3.3",
     )

@@ -1,0 +1,104 @@
+"""Broker faults while workers run: the only broker restarted, one broker of three lost.
+
+Each test has a stack of its own, so stopping a broker disturbs no other test. The stream is
+sent while the fault happens; at the end every user's stats and every SKU's stock must equal
+what the input says: nothing lost, nothing counted twice, nothing dead-lettered.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+
+from pipeline.loadgen import LoadConfig, SendReport, ShopEvent, generate, send
+from pipeline.settings import read_env_file
+from pipeline.stack.launcher import Stack
+from pipeline.topics import record_count
+from pipeline.workers import Deployment, WorkerProcess
+from tests.integration.harness import views_match, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@contextmanager
+def own_stack(root: Path, brokers: int) -> Iterator[Stack]:
+    stack = Stack(root)
+    stack.up(brokers=brokers)
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
+def shop_on(stack: Stack, root: Path, kind: str) -> Deployment:
+    # The stack's env file also carries its replication factor (3 on a 3-broker stack).
+    env = {**os.environ, **read_env_file(stack.env_file)}
+    return Deployment(f"it-{kind}-{uuid.uuid4().hex[:8]}", root, env)
+
+
+@contextmanager
+def sending(events: list[ShopEvent], shop: Deployment, rate: float) -> Iterator[Future[SendReport]]:
+    with ThreadPoolExecutor(1) as pool:
+        yield pool.submit(send, events, shop.settings, rate=rate, progress=False)
+
+
+def mid_stream(worker: WorkerProcess, shop: Deployment, orders: int) -> None:
+    topic = shop.names.order_created
+    wait_for(
+        f"{orders} orders processed",
+        lambda: worker.metric("pipeline_events_processed_total", topic=topic) >= orders,
+    )
+
+
+def assert_nothing_lost_or_doubled(
+    worker: WorkerProcess, shop: Deployment, events: list[ShopEvent], report: SendReport
+) -> None:
+    assert report.failed == 0
+    wait_for("the views to match the input", lambda: views_match(worker, events), timeout=300)
+    assert worker.running()
+    consumer = Consumer({**shop.settings.kafka_client_config(), "group.id": "fault-check"})
+    try:
+        for source in shop.names.consumed:
+            assert record_count(consumer, shop.names.dead_letters(source)) == 0, source
+    finally:
+        consumer.close()
+
+
+def test_the_only_broker_restarted_mid_stream(tmp_path: Path) -> None:
+    with own_stack(tmp_path / "stack", brokers=1) as stack:
+        shop = shop_on(stack, tmp_path / "shop", "broker-restart")
+        events = list(generate(LoadConfig(users=30, orders=1200, skus=10, seed=7)))
+        worker = shop.worker("w").start().wait_healthy()
+        try:
+            with sending(events, shop, rate=300.0) as sent:
+                mid_stream(worker, shop, 200)
+                stack.stop_server("kafka-1")
+                stack.start_server("kafka-1")
+                report = sent.result()
+            assert_nothing_lost_or_doubled(worker, shop, events, report)
+        finally:
+            worker.stop()
+
+
+def test_one_broker_of_three_killed_mid_stream(tmp_path: Path) -> None:
+    """Replication factor 3, min.insync.replicas 2, acks=all: one broker down loses nothing."""
+    with own_stack(tmp_path / "stack", brokers=3) as stack:
+        shop = shop_on(stack, tmp_path / "shop", "broker-loss")
+        assert shop.settings.replication_factor == 3
+        events = list(generate(LoadConfig(users=30, orders=1200, skus=10, seed=8)))
+        worker = shop.worker("w").start().wait_healthy()
+        try:
+            with sending(events, shop, rate=300.0) as sent:
+                mid_stream(worker, shop, 200)
+                stack.stop_server("kafka-2", kill=True)
+                report = sent.result()
+            assert_nothing_lost_or_doubled(worker, shop, events, report)
+        finally:
+            worker.stop()
