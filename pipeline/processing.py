@@ -33,7 +33,8 @@ Handler = Callable[[Message], Awaitable[None]]
 
 def is_permanent(error: BaseException) -> bool:
     """Errors that retrying cannot fix: bad bytes, unknown schemas, invalid records."""
-    if isinstance(error, EncodingError):
+    # A key that is not UTF-8 (agents decode keys as text) fails the same way every time.
+    if isinstance(error, EncodingError | UnicodeDecodeError):
         return True
     return isinstance(error, PipelineCodecError) and not isinstance(error, RegistryUnavailable)
 

@@ -63,3 +63,9 @@ def test_undecodable_message_is_dead_lettered_at_once() -> None:
     attempts, dead_letters = run([NotConfluentFraming("first byte is 0x6e")])
     assert attempts == 1
     assert [(type(e).__name__, n) for e, n in dead_letters.sent] == [("NotConfluentFraming", 1)]
+
+
+def test_a_key_that_is_not_utf8_is_dead_lettered_at_once() -> None:
+    attempts, dead_letters = run([UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")])
+    assert attempts == 1
+    assert [(type(e).__name__, n) for e, n in dead_letters.sent] == [("UnicodeDecodeError", 1)]
