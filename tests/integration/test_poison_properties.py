@@ -1,0 +1,366 @@
+"""Thousands of generated poison messages through the broker into one real worker.
+
+Hypothesis generates the bad values (random bytes, wrong magic byte, short frames, unknown
+schema ids, truncated Avro, Avro with bytes left over, valid Avro of another topic's schema
+under either id, tombstones) and keys that are not UTF-8; they are produced with
+confluent-kafka (murmur2) to the three input topics, interleaved with a good stream. Each bad
+message must land in ``<topic>.dlq`` unchanged with the reason a local decode gives, every
+good one must be processed, and the worker must stay up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from pipeline.codec import Codecs, frame
+from pipeline.dlq import ATTEMPTS, ERROR_CLASS, SOURCE_OFFSET, SOURCE_TOPIC
+from pipeline.errors import PipelineCodecError
+from pipeline.loadgen import (
+    ORDER_CREATED,
+    STOCK_ADJUSTED,
+    USER_REGISTERED,
+    LoadConfig,
+    ShopEvent,
+    generate,
+)
+from pipeline.topics import watermarks
+from pipeline.workers import Deployment, WorkerProcess
+from tests.integration import expected
+from tests.integration.conftest import StackInfo
+from tests.integration.harness import deployment, wait_for
+
+pytestmark = pytest.mark.integration
+
+BAD_MESSAGES = 2000
+STREAMS = (USER_REGISTERED, ORDER_CREATED, STOCK_ADJUSTED)
+
+TEXT = st.text(max_size=12)
+MILLIS = st.integers(0, 2**41)
+INT32 = st.integers(-(2**31), 2**31 - 1)
+INT64 = st.integers(-(2**63), 2**63 - 1)
+RECORDS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
+    USER_REGISTERED: st.fixed_dictionaries(
+        {"user_id": TEXT, "email": TEXT, "name": TEXT, "registered_at": MILLIS}
+    ),
+    ORDER_CREATED: st.fixed_dictionaries(
+        {
+            "order_id": TEXT,
+            "user_id": TEXT,
+            "items": st.lists(
+                st.fixed_dictionaries({"sku": TEXT, "quantity": INT32, "unit_price_cents": INT64}),
+                max_size=3,
+            ),
+            "total_cents": INT64,
+            "created_at": MILLIS,
+        }
+    ),
+    STOCK_ADJUSTED: st.fixed_dictionaries(
+        {"sku": TEXT, "delta": INT32, "reason": TEXT, "adjusted_at": MILLIS}
+    ),
+}
+NOT_UTF8_KEYS = st.binary(min_size=1, max_size=16).filter(lambda key: not _is_utf8(key))
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Poison:
+    stream: str
+    key: bytes
+    value: bytes | None
+    reason: str  # the error class a local decode gives (or the key's)
+
+
+def poison_strategy(codecs: Codecs, topic_of: dict[str, str]) -> st.SearchStrategy[Any]:
+    """(stream, value, key or None): a bad value, or a good value under a bad key."""
+
+    def encoded(stream: str, record: dict[str, Any]) -> bytes:
+        return codecs.encode(topic_of[stream], record)
+
+    streams = st.sampled_from(STREAMS)
+    valid = streams.flatmap(
+        lambda stream: RECORDS[stream].map(lambda record: (stream, encoded(stream, record)))
+    )
+    truncated = valid.flatmap(
+        lambda pair: st.integers(0, len(pair[1]) - 1).map(lambda cut: pair[1][:cut])
+    )
+    left_over = st.tuples(valid, st.binary(min_size=1, max_size=8)).map(
+        lambda pair: pair[0][1] + pair[1]
+    )
+    # Valid Avro of one topic's record, under its own id or with the id swapped for another's.
+    wrong_schema = st.tuples(valid, streams).map(
+        lambda pair: (
+            pair[0][1]
+            if pair[1] == pair[0][0]
+            else frame(codecs[topic_of[pair[1]]].schema_id or 0, pair[0][1][5:])
+        )
+    )
+    kinds = [
+        st.binary(max_size=64),
+        st.binary(max_size=4),
+        st.tuples(st.integers(1, 255), st.binary(max_size=40)).map(
+            lambda pair: bytes([pair[0]]) + pair[1]
+        ),
+        st.tuples(st.integers(10**8, 2**31 - 1), st.binary(max_size=40)).map(
+            lambda pair: frame(pair[0], pair[1])
+        ),
+        truncated,
+        left_over,
+        wrong_schema,
+        st.none(),
+    ]
+    # Each kind equally often (one_of would favour some), and one case in ten a bad key.
+    values = st.sampled_from(kinds).flatmap(lambda kind: kind)
+    bad_values = st.tuples(streams, values, st.none())
+    # Agents decode keys as text: a good order or adjustment under a key that is not UTF-8.
+    bad_keys = st.sampled_from((ORDER_CREATED, STOCK_ADJUSTED)).flatmap(
+        lambda stream: st.tuples(
+            st.just(stream), RECORDS[stream].map(lambda r: encoded(stream, r)), NOT_UTF8_KEYS
+        )
+    )
+    return st.integers(0, 9).flatmap(lambda n: bad_keys if n == 0 else bad_values)
+
+
+def local_refusal(codecs: Codecs, topic: str, value: bytes | None) -> str | None:
+    """The error class the worker's decode path must give, or None if the value decodes."""
+    try:
+        asyncio.run(codecs.decode(topic, value))
+    except PipelineCodecError as error:
+        return error.error_class
+    return None
+
+
+def generate_poison(codecs: Codecs, topic_of: dict[str, str], count: int) -> list[Poison]:
+    found: list[Poison] = []
+
+    @settings(
+        # Nearly every example is poison (the few that decode are dropped); each example
+        # costs time even when not kept, so ask for few more than needed.
+        max_examples=count + count // 10,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=poison_strategy(codecs, topic_of))
+    def collect(case: tuple[str, bytes | None, bytes | None]) -> None:
+        if len(found) >= count:
+            return
+        stream, value, bad_key = case
+        key = f"poison-{len(found):05d}".encode()
+        if bad_key is not None:
+            found.append(Poison(stream, bad_key + key, value, "UnicodeDecodeError"))
+            return
+        reason = local_refusal(codecs, topic_of[stream], value)
+        if reason is not None:  # a generated value may, rarely, decode: not poison then
+            found.append(Poison(stream, key, value, reason))
+
+    collect()
+    return found
+
+
+@dataclass(frozen=True)
+class Letter:
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+@dataclass
+class Thrown:
+    deployment: Deployment
+    worker: WorkerProcess
+    poison: list[Poison]
+    good: list[ShopEvent]
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def thrown(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Thrown]:
+    name = f"it-poison-{uuid.uuid4().hex[:8]}"
+    deployed = deployment(stack, name, tmp_path_factory.mktemp(name))
+    worker = deployed.worker("w").start()
+    try:
+        worker.wait_healthy()
+        codecs = Codecs.from_settings(deployed.settings)
+        codecs.prepare()
+        names = deployed.names
+        topic_of = {stream: getattr(names, stream) for stream in STREAMS}
+        began = time.monotonic()
+        poison = generate_poison(codecs, topic_of, BAD_MESSAGES)
+        print(f"\ngenerated in {time.monotonic() - began:.1f} s")
+        good = list(generate(LoadConfig(users=40, orders=400, skus=15, restock_every=8, seed=23)))
+        # Bad messages at random places; the good ones keep their order.
+        rng = random.Random(5)
+        stream: list[Poison | ShopEvent] = [*good]
+        for bad in poison:
+            stream.insert(rng.randrange(len(stream) + 1), bad)
+        producer = Producer(
+            {**deployed.settings.kafka_client_config(), "partitioner": "murmur2_random"}
+        )
+        started = time.monotonic()
+        for item in stream:
+            if isinstance(item, Poison):
+                producer.produce(topic_of[item.stream], key=item.key, value=item.value)
+            else:
+                topic = topic_of[item.stream]
+                producer.produce(
+                    topic, key=item.key.encode(), value=codecs.encode(topic, item.record)
+                )
+            producer.poll(0)
+        assert producer.flush(60) == 0
+        yield Thrown(deployed, worker, poison, good, started)
+    finally:
+        worker.stop()
+
+
+def dead_letters(thrown: Thrown) -> list[Letter]:
+    """Every record of the three dead-letter topics, read with one consumer (quick for
+    thousands of records)."""
+    names, settings = thrown.deployment.names, thrown.deployment.settings
+    topics = [names.dead_letters(getattr(names, stream)) for stream in STREAMS]
+    consumer = Consumer(
+        {**settings.kafka_client_config(), "group.id": "poison-reader", "enable.auto.commit": False}
+    )
+    try:
+        ends = {
+            (topic, partition): high
+            for topic in topics
+            for partition, (low, high) in watermarks(consumer, topic).items()
+            if high > low
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for topic, p in ends])
+        letters: list[Letter] = []
+        position: dict[tuple[str, int], int] = {}
+        deadline = time.monotonic() + 120
+        while any(position.get(tp, -1) + 1 < end for tp, end in ends.items()):
+            assert time.monotonic() < deadline, "dead-letter topics did not read to their end"
+            for message in consumer.consume(1000, timeout=1):
+                assert message.error() is None, message.error()
+                topic, partition = message.topic() or "", message.partition() or 0
+                position[(topic, partition)] = message.offset() or 0
+                found = message.headers() or []
+                pairs = list(found.items()) if isinstance(found, dict) else list(found)
+                headers = {
+                    name: value.encode() if isinstance(value, str) else (value or b"")
+                    for name, value in pairs
+                }
+                letters.append(Letter(message.key(), message.value(), headers))
+        return letters
+    finally:
+        consumer.close()
+
+
+def record_count(thrown: Thrown, topic: str) -> int:
+    consumer = Consumer({**thrown.deployment.settings.kafka_client_config(), "group.id": "count"})
+    try:
+        return sum(high - low for low, high in watermarks(consumer, topic).values())
+    finally:
+        consumer.close()
+
+
+def dead_lettered(thrown: Thrown) -> float:
+    """The worker's count of dead letters, over every (topic, reason) thrown."""
+    names = thrown.deployment.names
+    return sum(
+        thrown.worker.metric(
+            "pipeline_dead_letters_total", topic=getattr(names, stream), error_class=reason
+        )
+        for stream, reason in {(bad.stream, bad.reason) for bad in thrown.poison}
+    )
+
+
+def test_every_poison_message_is_dead_lettered_unchanged_with_its_reason(
+    thrown: Thrown,
+) -> None:
+    # A generated value that happens to decode is not poison and is dropped: a handful.
+    assert len(thrown.poison) >= BAD_MESSAGES * 0.95
+    kinds = Counter(bad.reason for bad in thrown.poison)
+    # The generator reached every way of being bad.
+    assert set(kinds) >= {
+        "NotConfluentFraming",
+        "UnknownSchemaId",
+        "UndecodableRecord",
+        "IncompatibleWriterSchema",
+        "UnicodeDecodeError",
+    }, kinds
+    wait_for(
+        f"{len(thrown.poison)} dead letters counted",
+        lambda: dead_lettered(thrown) >= len(thrown.poison),
+        timeout=300,
+    )
+    print(f"\ndead-lettered {time.monotonic() - thrown.seconds:.1f} s after the first was sent")
+    letters = dead_letters(thrown)
+    names = thrown.deployment.names
+    sent = Counter(
+        (getattr(names, bad.stream), bad.key, bad.value, bad.reason) for bad in thrown.poison
+    )
+    received: Counter[tuple[str, bytes | None, bytes | None, str]] = Counter()
+    for letter in letters:
+        headers = letter.headers
+        assert headers[ATTEMPTS] == b"1"  # never retried: the same bytes never decode
+        assert int(headers[SOURCE_OFFSET]) >= 0
+        received[
+            (
+                headers[SOURCE_TOPIC].decode(),
+                letter.key,
+                letter.value,
+                headers[ERROR_CLASS].decode(),
+            )
+        ] += 1
+    assert received == sent
+
+
+def all_views_match(worker: WorkerProcess, good: list[ShopEvent]) -> bool:
+    for user_id, user in expected.user_stats(good).items():
+        status, body = worker.get(f"/users/{user_id}/orders")
+        if status != 200 or (body["order_count"], body["total_spent_cents"]) != (
+            user.order_count,
+            user.total_spent_cents,
+        ):
+            return False
+    for sku, available in expected.stock(good).items():
+        if worker.get(f"/stock/{sku}") != (200, {"sku": sku, "available": available}):
+            return False
+    return True
+
+
+def test_every_good_message_is_processed_and_the_worker_stays_up(thrown: Thrown) -> None:
+    wait_for(
+        "the views to match the good stream", lambda: all_views_match(thrown.worker, thrown.good)
+    )
+    names = thrown.deployment.names
+    registered = expected.registered(thrown.good)
+    wait_for(
+        "a notification per registration",
+        lambda: record_count(thrown, names.notifications) >= len(registered),
+    )
+    assert record_count(thrown, names.notifications) == len(registered)
+    assert record_count(thrown, names.stock_levels) == expected.stock_changes(thrown.good)
+    assert thrown.worker.running()
+    assert thrown.worker.get("/health")[0] == 200
+    dead = dead_lettered(thrown)
+    assert dead == len(thrown.poison)
+    print(
+        f"\n{len(thrown.poison)} bad {dict(Counter(b.reason for b in thrown.poison))}, "
+        f"{len(thrown.good)} good messages handled "
+        f"{time.monotonic() - thrown.seconds:.1f} s after the first was sent"
+    )
