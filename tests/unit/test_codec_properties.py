@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from typing import Any
 
@@ -11,7 +12,13 @@ from hypothesis import strategies as st
 
 from pipeline.catalog import Catalog
 from pipeline.codec import Codecs, frame
-from pipeline.errors import PipelineCodecError, RecordValidationError
+from pipeline.errors import (
+    IncompatibleWriterSchema,
+    NotConfluentFraming,
+    PipelineCodecError,
+    RecordValidationError,
+    UndecodableRecord,
+)
 from pipeline.registry import InMemorySchemaSource
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
@@ -77,3 +84,58 @@ def test_any_bytes_under_a_known_id_decode_or_raise_a_codec_error(
     except PipelineCodecError:
         return
     assert set(decoded) == {"order_id", "user_id", "items", "total_cents", "created_at"}
+
+
+CODEC_ERRORS = {
+    "NotConfluentFraming",
+    "UnknownSchemaId",
+    "UndecodableRecord",
+    "IncompatibleWriterSchema",
+}
+INPUT_TOPICS = ("order_created", "stock_adjusted", "user_registered")
+POISON = st.one_of(
+    st.none(),
+    st.binary(max_size=64),
+    # Framed: our own ids (1 to 7, another topic's schema too) and ids never registered.
+    st.tuples(st.integers(0, 2**32 - 1) | st.integers(1, 8), st.binary(max_size=64)).map(
+        lambda pair: frame(*pair)
+    ),
+)
+
+
+@settings(max_examples=1000)
+@given(topic=st.sampled_from(INPUT_TOPICS), value=POISON)
+def test_the_decode_path_refuses_only_with_typed_codec_errors(
+    codecs: Codecs, topic: str, value: bytes | None
+) -> None:
+    """What agents call on every message: a bad value is a PipelineCodecError (dead-lettered
+    at once), never another exception that would be retried or stop the agent."""
+    try:
+        record = asyncio.run(codecs.decode(topic, value))
+    except PipelineCodecError as error:
+        assert error.error_class in CODEC_ERRORS
+        return
+    fields = {field["name"] for field in codecs[topic].topic_schema.schema["fields"]}
+    assert set(record) == fields
+
+
+@given(order=ORDERS, data=st.data())
+def test_a_truncated_order_never_decodes(
+    codecs: Codecs, order: dict[str, Any], data: st.DataObject
+) -> None:
+    encoded = codecs.encode("order_created", order)
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    with pytest.raises((UndecodableRecord, NotConfluentFraming)):
+        codecs["order_created"].decode(encoded[:cut])
+
+
+@given(
+    user=st.fixed_dictionaries(
+        {"user_id": st.text(), "email": st.text(), "name": st.text(), "registered_at": MILLIS}
+    )
+)
+def test_another_topics_record_is_refused_as_an_incompatible_writer(
+    codecs: Codecs, user: dict[str, Any]
+) -> None:
+    with pytest.raises(IncompatibleWriterSchema):
+        codecs["order_created"].decode(codecs.encode("user_registered", user))
