@@ -7,19 +7,14 @@ share consumer groups, tables or derived topics with each other or with the test
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,21 +29,15 @@ from confluent_kafka import (
 from pipeline.codec import Codecs
 from pipeline.loadgen import order, producer_config, user_id
 from pipeline.settings import Settings, read_env_file, stack_env_file
-from pipeline.topics import TopicNames, ensure_topics
+from pipeline.topics import ensure_topics
+from pipeline.workers import Deployment, WorkerProcess
 
 BENCH_DIR = Path(__file__).resolve().parent
-FAUST = str(Path(sys.executable).with_name("faust"))
 T = TypeVar("T")
 
 
 def cores() -> int:
     return len(os.sched_getaffinity(0))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_id() -> str:
@@ -111,129 +100,30 @@ def base_env() -> dict[str, str]:
     return {**read_env_file(stack_env_file()), **os.environ}
 
 
-@dataclass(frozen=True)
-class Deployment:
-    """One app id and topic prefix on the stack."""
-
-    name: str
-    root: Path
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            **base_env(),
-            "PIPELINE_APP_ID": self.name,
-            "PIPELINE_TOPIC_PREFIX": f"{self.name}.",
-            "PIPELINE_AUTO_REGISTER_SCHEMAS": "true",
-            **self.extra_env,
-        }
-
-    @property
-    def settings(self) -> Settings:
-        return Settings.from_env(self.env)
-
-    @property
-    def names(self) -> TopicNames:
-        return TopicNames.from_settings(self.settings)
-
-    def prepare(self) -> Codecs:
-        """Create the topics and register the schemas, outside any timed window."""
-        settings = self.settings
-        ensure_topics(settings)
-        codecs = Codecs.from_settings(settings)
-        codecs.prepare()
-        return codecs
-
-    def worker(self, label: str) -> Worker:
-        return Worker(self, label, self.root / label, free_port())
+def make_deployment(name: str, root: Path) -> Deployment:
+    """A deployment of its own (app id and topic prefix) on the stack the settings name."""
+    return Deployment(name=name, root=root, base_env=base_env())
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, None
+def prepare(deployment: Deployment) -> Codecs:
+    """Create the topics and register the schemas, outside any timed window."""
+    settings = deployment.settings
+    ensure_topics(settings)
+    codecs = Codecs.from_settings(settings)
+    codecs.prepare()
+    return codecs
 
 
-@dataclass
-class Worker:
-    """A ``faust -A pipeline.app worker`` subprocess with its own data dir and web port."""
-
-    deployment: Deployment
-    label: str
-    data_dir: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> Path:
-        return self.deployment.root / f"{self.label}.log"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> Worker:
-        self.deployment.root.mkdir(parents=True, exist_ok=True)
-        env = {
-            **self.deployment.env,
-            "PIPELINE_DATA_DIR": str(self.data_dir),
-            "PIPELINE_WEB_PORT": str(self.port),
-        }
-        with self.log.open("ab") as log:
-            self.started_at = time.monotonic()
-            self.process = subprocess.Popen(
-                [FAUST, "-A", "pipeline.app", "worker", "-l", "info"],
-                cwd=self.deployment.root,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def health(self) -> dict[str, Any] | None:
-        """The body of GET /health when it says ok, else None."""
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"worker {self.label} exited; see {self.log}")
-        try:
-            status, body = http_get(f"{self.url}/health")
-        except (OSError, ValueError):
-            return None
-        if status == 200 and isinstance(body, dict) and body.get("status") == "ok":
-            return body
-        return None
-
-    def healthy(self) -> bool:
-        return self.health() is not None
-
-    def wait_healthy(self, timeout: float = 300.0) -> float:
-        """Seconds from start until GET /health answered ok."""
-        wait_for(f"worker {self.label} to be healthy", self.healthy, timeout)
-        return time.monotonic() - self.started_at
-
-    def peak_rss_bytes(self) -> int:
-        """VmHWM: the peak resident set size of the worker process so far."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmHWM in /proc status")
-
-    def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM (Faust commits and closes its stores), then SIGKILL if it hangs."""
-        stop_process(self.process, timeout)
+def peak_rss_bytes(pid: int) -> int:
+    """VmHWM: the peak resident set size of a process so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 
 def wait_stable_group(
-    workers: Sequence[Worker], timeout: float = 300.0, steady: float = 3.0
+    workers: Sequence[WorkerProcess], timeout: float = 300.0, steady: float = 3.0
 ) -> None:
     """Until every worker is healthy with partitions assigned and no assignment changed
     for ``steady`` seconds: the group has settled, no rebalance is coming."""

@@ -20,18 +20,20 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from bench.common import (
-    Deployment,
     Offsets,
     Row,
     cores,
+    make_deployment,
     median,
     order_stream,
+    prepare,
     run_id,
     spread,
     wait_for,
 )
 from pipeline.codec import Codecs
 from pipeline.loadgen import producer_config
+from pipeline.workers import Deployment
 
 WARMUP = 2.0
 
@@ -129,8 +131,8 @@ def measure_once(
     root: Path, label: str, rate: float, seconds: float
 ) -> tuple[Percentiles, Percentiles]:
     """One worker on a fresh deployment; (pipeline, transport) percentiles after warm-up."""
-    deployment = Deployment(f"bench-{run_id()}-{label}", root / label)
-    codecs = deployment.prepare()
+    deployment = make_deployment(f"bench-{run_id()}-{label}", root / label)
+    codecs = prepare(deployment)
     worker = deployment.worker("w0").start()
     arrivals = Arrivals(deployment, codecs)
     try:

@@ -21,7 +21,15 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from bench.common import Deployment, Offsets, Row, preload_orders, run_id, watch_outputs
+from bench.common import (
+    Offsets,
+    Row,
+    make_deployment,
+    preload_orders,
+    prepare,
+    run_id,
+    watch_outputs,
+)
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 PACKAGES = (
@@ -113,8 +121,8 @@ def summarise(
 
 
 def run(root: Path, orders: int, top: int) -> tuple[list[Row], str]:
-    deployment = Deployment(f"bench-{run_id()}-prof", root / "profile")
-    codecs = deployment.prepare()
+    deployment = make_deployment(f"bench-{run_id()}-prof", root / "profile")
+    codecs = prepare(deployment)
     loaded = preload_orders(deployment, codecs, orders, users=max(orders, 2), skus=2_000)
     names = deployment.names
     expected = {names.user_order_stats: loaded.orders, names.stock_levels: loaded.lines}

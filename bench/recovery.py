@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import (
-    Deployment,
     Row,
-    Worker,
     bulk_producer,
     cores,
-    http_get,
+    make_deployment,
+    peak_rss_bytes,
+    prepare,
     produce_all,
     run_id,
     wait_for,
@@ -38,6 +38,7 @@ from pipeline.encoding import encode_stock_row, encode_user_stats
 from pipeline.rules import Position, StockRow, UserOrderStats, source_id
 from pipeline.topics import STOCK_TABLE, USER_STATS_TABLE
 from pipeline.web import partition_for
+from pipeline.workers import Deployment, WorkerProcess
 
 STOCK_RATIO = 10  # one SKU row per this many user rows
 
@@ -95,19 +96,20 @@ def last_key_per_partition(keys: int, partitions: int) -> list[str]:
     return list(found.values())
 
 
-def timed_start(worker: Worker, probe_paths: list[str]) -> Start:
+def timed_start(worker: WorkerProcess, probe_paths: list[str]) -> Start:
     """Start, wait for /health, then until every probe answers 200; stays running."""
     worker.start()
-    health_s = worker.wait_healthy(timeout=1800)
+    worker.wait_healthy(timeout=1800)
+    health_s = time.monotonic() - worker.started_at
     pending = list(probe_paths)
 
     def all_answer() -> bool:
-        pending[:] = [path for path in pending if http_get(worker.url + path)[0] != 200]
+        pending[:] = [path for path in pending if worker.get(path)[0] != 200]
         return not pending
 
     wait_for("the views to answer", all_answer, timeout=1800, interval=0.1)
     view_s = time.monotonic() - worker.started_at
-    return Start(health_s, view_s, worker.peak_rss_bytes())
+    return Start(health_s, view_s, peak_rss_bytes(worker.pid))
 
 
 def mib(size: int) -> str:
@@ -116,16 +118,16 @@ def mib(size: int) -> str:
 
 def run(root: Path, keys: int) -> list[Row]:
     tag = run_id()
-    empty = Deployment(f"bench-{tag}-empty", root / "recovery-empty")
-    empty.prepare()
+    empty = make_deployment(f"bench-{tag}-empty", root / "recovery-empty")
+    prepare(empty)
     baseline_worker = empty.worker("w0")
     try:
         baseline = timed_start(baseline_worker, [])
     finally:
         baseline_worker.stop()
 
-    full = Deployment(f"bench-{tag}-keys", root / "recovery-keys")
-    full.prepare()
+    full = make_deployment(f"bench-{tag}-keys", root / "recovery-keys")
+    prepare(full)
     print(f"recovery: writing {keys:,} + {keys // STOCK_RATIO:,} rows to the changelogs ...")
     started = time.monotonic()
     records = write_changelogs(full, keys)

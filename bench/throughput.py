@@ -22,15 +22,16 @@ from pathlib import Path
 from bench import quix_env
 from bench.common import (
     BENCH_DIR,
-    Deployment,
     Offsets,
     Preloaded,
     Row,
     Window,
     copy_topic,
     cores,
+    make_deployment,
     median,
     preload_orders,
+    prepare,
     run_id,
     spread,
     stop_process,
@@ -38,6 +39,7 @@ from bench.common import (
     wait_stable_group,
     watch_outputs,
 )
+from pipeline.workers import Deployment
 
 BARE = "bare"
 QUIX = "quix"
@@ -60,8 +62,8 @@ class Input:
 
 
 def make_input(root: Path, orders: int, users: int, skus: int) -> Input:
-    deployment = Deployment(f"bench-{run_id()}", root / "input")
-    codecs = deployment.prepare()
+    deployment = make_deployment(f"bench-{run_id()}", root / "input")
+    codecs = prepare(deployment)
     return Input(deployment, preload_orders(deployment, codecs, orders, users, skus))
 
 
@@ -73,8 +75,10 @@ def run_pipeline(source: Input, workers: int, label: str) -> Window:
     through a backlog measures the rebalance (and, at the time of writing, can stall a
     worker: see the bench report).
     """
-    deployment = Deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
-    deployment.prepare()
+    deployment = make_deployment(
+        f"{source.deployment.name}-{label}", source.deployment.root / label
+    )
+    prepare(deployment)
     names = deployment.names
     expected = {
         names.user_order_stats: source.loaded.orders,
@@ -120,8 +124,8 @@ def _outputs_of(prefix_deployment: Deployment, source: Input) -> dict[str, int]:
 def run_bare(source: Input, label: str) -> Window:
     """The bare loop over the input; its window is the one it timed itself (see bench.bare),
     after checking that its outputs all arrived."""
-    out = Deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
-    out.prepare()
+    out = make_deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
+    prepare(out)
     expected = _outputs_of(out, source)
     offsets = Offsets(out.settings)
     start = offsets.ends(expected)
@@ -164,8 +168,8 @@ def run_bare(source: Input, label: str) -> Window:
 
 def run_quix(source: Input, label: str) -> Window:
     python = quix_env.ensure()
-    out = Deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
-    out.prepare()  # the output topics and their subjects
+    out = make_deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
+    prepare(out)  # the output topics and their subjects
     settings = out.settings
     expected = _outputs_of(out, source)
     offsets = Offsets(settings)

@@ -101,15 +101,19 @@ class WorkerProcess:
     def get(self, path: str) -> tuple[int, Any]:
         return http_json("GET", self.url + path)
 
-    def healthy(self) -> bool:
-        """True once GET /health says ok (partitions held, tables recovered)."""
+    def health(self) -> dict[str, Any] | None:
+        """The body of GET /health once it says ok (partitions held, tables recovered)."""
         if not self.running():
             raise self.failure("exited")
         try:
             status, body = self.get("/health")
         except (OSError, ValueError):
-            return False
-        return status == 200 and isinstance(body, dict) and body.get("status") == "ok"
+            return None
+        ok = status == 200 and isinstance(body, dict) and body.get("status") == "ok"
+        return body if ok else None
+
+    def healthy(self) -> bool:
+        return self.health() is not None
 
     def wait_healthy(self, timeout: float = 180.0) -> WorkerProcess:
         deadline = time.monotonic() + timeout
