@@ -150,6 +150,9 @@ def input_offsets(workers: Workers) -> dict[str, dict[int, int]]:
         ("/stock/..%2f..%2fetc%2fpasswd", 404),
         ("/stock/%c0%af", 404),  # overlong UTF-8 for "/"
         ("/users//orders", 404),
+        ("/stock/..", 404),
+        ("/stock/.", 404),
+        ("/users/../orders", 404),
         ("/stock/", 404),
         ("/stock/x/y", 404),
         ("/router/", 404),  # Faust's own views are off
