@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -33,7 +33,6 @@ from pipeline.topics import ensure_topics
 from pipeline.workers import Deployment, WorkerProcess
 
 BENCH_DIR = Path(__file__).resolve().parent
-T = TypeVar("T")
 
 
 def cores() -> int:
@@ -43,17 +42,6 @@ def cores() -> int:
 def run_id() -> str:
     """A short tag unique to this run, for app ids, prefixes and consumer groups."""
     return f"{time.strftime('%H%M%S')}{random.randrange(1000):03d}"
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.1) -> T:
-    """Poll ``probe`` until it returns something other than None or False."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 WORKTREE = "worktree"

@@ -29,11 +29,10 @@ from bench.common import (
     prepare,
     run_id,
     spread,
-    wait_for,
 )
 from pipeline.codec import Codecs
 from pipeline.loadgen import producer_config
-from pipeline.workers import Deployment
+from pipeline.workers import Deployment, wait_for
 
 WARMUP = 2.0
 

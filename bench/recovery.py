@@ -32,13 +32,12 @@ from bench.common import (
     prepare,
     produce_all,
     run_id,
-    wait_for,
 )
 from pipeline.encoding import encode_stock_row, encode_user_stats
 from pipeline.rules import Position, StockRow, UserOrderStats, source_id
 from pipeline.topics import STOCK_TABLE, USER_STATS_TABLE
 from pipeline.web import partition_for
-from pipeline.workers import Deployment, WorkerProcess
+from pipeline.workers import Deployment, WorkerProcess, wait_for
 
 STOCK_RATIO = 10  # one SKU row per this many user rows
 

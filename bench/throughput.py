@@ -35,11 +35,10 @@ from bench.common import (
     run_id,
     spread,
     stop_process,
-    wait_for,
     wait_stable_group,
     watch_outputs,
 )
-from pipeline.workers import Deployment
+from pipeline.workers import Deployment, wait_for
 
 BARE = "bare"
 QUIX = "quix"

@@ -14,10 +14,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.settings import Settings
 from pipeline.stack.config import free_ports
@@ -25,6 +25,23 @@ from pipeline.stack.launcher import tail
 from pipeline.topics import TopicNames
 
 FAUST = str(Path(sys.executable).with_name("faust"))
+
+
+T = TypeVar("T")
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float = 180.0, interval: float = 0.5
+) -> T:
+    """Poll ``probe`` until it returns something other than None or False; TimeoutError after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class WorkerFailed(RuntimeError):
@@ -116,12 +133,11 @@ class WorkerProcess:
         return self.health() is not None
 
     def wait_healthy(self, timeout: float = 180.0) -> WorkerProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.healthy():
-                return self
-            time.sleep(0.3)
-        raise self.failure(f"not healthy after {timeout:.0f} s")
+        try:
+            wait_for(f"{self.label} to be healthy", self.healthy, timeout, interval=0.3)
+        except TimeoutError:
+            raise self.failure(f"not healthy after {timeout:.0f} s") from None
+        return self
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of GET /metrics (0 when absent)."""

@@ -7,11 +7,10 @@ and topic prefix, so tests never see each other's topics, consumer groups or tab
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -22,22 +21,6 @@ from pipeline.topics import watermarks
 from pipeline.workers import Deployment, WorkerProcess
 from tests.integration import expected
 from tests.integration.conftest import StackInfo
-
-T = TypeVar("T")
-
-
-def wait_for(
-    what: str, probe: Callable[[], T | None], timeout: float = 180.0, interval: float = 0.5
-) -> T:
-    """Poll ``probe`` until it returns something other than None (or False)."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last is not None and last is not False:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def deployment(stack: StackInfo, name: str, root: Path) -> Deployment:

@@ -21,8 +21,8 @@ from pipeline.loadgen import LoadConfig, SendReport, ShopEvent, generate, send
 from pipeline.settings import read_env_file
 from pipeline.stack.launcher import Stack
 from pipeline.topics import record_count
-from pipeline.workers import Deployment, WorkerProcess
-from tests.integration.harness import views_match, wait_for
+from pipeline.workers import Deployment, WorkerProcess, wait_for
+from tests.integration.harness import views_match
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,9 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline.loadgen import LoadConfig, generate, send
 from pipeline.topics import ensure_topics, group_lag, record_count
+from pipeline.workers import wait_for
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import deployment, views_match, wait_for
+from tests.integration.harness import deployment, views_match
 
 pytestmark = pytest.mark.integration
 

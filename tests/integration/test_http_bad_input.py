@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.workers import Deployment, WorkerProcess
+from pipeline.workers import Deployment, WorkerProcess, wait_for
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import end_offsets, wait_for
+from tests.integration.harness import end_offsets
 
 pytestmark = pytest.mark.integration
 

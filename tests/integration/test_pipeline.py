@@ -21,17 +21,10 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from pipeline.codec import Codecs
 from pipeline.dlq import ATTEMPTS, ERROR_CLASS, SCHEMA_ID, SOURCE_OFFSET, SOURCE_TOPIC
 from pipeline.loadgen import LoadConfig, ShopEvent, adjustment, generate, order, send
-from pipeline.workers import Deployment, WorkerProcess, http_json
+from pipeline.workers import Deployment, WorkerProcess, http_json, wait_for
 from tests.integration import expected
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import (
-    Record,
-    decoded,
-    deployment,
-    end_offsets,
-    read_topic,
-    wait_for,
-)
+from tests.integration.harness import Record, decoded, deployment, end_offsets, read_topic
 
 pytestmark = pytest.mark.integration
 

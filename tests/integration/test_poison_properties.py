@@ -36,10 +36,10 @@ from pipeline.loadgen import (
     generate,
 )
 from pipeline.topics import watermarks
-from pipeline.workers import Deployment, WorkerProcess
+from pipeline.workers import Deployment, WorkerProcess, wait_for
 from tests.integration import expected
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import deployment, wait_for
+from tests.integration.harness import deployment, views_match
 
 pytestmark = pytest.mark.integration
 
@@ -329,24 +329,8 @@ def test_every_poison_message_is_dead_lettered_unchanged_with_its_reason(
     assert received == sent
 
 
-def all_views_match(worker: WorkerProcess, good: list[ShopEvent]) -> bool:
-    for user_id, user in expected.user_stats(good).items():
-        status, body = worker.get(f"/users/{user_id}/orders")
-        if status != 200 or (body["order_count"], body["total_spent_cents"]) != (
-            user.order_count,
-            user.total_spent_cents,
-        ):
-            return False
-    for sku, available in expected.stock(good).items():
-        if worker.get(f"/stock/{sku}") != (200, {"sku": sku, "available": available}):
-            return False
-    return True
-
-
 def test_every_good_message_is_processed_and_the_worker_stays_up(thrown: Thrown) -> None:
-    wait_for(
-        "the views to match the good stream", lambda: all_views_match(thrown.worker, thrown.good)
-    )
+    wait_for("the views to match the good stream", lambda: views_match(thrown.worker, thrown.good))
     names = thrown.deployment.names
     registered = expected.registered(thrown.good)
     wait_for(

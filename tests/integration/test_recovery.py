@@ -10,9 +10,9 @@ import pytest
 
 from pipeline.loadgen import LoadConfig, generate, send
 from pipeline.topics import STOCK_TABLE, USER_STATS_TABLE
-from pipeline.workers import Deployment, WorkerProcess
+from pipeline.workers import Deployment, WorkerProcess, wait_for
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import deployment, read_topic, views_match, wait_for
+from tests.integration.harness import deployment, read_topic, views_match
 
 pytestmark = pytest.mark.integration
 

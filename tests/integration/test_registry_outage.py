@@ -40,9 +40,9 @@ from pipeline.dlq import ATTEMPTS, ERROR_CLASS, SCHEMA_ID
 from pipeline.loadgen import order
 from pipeline.registry import ConfluentSchemaSource
 from pipeline.stack.config import free_ports
-from pipeline.workers import Deployment, WorkerProcess, http_json
+from pipeline.workers import Deployment, WorkerProcess, http_json, wait_for
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import Record, read_topic, wait_for
+from tests.integration.harness import Record, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline.loadgen import ORDER_CREATED, LoadConfig, generate, send
 from pipeline.settings import Settings, read_env_file
 from pipeline.stack.launcher import Stack
-from pipeline.workers import Deployment
-from tests.integration.harness import wait_for
+from pipeline.workers import Deployment, wait_for
 
 pytestmark = pytest.mark.integration
 
