@@ -103,6 +103,9 @@ class Settings:
     # "user:password"; kept out of repr so it never lands in a log line.
     schema_registry_basic_auth: str | None = field(default=None, repr=False)
     auto_register_schemas: bool = False
+    # confluent-kafka's registry client waits forever by default: a registry that accepts the
+    # connection and never answers would stall a partition.
+    schema_registry_timeout_s: int = 10
     store: str = "rocksdb://"
     data_dir: Path = Path(".data")
     partitions: int = 8
@@ -171,6 +174,9 @@ class Settings:
                 "/"
             ),
             schema_registry_basic_auth=basic_auth,
+            schema_registry_timeout_s=_int(
+                PREFIX + "SCHEMA_REGISTRY_TIMEOUT_S", get("SCHEMA_REGISTRY_TIMEOUT_S", "10"), 1
+            ),
             auto_register_schemas=_bool(
                 PREFIX + "AUTO_REGISTER_SCHEMAS", get("AUTO_REGISTER_SCHEMAS", "false")
             ),
@@ -212,7 +218,10 @@ class Settings:
 
     def registry_client_config(self) -> dict[str, Any]:
         """Configuration for confluent-kafka's ``SchemaRegistryClient``."""
-        config: dict[str, Any] = {"url": self.schema_registry_url}
+        config: dict[str, Any] = {
+            "url": self.schema_registry_url,
+            "timeout": self.schema_registry_timeout_s,
+        }
         if self.schema_registry_basic_auth:
             config["basic.auth.user.info"] = self.schema_registry_basic_auth
         return config

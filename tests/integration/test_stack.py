@@ -55,7 +55,9 @@ def test_a_topic_carries_confluent_framed_avro_end_to_end(stack: StackInfo, uniq
         }
     )
     consumer.subscribe([topic])
-    deserializer = AvroDeserializer(registry)
+    deserializer = AvroDeserializer(
+        registry, conf={"subject.name.strategy": topic_subject_name_strategy}
+    )
     try:
         deadline = time.monotonic() + 60
         message = None

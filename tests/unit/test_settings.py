@@ -45,6 +45,7 @@ def test_environment_overrides_and_security_maps_to_librdkafka() -> None:
     }
     assert settings.registry_client_config() == {
         "url": "http://r:8081",
+        "timeout": 10,
         "basic.auth.user.info": "reg:pw",
     }
     # Secrets never show in a repr (and so in a log line).
