@@ -1,9 +1,12 @@
-"""Crash soak: 100,000 orders while one of two workers is SIGKILLed at random points.
+"""Crash soak: many orders while one of two workers is SIGKILLed at random points.
 
 Each time, the killed worker is restarted on its state dir; the last time, on an emptied one,
 so it rebuilds from the changelog. At the end every user's stats and every SKU's stock must
 equal what the input says, asked through both workers: zero lost, zero counted twice.
-SOAK_ORDERS sets the number of orders (default 100,000) for a quicker local run.
+SOAK_ORDERS sets the number of orders: 30,000 by default, to keep CI's run in its time;
+`SOAK_ORDERS=100000 pytest tests/integration/test_crash_soak.py` is the full soak (about 7 min
+here). Kill points are drawn on the orders still to commit, so the kills fall while orders are
+consumed; the stock side, fed by the re-keyed lines, catches up after the last kill.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from tests.integration.harness import deployment, views_match
 
 pytestmark = pytest.mark.integration
 
-ORDERS = int(os.environ.get("SOAK_ORDERS", "100000"))
+ORDERS = int(os.environ.get("SOAK_ORDERS", "30000"))
 KILLS = 4
 
 
+@pytest.mark.timeout(2400)  # the suite's 600 s is for ordinary tests
 def test_repeated_worker_kills_lose_and_double_nothing(stack: StackInfo, tmp_path: Path) -> None:
     shop = deployment(stack, f"it-soak-{uuid.uuid4().hex[:8]}", tmp_path)
     settings, names = shop.settings, shop.names
