@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from faust.types import AppT, Message, StreamT
+from collections.abc import Sequence
+
+from faust.types import AppT, StreamT
 
 from pipeline.outputs import Outputs, millis
-from pipeline.processing import EventRunner
+from pipeline.processing import Event, EventRunner, batches
 from pipeline.rules import welcome_notification
 
 
@@ -19,12 +21,15 @@ def register(app: AppT, outputs: Outputs, runner: EventRunner) -> None:
         value_serializer="raw",
     )
 
-    async def handle(message: Message) -> None:
-        user = await outputs.codec.decode(message.topic, message.value)
-        request = welcome_notification(user, millis(user["registered_at"]))
-        await outputs.send_all([outputs.record(names.notifications, user["user_id"], request)])
+    async def handle(events: Sequence[Event]) -> None:
+        requests = []
+        for event in events:
+            user = await outputs.codec.decode(event.message.topic, event.message.value)
+            request = welcome_notification(user, millis(user["registered_at"]))
+            requests.append(outputs.record(names.notifications, user["user_id"], request))
+        await outputs.send_all(requests)
 
     @app.agent(source, name="notifications")
     async def process_registrations(stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await runner.run(event.message, handle)
+        async for events in batches(stream):
+            await runner.run_batch(events, handle)

@@ -6,11 +6,13 @@ are applied in the order they were placed.
 
 from __future__ import annotations
 
-from faust.types import AppT, Message, StreamT
+from collections.abc import Sequence
+
+from faust.types import AppT, StreamT
 
 from pipeline.encoding import decode_user_stats, encode_order_line, encode_user_stats
 from pipeline.outputs import Outgoing, Outputs, millis
-from pipeline.processing import EventRunner
+from pipeline.processing import Event, EventRunner, RowBatch, batches
 from pipeline.rules import Position, apply_order, order_lines_by_sku, source_id
 from pipeline.tables import Tables
 
@@ -28,35 +30,37 @@ def register(app: AppT, outputs: Outputs, tables: Tables, runner: EventRunner) -
     )
     user_stats = tables.user_stats
 
-    async def handle(message: Message) -> None:
-        order = await outputs.codec.decode(message.topic, message.value)
-        user_key: bytes = message.key or order["user_id"].encode()
-        stored = user_stats.get(user_key)
-        stats = apply_order(
-            decode_user_stats(stored) if stored is not None else None,
-            order_id=order["order_id"],
-            total_cents=order["total_cents"],
-            source=source_id(ORDERS_STREAM, message.partition),
-            position=Position(message.offset),
-        )
-        if stats is None:  # a replay of an order already applied, lines included
-            outputs.metrics.replays_skipped.labels(user_stats.name).inc()
-            return
-        created_at_ms = millis(order["created_at"])
-        lines = order_lines_by_sku(
-            order_id=order["order_id"],
-            items=order["items"],
-            order_partition=message.partition,
-            order_offset=message.offset,
-            created_at_ms=created_at_ms,
-        )
-        user_id = user_key.decode()
-        await outputs.send_all(
-            [
-                *(
-                    Outgoing(names.order_lines_by_sku, line.sku.encode(), encode_order_line(line))
-                    for line in lines
-                ),
+    async def handle(events: Sequence[Event]) -> None:
+        rows = RowBatch(user_stats, decode_user_stats, encode_user_stats)
+        derived: list[Outgoing] = []
+        for event in events:
+            message = event.message
+            order = await outputs.codec.decode(message.topic, message.value)
+            user_key: bytes = message.key or order["user_id"].encode()
+            stats = apply_order(
+                rows.get(user_key, event),
+                order_id=order["order_id"],
+                total_cents=order["total_cents"],
+                source=source_id(ORDERS_STREAM, message.partition),
+                position=Position(message.offset),
+            )
+            if stats is None:  # a replay of an order already applied, lines included
+                outputs.metrics.replays_skipped.labels(user_stats.name).inc()
+                continue
+            created_at_ms = millis(order["created_at"])
+            lines = order_lines_by_sku(
+                order_id=order["order_id"],
+                items=order["items"],
+                order_partition=message.partition,
+                order_offset=message.offset,
+                created_at_ms=created_at_ms,
+            )
+            user_id = user_key.decode()
+            derived += [
+                Outgoing(names.order_lines_by_sku, line.sku.encode(), encode_order_line(line))
+                for line in lines
+            ]
+            derived.append(
                 outputs.record(
                     names.user_order_stats,
                     user_id,
@@ -67,12 +71,13 @@ def register(app: AppT, outputs: Outputs, tables: Tables, runner: EventRunner) -
                         "last_order_id": stats.last_order_id,
                         "updated_at": created_at_ms,
                     },
-                ),
-            ]
-        )
-        user_stats[user_key] = encode_user_stats(stats)
+                )
+            )
+            rows.put(user_key, stats, event)
+        await outputs.send_all(derived)
+        rows.write()
 
     @app.agent(source, name="orders")
     async def process_orders(stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await runner.run(event.message, handle)
+        async for events in batches(stream):
+            await runner.run_batch(events, handle)

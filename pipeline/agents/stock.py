@@ -7,12 +7,14 @@ row is only touched by the worker that owns its partition.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from faust.types import AppT, Message, StreamT
 
 from pipeline.encoding import decode_order_line, decode_stock_row, encode_stock_row
 from pipeline.outputs import Outgoing, Outputs, millis
-from pipeline.processing import EventRunner
-from pipeline.rules import Position, apply_stock_delta, source_id
+from pipeline.processing import Event, EventRunner, RowBatch, batches
+from pipeline.rules import Position, StockRow, apply_stock_delta, source_id
 from pipeline.tables import Tables
 
 from .orders import ORDERS_STREAM
@@ -34,28 +36,31 @@ def register(
     )
     stock = tables.stock
 
-    async def apply(
-        sku_key: bytes, delta: int, source: str, position: Position, at_ms: int
+    def apply(
+        rows: RowBatch[StockRow],
+        derived: list[Outgoing],
+        event: Event,
+        change: tuple[bytes, int, str, Position, int],
     ) -> None:
-        stored = stock.get(sku_key)
-        change = apply_stock_delta(
-            decode_stock_row(stored) if stored is not None else None,
+        sku_key, delta, source, position, at_ms = change
+        result = apply_stock_delta(
+            rows.get(sku_key, event),
             delta=delta,
             source=source,
             position=position,
             threshold=threshold,
         )
-        if change is None:  # already applied before a crash or rebalance
+        if result is None:  # already applied before a crash or rebalance
             outputs.metrics.replays_skipped.labels(stock.name).inc()
             return
         sku = sku_key.decode()
-        available = change.row.available
-        derived: list[Outgoing] = [
+        available = result.row.available
+        derived.append(
             outputs.record(
                 names.stock_levels, sku, {"sku": sku, "available": available, "updated_at": at_ms}
             )
-        ]
-        if change.crossed_low_stock:
+        )
+        if result.crossed_low_stock:
             derived.append(
                 outputs.record(
                     names.low_stock_alerts,
@@ -63,30 +68,37 @@ def register(
                     {"sku": sku, "available": available, "threshold": threshold, "at": at_ms},
                 )
             )
-        await outputs.send_all(derived)
-        stock[sku_key] = encode_stock_row(change.row)
+        rows.put(sku_key, result.row, event)
 
-    async def handle(message: Message) -> None:
+    async def change_of(message: Message) -> tuple[bytes, int, str, Position, int]:
+        """(SKU key, delta, source, position, event time) of an order line or adjustment."""
         if message.topic == names.order_lines_by_sku:
             line = decode_order_line((message.key or b"").decode(), message.value or b"")
-            await apply(
+            return (
                 line.sku.encode(),
                 -line.quantity,
                 source_id(ORDERS_STREAM, line.order_partition),
                 Position(line.order_offset, line.line_index),
                 line.created_at_ms,
             )
-        else:
-            adjustment = await outputs.codec.decode(message.topic, message.value)
-            await apply(
-                message.key or adjustment["sku"].encode(),
-                adjustment["delta"],
-                source_id(ADJUSTMENTS_STREAM, message.partition),
-                Position(message.offset),
-                millis(adjustment["adjusted_at"]),
-            )
+        adjustment = await outputs.codec.decode(message.topic, message.value)
+        return (
+            message.key or adjustment["sku"].encode(),
+            adjustment["delta"],
+            source_id(ADJUSTMENTS_STREAM, message.partition),
+            Position(message.offset),
+            millis(adjustment["adjusted_at"]),
+        )
+
+    async def handle(events: Sequence[Event]) -> None:
+        rows = RowBatch(stock, decode_stock_row, encode_stock_row)
+        derived: list[Outgoing] = []
+        for event in events:
+            apply(rows, derived, event, await change_of(event.message))
+        await outputs.send_all(derived)
+        rows.write()
 
     @app.agent(source, name="stock")
     async def process_stock(stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await runner.run(event.message, handle)
+        async for events in batches(stream):
+            await runner.run_batch(events, handle)
