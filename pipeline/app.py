@@ -10,13 +10,15 @@
     anything that cannot be processed ──▶ <source topic>.dlq
 
 Settings come from the environment (pipeline.settings); topics are created at
-start-up when missing (pipeline.topics).
+start-up when missing (pipeline.topics); RocksDB tables are bulk-restored from
+their changelogs before consuming (pipeline.restore).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import cast
 
 import faust
 from faust.types.auth import CredentialsT
@@ -28,23 +30,37 @@ from pipeline.dlq import DeadLetters
 from pipeline.metrics import Metrics
 from pipeline.outputs import Outputs
 from pipeline.processing import EventRunner
+from pipeline.restore import ChangelogStore, restore
 from pipeline.settings import KafkaSecurity, Settings
 from pipeline.tables import define_tables
 from pipeline.topics import TopicNames, ensure_topics
 
 
 class PipelineApp(faust.App):
-    """A Faust app that creates its topics (the broker does not) and resolves its
-    schema ids (encoding is synchronous) before consuming."""
+    """A Faust app that, before consuming, creates its topics (the broker does not),
+    resolves its schema ids (encoding is synchronous) and bulk-restores its tables."""
 
     pipeline_settings: Settings
     codecs: Codecs
+    pipeline_metrics: Metrics
 
     async def on_first_start(self) -> None:
         # Blocking admin calls, once per process, before any consumer or producer runs.
-        await asyncio.to_thread(ensure_topics, self.pipeline_settings)
+        settings = self.pipeline_settings
+        await asyncio.to_thread(ensure_topics, settings)
         await self.codecs.prepare_async()
+        if settings.store.startswith("rocksdb://"):
+            await self.restore_tables()
         await super().on_first_start()
+
+    async def restore_tables(self) -> None:
+        # The stores are created here, on the loop; the bulk reads and writes run off it.
+        tables = {table.changelog_topic.get_topic_name(): table for table in self.tables.values()}
+        stores = {topic: cast(ChangelogStore, table.data) for topic, table in tables.items()}
+        report = await asyncio.to_thread(restore, self.pipeline_settings, stores)
+        restored = self.pipeline_metrics.changelog_records_restored
+        for topic, records in report.records.items():
+            restored.labels(tables[topic].name).inc(records)
 
 
 def broker_credentials(security: KafkaSecurity) -> CredentialsT | ssl.SSLContext | None:
@@ -109,7 +125,7 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
     app.codecs = codecs if codecs is not None else Codecs.from_settings(settings)
 
     names = TopicNames.from_settings(settings)
-    metrics = Metrics()
+    metrics = app.pipeline_metrics = Metrics()
     tables = define_tables(app, settings, metrics)
     outputs = Outputs(app=app, codec=app.codecs, names=names, metrics=metrics)
     runner = EventRunner(dead_letters=DeadLetters(app), metrics=metrics)

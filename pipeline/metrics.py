@@ -53,6 +53,13 @@ class Metrics:
             ["table"],
             registry=self.registry,
         )
+        self.changelog_records_restored = Counter(
+            "pipeline_changelog_records_restored",
+            "Changelog records bulk-loaded into a RocksDB table before consuming "
+            "(pipeline.restore).",
+            ["table"],
+            registry=self.registry,
+        )
         self.routed_requests = Counter(
             "pipeline_routed_requests",
             "Table queries forwarded to the worker owning the key.",
