@@ -1,8 +1,9 @@
 """Fetching the servers from Maven Central with Maven, cached outside the repository.
 
 Kafka is its ``kafka_2.13`` jar with its runtime dependencies plus a log4j2 backend; Apicurio
-Registry is its ``tar.gz:all`` Quarkus distribution. A finished download leaves a marker file,
-so a second start downloads nothing and a half-finished one is redone.
+Registry is its ``tar.gz:all`` Quarkus distribution; Keycloak (the OIDC server of a stack whose
+registry wants a login) is its ``keycloak-quarkus-dist`` tar.gz. A finished download leaves a
+marker file, so a second start downloads nothing and a half-finished one is redone.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.stack import config
+
 KAFKA_VERSION = "4.1.1"
 APICURIO_VERSION = "3.3.3"
 LOG4J_VERSION = "2.24.3"
+KEYCLOAK_VERSION = "26.7.3"
 
 _DONE = ".complete"
 
@@ -139,3 +143,49 @@ def apicurio_home(version: str = APICURIO_VERSION) -> Path:
             raise DownloadError(f"{archive.name} has no quarkus-run.jar at its top")
 
     return _fetch_once(cache_dir() / f"apicurio-registry-{version}", fill)
+
+
+def keycloak_home(java: str, version: str = KEYCLOAK_VERSION) -> Path:
+    """The unpacked Keycloak distribution, downloaded and built on first use.
+
+    Built means ``kc.sh build`` with :data:`config.KEYCLOAK_BUILD_OPTIONS` (about a minute):
+    each stack then starts it ``--optimized``, which never rebuilds and so never writes to
+    this shared folder (a start that had to rebuild would, and would take that minute again).
+    """
+
+    def fill(work: Path) -> None:
+        _mvn(
+            [
+                "dependency:copy",
+                f"-Dartifact=org.keycloak:keycloak-quarkus-dist:{version}:tar.gz",
+                f"-DoutputDirectory={work / 'download'}",
+            ],
+            cwd=work,
+        )
+        (archive,) = (work / "download").glob("*.tar.gz")
+        with tarfile.open(archive) as tar:
+            tar.extractall(work / "unpacked", filter="data")
+        shutil.rmtree(work / "download")
+        # The archive holds one folder, keycloak-<version>/: its content is the home.
+        (top,) = (work / "unpacked").iterdir()
+        for entry in top.iterdir():
+            entry.rename(work / entry.name)
+        shutil.rmtree(work / "unpacked")
+        if not (work / "lib" / "quarkus-run.jar").exists():
+            raise DownloadError(f"{archive.name} has no lib/quarkus-run.jar")
+        build = [
+            java,
+            *config.keycloak_jvm_args(home=work, dist=work, heap_mb=512),
+            "build",
+            *config.KEYCLOAK_BUILD_OPTIONS,
+        ]
+        built = subprocess.run(
+            build, cwd=work, capture_output=True, text=True, timeout=900, check=False
+        )
+        if built.returncode != 0:
+            raise DownloadError(
+                f"building Keycloak failed (exit {built.returncode}):\n"
+                f"{(built.stdout + built.stderr)[-3000:]}"
+            )
+
+    return _fetch_once(cache_dir() / f"keycloak-{version}", fill)

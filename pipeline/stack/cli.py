@@ -10,6 +10,7 @@ import click
 
 from pipeline.settings import default_stack_dir
 from pipeline.stack import artifacts
+from pipeline.stack.java import JavaNotFound, find_java
 from pipeline.stack.launcher import Stack, StackAlreadyRunning, StackError, is_alive, tail
 
 state_dir_option = click.option(
@@ -47,11 +48,19 @@ def stack() -> None:
     is_flag=True,
     help="Clients log in (SCRAM-SHA-256 or PLAIN); the user and password go to the env file.",
 )
-def up(state_dir: Path, brokers: int, timeout: float, sasl: bool) -> None:
+@click.option(
+    "--registry-auth",
+    is_flag=True,
+    help="The registry wants HTTP basic auth, checked by a Keycloak started with it; the "
+    "login goes to the env file.",
+)
+def up(state_dir: Path, brokers: int, timeout: float, sasl: bool, registry_auth: bool) -> None:
     """Download (once) and start the stack; print where it listens."""
     started = time.monotonic()
     try:
-        state = Stack(state_dir).up(brokers=brokers, timeout=timeout, sasl=sasl)
+        state = Stack(state_dir).up(
+            brokers=brokers, timeout=timeout, sasl=sasl, registry_auth=registry_auth
+        )
     except StackAlreadyRunning as running:
         click.echo(f"{running}; `pipeline stack down` first to restart it.")
         return
@@ -59,7 +68,13 @@ def up(state_dir: Path, brokers: int, timeout: float, sasl: bool) -> None:
         raise click.ClickException(str(error)) from None
     click.echo(
         f"Kafka {state.kafka_version} ({state.brokers} broker(s)) at {state.bootstrap}\n"
-        f"Apicurio Registry {state.apicurio_version} at {state.registry_url}\n"
+        f"Apicurio Registry {state.apicurio_version} at {state.registry_url}"
+    )
+    if state.keycloak_issuer is not None:
+        click.echo(
+            f"  logins checked by Keycloak {state.keycloak_version} at {state.keycloak_issuer}"
+        )
+    click.echo(
         f"ready in {time.monotonic() - started:.1f} s; settings in {state_dir / 'stack.env'}"
     )
 
@@ -77,7 +92,8 @@ def down(state_dir: Path) -> None:
 @click.argument("server")
 @click.option("--kill", is_flag=True, help="SIGKILL, as in a crash (default: SIGTERM).")
 def stop(state_dir: Path, server: str, kill: bool) -> None:
-    """Stop one SERVER (kafka-N or registry) of the running stack; `start` brings it back."""
+    """Stop one SERVER (kafka-N, registry, keycloak) of the running stack; `start` brings it
+    back."""
     try:
         Stack(state_dir).stop_server(server, kill=kill)
     except StackError as error:
@@ -108,6 +124,8 @@ def status(state_dir: Path) -> None:
     for proc in state.processes:
         click.echo(f"{proc.name:10} pid {proc.pid:<8} {'up' if is_alive(proc) else 'DOWN'}")
     click.echo(f"kafka     {state.bootstrap}\nregistry  {state.registry_url}")
+    if state.keycloak_issuer is not None:
+        click.echo(f"keycloak  {state.keycloak_issuer} (the registry wants a login)")
     if not all(is_alive(p) for p in state.processes):
         sys.exit(1)
 
@@ -117,7 +135,7 @@ def status(state_dir: Path) -> None:
 @click.argument("server", required=False)
 @click.option("-n", "--lines", type=int, default=40, show_default=True)
 def logs(state_dir: Path, server: str | None, lines: int) -> None:
-    """The last lines of each server's log (or of SERVER: kafka-1, registry, ...)."""
+    """The last lines of each server's log (or of SERVER: kafka-1, registry, keycloak, ...)."""
     state = Stack(state_dir).state()
     if state is None:
         raise click.ClickException("no stack")
@@ -139,7 +157,18 @@ def env(state_dir: Path) -> None:
 
 
 @stack.command()
-def fetch() -> None:
+@click.option(
+    "--registry-auth",
+    is_flag=True,
+    help="Keycloak too (what `up --registry-auth` needs): about 150 MB, and a minute to build.",
+)
+def fetch(registry_auth: bool) -> None:
     """Download Kafka and Apicurio into the cache without starting anything."""
     click.echo(f"Kafka {artifacts.KAFKA_VERSION}: {artifacts.kafka_home()}")
     click.echo(f"Apicurio Registry {artifacts.APICURIO_VERSION}: {artifacts.apicurio_home()}")
+    if registry_auth:
+        try:
+            java = find_java()
+        except JavaNotFound as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(f"Keycloak {artifacts.KEYCLOAK_VERSION}: {artifacts.keycloak_home(java)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import socket
 import uuid
@@ -45,6 +46,26 @@ class SaslUser:
 
 
 SCRAM_MECHANISM = "SCRAM-SHA-256"
+
+
+@dataclass(frozen=True)
+class RegistryClient:
+    """The one client of a --registry-auth stack's registry: an OIDC client of the stack's
+    Keycloak, whose id and secret are also the HTTP basic login the registry takes (Apicurio
+    trades them for a token with the client-credentials grant). The secret is made anew for
+    each stack."""
+
+    client_id: str
+    secret: str = field(repr=False)
+
+    @classmethod
+    def generate(cls, client_id: str = "pipeline") -> RegistryClient:
+        return cls(client_id=client_id, secret=secrets.token_urlsafe(24))
+
+    @property
+    def basic_auth(self) -> str:
+        """``user:password`` as PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH takes it."""
+        return f"{self.client_id}:{self.secret}"
 
 
 def free_ports(count: int) -> list[int]:
@@ -172,8 +193,23 @@ def kafka_jvm_args(heap_mb: int, log4j_config: Path) -> list[str]:
     ]
 
 
-def registry_jvm_args(port: int, management_port: int, heap_mb: int) -> list[str]:
-    """Apicurio Registry 3.x, in-memory storage, Confluent-compatible API, global BACKWARD."""
+def registry_jvm_args(
+    port: int, management_port: int, heap_mb: int, oidc_issuer: str | None = None
+) -> list[str]:
+    """Apicurio Registry 3.x, in-memory storage, Confluent-compatible API, global BACKWARD.
+
+    With ``oidc_issuer``, every request must be authenticated: by a bearer token of that
+    realm, or by HTTP basic with a client id and secret of that realm, which Apicurio trades
+    for a token (client-credentials grant) and caches. No roles: any client of the realm may
+    read and write.
+    """
+    auth = []
+    if oidc_issuer is not None:
+        auth = [
+            "-Dquarkus.oidc.tenant-enabled=true",
+            f"-Dquarkus.oidc.auth-server-url={oidc_issuer}",
+            "-Dapicurio.authn.basic-client-credentials.enabled=true",
+        ]
     return [
         f"-Xmx{heap_mb}m",
         "-XX:+UseG1GC",
@@ -187,11 +223,106 @@ def registry_jvm_args(port: int, management_port: int, heap_mb: int) -> list[str
         "-Dapicurio.storage.kind=sql",
         "-Dapicurio.storage.sql.kind=h2",
         "-Dapicurio.rules.global.compatibility=BACKWARD",
+        *auth,
+    ]
+
+
+KEYCLOAK_REALM = "shop-pipeline"
+
+# Options Keycloak fixes when it is built (``kc.sh build``), once, in the download cache: an
+# embedded H2 database in the stack's own folder; health and metrics off, so Keycloak opens no
+# management interface (it would listen on 9000 by default).
+KEYCLOAK_BUILD_OPTIONS = ("--db=dev-file", "--health-enabled=false", "--metrics-enabled=false")
+
+
+def keycloak_realm(client: RegistryClient) -> dict[str, object]:
+    """The realm imported at Keycloak's start: one confidential client with a service
+    account, which may only use the client-credentials grant."""
+    return {
+        "realm": KEYCLOAK_REALM,
+        "enabled": True,
+        "clients": [
+            {
+                "clientId": client.client_id,
+                "name": "shop-pipeline workers and commands (schema registry login)",
+                "enabled": True,
+                "protocol": "openid-connect",
+                "publicClient": False,
+                "clientAuthenticatorType": "client-secret",
+                "secret": client.secret,
+                "serviceAccountsEnabled": True,
+                "standardFlowEnabled": False,
+                "implicitFlowEnabled": False,
+                "directAccessGrantsEnabled": False,
+            }
+        ],
+    }
+
+
+def render_realm(client: RegistryClient) -> str:
+    return json.dumps(keycloak_realm(client), indent=2) + "\n"
+
+
+def keycloak_issuer(port: int) -> str:
+    """The realm's URL: OIDC discovery is under it, and tokens name it as their issuer."""
+    return f"http://{HOST}:{port}/realms/{KEYCLOAK_REALM}"
+
+
+def keycloak_jvm_args(home: Path, dist: Path, heap_mb: int) -> list[str]:
+    """What ``bin/kc.sh`` gives the JVM, with ``kc.home.dir`` at ``home``: a folder of the
+    stack's own (its ``lib`` links to the distribution's) where Keycloak keeps its database
+    and finds the realm to import, so the shared download is never written to."""
+    return [
+        f"-Xmx{heap_mb}m",
+        "-Xms64m",
+        "-XX:MetaspaceSize=96M",
+        "-XX:MaxMetaspaceSize=256m",
+        "-XX:+UseG1GC",
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Dfile.encoding=UTF-8",
+        "-Djava.awt.headless=true",
+        "--add-opens=java.base/java.util=ALL-UNNAMED",
+        "--add-opens=java.base/java.util.concurrent=ALL-UNNAMED",
+        "--add-opens=java.base/java.security=ALL-UNNAMED",
+        "--add-opens=java.base/java.lang=ALL-UNNAMED",
+        "--enable-native-access=ALL-UNNAMED",
+        "-Duser.language=en",
+        "-Duser.country=US",
+        "-Djava.util.concurrent.ForkJoinPool.common.threadFactory="
+        "io.quarkus.bootstrap.forkjoin.QuarkusForkJoinWorkerThreadFactory",
+        f"-Dkc.home.dir={home}",
+        f"-Djboss.server.config.dir={dist / 'conf'}",
+        "-Djava.util.logging.manager=org.jboss.logmanager.LogManager",
+        "-Dpicocli.disable.closures=true",
+        "-cp",
+        str(dist / "lib" / "quarkus-run.jar"),
+        "io.quarkus.bootstrap.runner.QuarkusEntryPoint",
+    ]
+
+
+def keycloak_server_args(port: int) -> list[str]:
+    """``start`` of the pre-built server on loopback, plain HTTP, one node, importing
+    ``<home>/data/import/*.json`` (a realm that exists already is left as it is)."""
+    return [
+        "start",
+        "--optimized",
+        "--http-enabled=true",
+        f"--http-host={HOST}",
+        f"--http-port={port}",
+        # Tokens name the issuer as clients reach it; nothing proxies this server.
+        "--hostname-strict=false",
+        # Not a cluster: the default cache stack would listen on every interface (JGroups).
+        "--cache=local",
+        "--import-realm",
     ]
 
 
 def env_file_text(
-    bootstrap: str, registry_url: str, replication_factor: int, sasl_user: SaslUser | None = None
+    bootstrap: str,
+    registry_url: str,
+    replication_factor: int,
+    sasl_user: SaslUser | None = None,
+    registry_client: RegistryClient | None = None,
 ) -> str:
     text = (
         "# Written by `pipeline stack up`; read by pipeline.settings. Removed by `stack down`.\n"
@@ -206,4 +337,6 @@ def env_file_text(
             f"PIPELINE_KAFKA_SASL_USERNAME={sasl_user.name}\n"
             f"PIPELINE_KAFKA_SASL_PASSWORD={sasl_user.password}\n"
         )
+    if registry_client is not None:
+        text += f"PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH={registry_client.basic_auth}\n"
     return text

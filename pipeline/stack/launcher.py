@@ -3,10 +3,14 @@
 Everything lives in one state directory: ``stack.json`` (what runs, by pid), ``stack.env`` (the
 addresses, read by :mod:`pipeline.settings`), each server's config, log and data. ``down`` stops
 exactly the pids it recorded, after checking each is still the process it started.
+
+With ``registry_auth``, a Keycloak runs next to the registry as its OIDC server, and the
+registry answers only requests with a login (HTTP basic: the realm's client id and secret).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -52,6 +56,9 @@ class StackState:
     processes: list[ServerProcess]
     kafka_version: str
     apicurio_version: str
+    # The OIDC realm the registry checks logins against (--registry-auth), else None.
+    keycloak_issuer: str | None = None
+    keycloak_version: str | None = None
 
     @classmethod
     def load(cls, state_dir: Path) -> StackState | None:
@@ -191,12 +198,51 @@ def broker_ready(
     return len(metadata.brokers) >= expected_brokers
 
 
-def registry_ready(registry_url: str) -> bool:
+def _answers_200(request: urllib.request.Request | str) -> bool:
     try:
-        with urllib.request.urlopen(registry_url + "/subjects", timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def registry_ready(registry_url: str, basic_auth: str | None = None) -> bool:
+    """True once the registry lists its subjects; with ``basic_auth`` (``user:password``),
+    asked with that login, which also proves that the registry reaches its OIDC server."""
+    request = urllib.request.Request(registry_url + "/subjects")
+    if basic_auth is not None:
+        token = base64.b64encode(basic_auth.encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return _answers_200(request)
+
+
+def keycloak_ready(issuer: str) -> bool:
+    """True once the realm was imported and Keycloak serves its OIDC discovery document."""
+    return _answers_200(issuer + "/.well-known/openid-configuration")
+
+
+def _start_keycloak(
+    java: str,
+    dist: Path,
+    folder: Path,
+    port: int,
+    client: config.RegistryClient,
+    heap_mb: int,
+) -> ServerProcess:
+    """Start Keycloak with ``folder`` as its home: its ``lib`` links to the (built)
+    distribution, its ``data`` holds this stack's database and the realm to import."""
+    imports = folder / "data" / "import"
+    imports.mkdir(parents=True, exist_ok=True)
+    (folder / "lib").symlink_to(dist / "lib", target_is_directory=True)
+    realm = imports / "realm.json"
+    realm.touch(mode=0o600)  # holds the client secret
+    realm.write_text(config.render_realm(client))
+    command = [
+        java,
+        *config.keycloak_jvm_args(home=folder, dist=dist, heap_mb=heap_mb),
+        *config.keycloak_server_args(port),
+    ]
+    return _spawn("keycloak", command, folder / "keycloak.log", folder)
 
 
 class Stack:
@@ -224,9 +270,13 @@ class Stack:
         registry_heap_mb: int = 512,
         timeout: float = 120.0,
         sasl: bool = False,
+        registry_auth: bool = False,
+        keycloak_heap_mb: int = 384,
     ) -> StackState:
         """Start the stack. With ``sasl``, clients must log in (SCRAM-SHA-256 or PLAIN) as the
-        user written, with its password, to the env file."""
+        user written, with its password, to the env file. With ``registry_auth``, the registry
+        wants HTTP basic auth with the OIDC client id and secret written to the env file
+        (Keycloak, started too, checks them)."""
         existing = self.running()
         if existing is not None:
             raise StackAlreadyRunning(existing)
@@ -235,17 +285,23 @@ class Stack:
         java = find_java()
         kafka_home = artifacts.kafka_home()
         apicurio_home = artifacts.apicurio_home()
+        keycloak_home = artifacts.keycloak_home(java) if registry_auth else None
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        ports = config.free_ports((3 if sasl else 2) * brokers + 2)
-        nodes = config.plan_nodes(brokers, self.state_dir, ports[:-2], sasl=sasl)
-        registry_port, management_port = ports[-2:]
+        kafka_ports = (3 if sasl else 2) * brokers
+        ports = config.free_ports(kafka_ports + 2 + (1 if registry_auth else 0))
+        nodes = config.plan_nodes(brokers, self.state_dir, ports[:kafka_ports], sasl=sasl)
+        registry_port, management_port = ports[kafka_ports : kafka_ports + 2]
         bootstrap = ",".join(n.bootstrap for n in nodes)
         registry_url = f"http://{config.HOST}:{registry_port}{config.REGISTRY_API}"
         sasl_user = config.SaslUser.generate() if sasl else None
-        env_text = config.env_file_text(bootstrap, registry_url, min(brokers, 3), sasl_user)
+        registry_client = config.RegistryClient.generate() if registry_auth else None
+        issuer = config.keycloak_issuer(ports[-1]) if registry_auth else None
+        env_text = config.env_file_text(
+            bootstrap, registry_url, min(brokers, 3), sasl_user, registry_client
+        )
         # Readiness is checked as a client of the pipeline would connect: with the login.
-        client_config = Settings.from_env(read_env_text(env_text)).kafka_client_config()
+        client_settings = Settings.from_env(read_env_text(env_text))
         heap = kafka_heap_mb or (512 if brokers == 1 else 384)
 
         log4j = self.state_dir / "log4j2.properties"
@@ -259,14 +315,29 @@ class Stack:
             processes=[],
             kafka_version=artifacts.KAFKA_VERSION,
             apicurio_version=artifacts.APICURIO_VERSION,
+            keycloak_issuer=issuer,
+            keycloak_version=artifacts.KEYCLOAK_VERSION if registry_auth else None,
         )
         try:
             for node in nodes:
                 state.processes.append(
                     _start_kafka_node(java, kafka_jvm, cluster_id, node, nodes, sasl_user)
                 )
+            if keycloak_home is not None and registry_client is not None:
+                state.processes.append(
+                    _start_keycloak(
+                        java,
+                        keycloak_home,
+                        self.state_dir / "keycloak",
+                        ports[-1],
+                        registry_client,
+                        keycloak_heap_mb,
+                    )
+                )
+            # The registry may start before Keycloak answers: it looks the realm up on the
+            # first request that needs it.
             registry_jvm = config.registry_jvm_args(
-                registry_port, management_port, registry_heap_mb
+                registry_port, management_port, registry_heap_mb, oidc_issuer=issuer
             )
             registry_dir = self.state_dir / "registry"
             state.processes.append(
@@ -278,16 +349,39 @@ class Stack:
                 )
             )
             state.save(self.state_dir)  # saved before waiting: `down` can stop a slow start
-            for proc in state.processes[:-1]:
-                _wait(proc, lambda: broker_ready(client_config, brokers), timeout)
-            _wait(state.processes[-1], lambda: registry_ready(registry_url), timeout)
+            for proc in state.processes:
+                self._wait_ready(proc, state, client_settings, timeout)
         except BaseException:
             self._stop(state.processes)
             state.save(self.state_dir)
             raise
-        self.env_file.touch(mode=0o600)  # it may hold the SASL password
+        self.env_file.touch(mode=0o600)  # it may hold the SASL password, the registry secret
         self.env_file.write_text(env_text)
         return state
+
+    @staticmethod
+    def _wait_ready(
+        proc: ServerProcess,
+        state: StackState,
+        settings: Settings,
+        timeout: float,
+        answering_node: int | None = None,
+    ) -> None:
+        """Wait until ``proc`` answers as a client with ``settings`` would use it."""
+        if proc.name == "registry":
+            basic_auth = settings.schema_registry_basic_auth
+            _wait(proc, lambda: registry_ready(state.registry_url, basic_auth), timeout)
+        elif proc.name == "keycloak":
+            issuer = state.keycloak_issuer
+            if issuer is None:
+                raise StackError("this stack records no Keycloak address")
+            _wait(proc, lambda: keycloak_ready(issuer), timeout)
+        else:
+            client = settings.kafka_client_config()
+            if answering_node is not None:
+                # Ask the restarted node itself: its bootstrap address is its place in the list.
+                client["bootstrap.servers"] = state.bootstrap.split(",")[answering_node - 1]
+            _wait(proc, lambda: broker_ready(client, state.brokers, answering_node), timeout)
 
     def down(self) -> list[str]:
         """Stop what ``up`` started; return the names of the processes that were running."""
@@ -339,14 +433,9 @@ class Stack:
         restarted = _spawn(proc.name, proc.command, Path(proc.log), Path(proc.cwd))
         state.processes = [restarted if p.name == name else p for p in state.processes]
         state.save(self.state_dir)
-        if name == "registry":
-            _wait(restarted, lambda: registry_ready(state.registry_url), timeout)
-        else:
-            client = Settings.from_env(read_env_file(self.env_file)).kafka_client_config()
-            node_id = int(name.removeprefix("kafka-"))
-            # Ask the restarted node itself: its bootstrap address is its place in the list.
-            client["bootstrap.servers"] = state.bootstrap.split(",")[node_id - 1]
-            _wait(restarted, lambda: broker_ready(client, state.brokers, node_id), timeout)
+        settings = Settings.from_env(read_env_file(self.env_file))
+        node_id = int(name.removeprefix("kafka-")) if name.startswith("kafka-") else None
+        self._wait_ready(restarted, state, settings, timeout, answering_node=node_id)
         return restarted
 
     def _server(self, name: str) -> ServerProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,80 @@ def test_sasl_env_file_carries_the_login_the_settings_read() -> None:
         "sasl.password": user.password,
     }
     assert user.password != config.SaslUser.generate().password
+
+
+def test_registry_auth_env_file_carries_the_basic_login_the_registry_client_uses() -> None:
+    client = config.RegistryClient.generate()
+    text = config.env_file_text(
+        "127.0.0.1:1", "http://127.0.0.1:2/apis/ccompat/v7", 1, registry_client=client
+    )
+    settings = Settings.from_env(read_env_text(text))
+    assert settings.registry_client_config()["basic.auth.user.info"] == (
+        f"pipeline:{client.secret}"
+    )
+    assert len(client.secret) >= 24
+    assert client.secret != config.RegistryClient.generate().secret
+    assert client.secret not in repr(client)
+    assert client.secret not in repr(settings)
+
+
+def test_sasl_and_registry_auth_go_to_one_env_file_together() -> None:
+    user, client = config.SaslUser.generate(), config.RegistryClient.generate()
+    text = config.env_file_text(
+        "127.0.0.1:1", "http://127.0.0.1:2/apis/ccompat/v7", 1, user, client
+    )
+    settings = Settings.from_env(read_env_text(text))
+    assert settings.kafka_security.sasl_password == user.password
+    assert settings.schema_registry_basic_auth == client.basic_auth
+
+
+def test_realm_has_one_confidential_client_credentials_only_client() -> None:
+    client = config.RegistryClient(client_id="pipeline", secret="s3cret")
+    realm = config.keycloak_realm(client)
+    assert realm["realm"] == config.KEYCLOAK_REALM
+    assert realm["enabled"] is True
+    clients = realm["clients"]
+    assert isinstance(clients, list)
+    (entry,) = clients
+    assert entry["clientId"] == "pipeline"
+    assert entry["secret"] == "s3cret"
+    assert entry["publicClient"] is False
+    assert entry["serviceAccountsEnabled"] is True
+    assert not entry["standardFlowEnabled"]
+    assert not entry["directAccessGrantsEnabled"]
+    assert not entry["implicitFlowEnabled"]
+    assert json.loads(config.render_realm(client)) == realm
+
+
+def test_keycloak_listens_on_loopback_only_and_starts_prebuilt() -> None:
+    args = config.keycloak_server_args(8180)
+    assert args[:2] == ["start", "--optimized"]  # never rebuilds into the shared cache
+    assert "--http-host=127.0.0.1" in args
+    assert "--http-port=8180" in args
+    assert "--cache=local" in args  # no JGroups listener on every interface
+    assert "--import-realm" in args
+    assert config.keycloak_issuer(8180) == "http://127.0.0.1:8180/realms/shop-pipeline"
+    # Health and metrics off: no management interface on 9000.
+    assert "--health-enabled=false" in config.KEYCLOAK_BUILD_OPTIONS
+    assert "--metrics-enabled=false" in config.KEYCLOAK_BUILD_OPTIONS
+
+
+def test_keycloak_home_is_the_stack_folder_and_the_jar_the_distribution(tmp_path: Path) -> None:
+    args = config.keycloak_jvm_args(home=tmp_path / "kc", dist=tmp_path / "dist", heap_mb=384)
+    assert "-Xmx384m" in args
+    assert f"-Dkc.home.dir={tmp_path / 'kc'}" in args
+    assert f"-Djboss.server.config.dir={tmp_path / 'dist' / 'conf'}" in args
+    assert args[-3:] == [
+        "-cp",
+        str(tmp_path / "dist" / "lib" / "quarkus-run.jar"),
+        "io.quarkus.bootstrap.runner.QuarkusEntryPoint",
+    ]
+
+
+def test_registry_with_an_issuer_takes_basic_logins_checked_by_it() -> None:
+    issuer = "http://127.0.0.1:8180/realms/shop-pipeline"
+    args = config.registry_jvm_args(8081, 9001, 256, oidc_issuer=issuer)
+    assert "-Dquarkus.oidc.tenant-enabled=true" in args
+    assert f"-Dquarkus.oidc.auth-server-url={issuer}" in args
+    assert "-Dapicurio.authn.basic-client-credentials.enabled=true" in args
+    assert not any("oidc" in arg or "authn" in arg for arg in config.registry_jvm_args(1, 2, 3))
