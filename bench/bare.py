@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, Producer
 from fastavro import schemaless_reader, schemaless_writer
 
 from pipeline.codec import Codecs
-from pipeline.loadgen import producer_config
+from pipeline.producer import producer_config
 from pipeline.settings import Settings
 
 HEADER = struct.Struct(">bI")

@@ -27,7 +27,8 @@ from confluent_kafka import (
 )
 
 from pipeline.codec import Codecs
-from pipeline.loadgen import order, producer_config, user_id
+from pipeline.loadgen import order, user_id
+from pipeline.producer import producer_config
 from pipeline.settings import Settings, read_env_file, stack_env_file
 from pipeline.topics import ensure_topics
 from pipeline.workers import Deployment, WorkerProcess

@@ -31,7 +31,7 @@ from bench.common import (
     spread,
 )
 from pipeline.codec import Codecs
-from pipeline.loadgen import producer_config
+from pipeline.producer import producer_config
 from pipeline.workers import Deployment, wait_for
 
 WARMUP = 2.0

@@ -30,6 +30,7 @@ from pipeline.dlq import DeadLetters
 from pipeline.metrics import Metrics
 from pipeline.outputs import Outputs
 from pipeline.processing import EventRunner
+from pipeline.producer import BatchProducer, producer_config
 from pipeline.restore import ChangelogStore, restore
 from pipeline.settings import KafkaSecurity, Settings
 from pipeline.tables import define_tables
@@ -43,6 +44,7 @@ class PipelineApp(faust.App):
     pipeline_settings: Settings
     codecs: Codecs
     pipeline_metrics: Metrics
+    batch_producer: BatchProducer
 
     async def on_first_start(self) -> None:
         # Blocking admin calls, once per process, before any consumer or producer runs.
@@ -52,6 +54,11 @@ class PipelineApp(faust.App):
         if settings.store.startswith("rocksdb://"):
             await self.restore_tables()
         await super().on_first_start()
+
+    async def on_shutdown(self) -> None:
+        # After the agents stopped: deliver what their last batches queued.
+        await asyncio.to_thread(self.batch_producer.close)
+        await super().on_shutdown()
 
     async def restore_tables(self) -> None:
         # The stores are created here, on the loop; the bulk reads and writes run off it.
@@ -127,7 +134,8 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
     names = TopicNames.from_settings(settings)
     metrics = app.pipeline_metrics = Metrics()
     tables = define_tables(app, settings, metrics)
-    outputs = Outputs(app=app, codec=app.codecs, names=names, metrics=metrics)
+    app.batch_producer = BatchProducer(producer_config(settings))
+    outputs = Outputs(producer=app.batch_producer, codec=app.codecs, names=names, metrics=metrics)
     runner = EventRunner(dead_letters=DeadLetters(app), metrics=metrics)
 
     notifications.register(app, outputs, runner)

@@ -24,7 +24,7 @@ from pipeline.dlq import (
     SOURCE_TOPIC,
     without_dead_letter_headers,
 )
-from pipeline.loadgen import producer_config
+from pipeline.producer import producer_config
 from pipeline.settings import Settings
 from pipeline.topics import TopicNames
 

@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 from tqdm import tqdm
 
 from pipeline.codec import Codecs
+from pipeline.producer import producer_config
 from pipeline.settings import Settings
 from pipeline.topics import TopicNames
 
@@ -134,17 +135,6 @@ def adjustment(item: str, delta: int, reason: str, at_ms: int) -> ShopEvent:
         item,
         {"sku": item, "delta": delta, "reason": reason, "adjusted_at": at_ms},
     )
-
-
-def producer_config(settings: Settings) -> dict[str, Any]:
-    return {
-        **settings.kafka_client_config(),
-        # librdkafka's default partitioner is not the murmur2 hash aiokafka and Java
-        # clients use; without this, one key could land on two partitions.
-        "partitioner": "murmur2_random",
-        "enable.idempotence": True,
-        "linger.ms": 5,
-    }
 
 
 @dataclass

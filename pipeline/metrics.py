@@ -43,7 +43,7 @@ class Metrics:
         )
         self.derived_events = Counter(
             "pipeline_derived_events",
-            "Events the pipeline produced, by topic.",
+            "Records the agents produced, by topic: derived events and table changelog records.",
             ["topic"],
             registry=self.registry,
         )

@@ -1,22 +1,21 @@
 """What the agents share: the codec, the producer and the topic names.
 
-Derived events are sent and *acknowledged* before the table write that records
-the source event as applied (see pipeline.rules): a crash in between replays the
-source event, which re-sends the derived events (a duplicate, never a loss) and
-then applies the table change once.
+Derived events (and the changelog records of the rows they go with) are sent and
+*acknowledged* before the table write that records the source event as applied
+(see pipeline.rules): a crash in between replays the source event, which re-sends
+the derived events (a duplicate, never a loss) and then applies the table change
+once.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from faust.types import AppT
-
 from pipeline.metrics import Metrics
+from pipeline.producer import BatchProducer, Delivered, Outgoing
 from pipeline.topics import TopicNames
 
 
@@ -28,13 +27,6 @@ class RecordCodec(Protocol):
     def encode(self, topic: str, record: Mapping[str, Any]) -> bytes: ...
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    topic: str
-    key: bytes
-    value: bytes
-
-
 def millis(value: datetime | int) -> int:
     """A timestamp-millis field as decoded (datetime) or as given (int), in ms."""
     if isinstance(value, datetime):
@@ -44,7 +36,7 @@ def millis(value: datetime | int) -> int:
 
 @dataclass(frozen=True)
 class Outputs:
-    app: AppT
+    producer: BatchProducer
     codec: RecordCodec
     names: TopicNames
     metrics: Metrics
@@ -52,21 +44,9 @@ class Outputs:
     def record(self, topic: str, key: str, record: Mapping[str, Any]) -> Outgoing:
         return Outgoing(topic, key.encode(), self.codec.encode(topic, record))
 
-    async def send_all(self, messages: Iterable[Outgoing]) -> None:
+    async def send_all(self, messages: Sequence[Outgoing]) -> Delivered:
         """Send, then wait until the broker acknowledged every message."""
-        producer = self.app.producer
-        messages_list = list(messages)
-        pending = [
-            await producer.send(
-                message.topic,
-                message.key,
-                message.value,
-                partition=None,
-                timestamp=None,
-                headers=None,
-            )
-            for message in messages_list
-        ]
-        await asyncio.gather(*pending)
-        for message in messages_list:
+        delivered = await self.producer.send_all(messages)
+        for message in messages:
             self.metrics.derived_events.labels(message.topic).inc()
+        return delivered

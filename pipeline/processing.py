@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
 from faust.streams import Stream, _current_event
-from faust.types import ChannelT, EventT, Message, StreamT, TableT
+from faust.types import TP, ChannelT, EventT, Message, StoreT, StreamT, TableT
 
 from pipeline.dlq import DeadLetters, error_class_of
 from pipeline.encoding import EncodingError
 from pipeline.errors import PipelineCodecError, RegistryUnavailable
 from pipeline.metrics import Metrics
+from pipeline.producer import Delivered, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,14 @@ Row = TypeVar("Row")
 
 class RowBatch(Generic[Row]):
     """The rows one batch changes: read through (the batch's own changes first, then
-    the table) and written only when ``write`` is called, after the batch's derived
-    events were acknowledged."""
+    the table), sent as changelog records with the batch's derived events, and
+    written to the table's store only once all of them were acknowledged.
+
+    Rows go to the store directly, not through the table (which would send each
+    changelog record again through Faust's producer). Each record goes to the
+    partition of the event that changed the row, as Faust's own table writes do, and
+    the store remembers the last changelog offset it holds, as after Faust's writes.
+    """
 
     def __init__(
         self,
@@ -71,6 +78,7 @@ class RowBatch(Generic[Row]):
         encode: Callable[[Row], bytes],
     ) -> None:
         self.table = table
+        self.changelog_topic = table.changelog_topic.get_topic_name()
         self.decode = decode
         self.encode = encode
         self.pending: dict[bytes, tuple[Row, Event]] = {}
@@ -85,10 +93,24 @@ class RowBatch(Generic[Row]):
     def put(self, key: bytes, row: Row, event: Event) -> None:
         self.pending[key] = (row, event)
 
-    def write(self) -> None:
-        for key, (row, event) in self.pending.items():
+    async def send_and_write(
+        self, send: Callable[[Sequence[Outgoing]], Awaitable[Delivered]], derived: list[Outgoing]
+    ) -> None:
+        """Send the derived events and the rows' changelog records; once all were
+        acknowledged, write the rows to the store."""
+        changes = list(self.pending.items())
+        changelog = [
+            Outgoing(self.changelog_topic, key, self.encode(row), event.message.partition)
+            for key, (row, event) in changes
+        ]
+        delivered = await send([*derived, *changelog])
+        store = cast(StoreT[bytes, bytes], self.table.data)
+        for record, (_, (_, event)) in zip(changelog, changes, strict=True):
             bind_event(event)
-            self.table[key] = self.encode(row)
+            store[record.key] = record.value
+        for (topic, partition), offset in delivered.items():
+            if topic == self.changelog_topic:
+                store.set_persisted_offset(TP(topic, partition), offset)
 
 
 async def batches(stream: StreamT[Any], max_size: int = MAX_BATCH) -> AsyncIterator[list[Event]]:

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from faust.types import AppT, StreamT
 
 from pipeline.encoding import decode_user_stats, encode_order_line, encode_user_stats
-from pipeline.outputs import Outgoing, Outputs, millis
+from pipeline.outputs import Outputs, millis
 from pipeline.processing import Event, EventRunner, RowBatch, batches
+from pipeline.producer import Outgoing
 from pipeline.rules import Position, apply_order, order_lines_by_sku, source_id
 from pipeline.tables import Tables
 
@@ -74,8 +75,7 @@ def register(app: AppT, outputs: Outputs, tables: Tables, runner: EventRunner) -
                 )
             )
             rows.put(user_key, stats, event)
-        await outputs.send_all(derived)
-        rows.write()
+        await rows.send_and_write(outputs.send_all, derived)
 
     @app.agent(source, name="orders")
     async def process_orders(stream: StreamT[bytes]) -> None:

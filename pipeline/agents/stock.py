@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from faust.types import AppT, Message, StreamT
 
 from pipeline.encoding import decode_order_line, decode_stock_row, encode_stock_row
-from pipeline.outputs import Outgoing, Outputs, millis
+from pipeline.outputs import Outputs, millis
 from pipeline.processing import Event, EventRunner, RowBatch, batches
+from pipeline.producer import Outgoing
 from pipeline.rules import Position, StockRow, apply_stock_delta, source_id
 from pipeline.tables import Tables
 
@@ -95,8 +96,7 @@ def register(
         derived: list[Outgoing] = []
         for event in events:
             apply(rows, derived, event, await change_of(event.message))
-        await outputs.send_all(derived)
-        rows.write()
+        await rows.send_and_write(outputs.send_all, derived)
 
     @app.agent(source, name="stock")
     async def process_stock(stream: StreamT[bytes]) -> None:

@@ -1,0 +1,150 @@
+"""The agents' producer: confluent-kafka (librdkafka), a batch at a time.
+
+Derived events and changelog records go through librdkafka rather than Faust's
+aiokafka producer: a produce call costs a few microseconds of Python instead of
+a chain of futures and callbacks per message on the event loop, which was most of
+a worker's time. A batch is sent, then awaited as a whole: one future resolves
+when the broker acknowledged every message (or any failed), with the offsets the
+messages got, which the tables record as their changelog positions.
+
+Faust still consumes, commits, rebalances and recovers; events are acknowledged
+to it only after their batch was delivered, so a commit never covers a message
+that was not delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from pipeline.settings import Settings
+
+# The broker's ack for each message (``acks=all`` by default with idempotence).
+POLL_SECONDS = 0.05
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    return {
+        **settings.kafka_client_config(),
+        # librdkafka's default partitioner is not the murmur2 hash aiokafka and Java
+        # clients use; without this, one key could land on two partitions.
+        "partitioner": "murmur2_random",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+    }
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes
+    value: bytes
+    # None: by the key (murmur2); a changelog record names its partition.
+    partition: int | None = None
+
+
+# The last offset delivered per (topic, partition) in one batch.
+Delivered = dict[tuple[str, int], int]
+
+
+class DeliveryFailed(Exception):
+    def __init__(self, errors: Sequence[KafkaError]) -> None:
+        self.errors = list(errors)
+        super().__init__(f"{len(errors)} message(s) not delivered, first: {errors[0]}")
+
+
+class _Batch:
+    """Delivery reports of one batch, collected on the poll thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop = loop
+        self.remaining = size
+        self.future: asyncio.Future[Delivered] = loop.create_future()
+        self.delivered: Delivered = {}
+        self.errors: list[KafkaError] = []
+
+    def on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self.errors.append(error)
+        else:
+            place = (message.topic() or "", message.partition() or 0)
+            offset = message.offset() or 0
+            if offset > self.delivered.get(place, -1):
+                self.delivered[place] = offset
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.loop.call_soon_threadsafe(self._finish)
+
+    def _finish(self) -> None:
+        if self.future.done():  # cancelled by the awaiting agent
+            return
+        if self.errors:
+            self.future.set_exception(DeliveryFailed(self.errors))
+        else:
+            self.future.set_result(self.delivered)
+
+
+class BatchProducer:
+    """librdkafka producer with a thread serving its delivery reports, started on the
+    first send (so importing the app starts nothing)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = config
+        self._started: Producer | None = None
+        self._stopping = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="batch-producer", daemon=True)
+
+    @property
+    def _producer(self) -> Producer:
+        if self._started is None:
+            self._started = Producer(self._config)
+            self._poller.start()
+        return self._started
+
+    def _poll(self) -> None:
+        producer = self._producer
+        while not self._stopping.is_set():
+            producer.poll(POLL_SECONDS)
+
+    async def send_all(self, messages: Sequence[Outgoing]) -> Delivered:
+        """Send ``messages``; return once the broker acknowledged them all."""
+        if not messages:
+            return {}
+        batch = _Batch(asyncio.get_running_loop(), len(messages))
+        produce = self._producer.produce
+        for message in messages:
+            while True:
+                try:
+                    if message.partition is None:
+                        produce(
+                            message.topic, message.value, message.key, on_delivery=batch.on_delivery
+                        )
+                    else:
+                        produce(
+                            message.topic,
+                            message.value,
+                            message.key,
+                            message.partition,
+                            on_delivery=batch.on_delivery,
+                        )
+                    break
+                except BufferError:
+                    # librdkafka's queue is full: let the poll thread drain it.
+                    await asyncio.sleep(POLL_SECONDS)
+        return await batch.future
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Deliver what is queued (up to ``timeout``); the messages still queued. What
+        is not delivered belongs to batches whose events were never acknowledged, so
+        they are consumed again: nothing is lost."""
+        if self._started is None:
+            return 0
+        remaining = self._started.flush(timeout)
+        self._stopping.set()
+        self._poller.join()
+        return remaining
