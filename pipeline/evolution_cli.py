@@ -11,11 +11,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
 
 from pipeline.catalog import Catalog, CatalogError, TopicSchema
 from pipeline.evolution import CheckResult, RegistryError, SchemaWorkflow, SubjectState
 from pipeline.settings import Settings
+
+HTTP_UNAUTHORIZED = 401
+HTTP_FORBIDDEN = 403
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,28 @@ class Context:
     catalog: Catalog
     workflow: SchemaWorkflow
     topics: tuple[str, ...]
+    registry_url: str = ""
+    # Whether PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH gave a login (never the login itself).
+    has_login: bool = False
+
+    def failure(self, exc: RegistryError) -> click.ClickException:
+        """The error to exit with; a refused login says so, and which setting to fix."""
+        cause = exc.__cause__
+        if isinstance(cause, SchemaRegistryError) and cause.http_status_code in (
+            HTTP_UNAUTHORIZED,
+            HTTP_FORBIDDEN,
+        ):
+            if cause.http_status_code == HTTP_FORBIDDEN:
+                what = "refused this request to the login in PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"
+            elif self.has_login:
+                what = "refused the login in PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"
+            else:
+                what = "wants a login: set PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH=user:password"
+            return click.ClickException(
+                f"the registry at {self.registry_url} {what} "
+                f"(HTTP {cause.http_status_code}: {cause.error_message})"
+            )
+        return click.ClickException(str(exc))
 
     def selected(self) -> Iterator[TopicSchema]:
         """The catalog's entries, in mapping order, limited to ``--topic`` if given."""
@@ -38,7 +63,7 @@ class Context:
             try:
                 yield self.workflow.state(entry)
             except RegistryError as exc:
-                raise click.ClickException(str(exc)) from exc
+                raise self.failure(exc) from exc
 
 
 @click.group()
@@ -77,7 +102,13 @@ def schemas(
     except CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
     client = SchemaRegistryClient(settings.registry_client_config())
-    ctx.obj = Context(catalog, SchemaWorkflow(client), tuple(prefix + t for t in topics))
+    ctx.obj = Context(
+        catalog,
+        SchemaWorkflow(client),
+        tuple(prefix + t for t in topics),
+        registry_url=settings.schema_registry_url,
+        has_login=bool(settings.schema_registry_basic_auth),
+    )
     ctx.call_on_close(client.close)
 
 
@@ -143,7 +174,7 @@ def check(ctx: click.Context) -> None:
         try:
             result = context.workflow.check(state)
         except RegistryError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise context.failure(exc) from exc
         _echo_check(result)
         failed += not result.ok
     if failed:
@@ -164,7 +195,7 @@ def register(ctx: click.Context) -> None:
         try:
             result = context.workflow.register(state)
         except RegistryError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise context.failure(exc) from exc
         if result.level_change is not None:
             before, after = result.level_change
             click.echo(f"{subject}: compatibility {before} -> {after}")
@@ -208,7 +239,7 @@ def compat(context: Context, apply: bool) -> None:
                 continue
             level = context.workflow.registry_level(entry.subject)
         except RegistryError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise context.failure(exc) from exc
         status = "" if level == entry.compatibility else "   (differs: run compat --set)"
         click.echo(
             f"{entry.subject:<28} subjects.yaml {entry.compatibility:<20} registry {level}{status}"
