@@ -19,6 +19,8 @@ from pipeline.errors import IncompatibleWriterSchema, RegistryUnavailable, Unkno
 from pipeline.settings import Settings
 
 HTTP_NOT_FOUND = 404
+HTTP_UNAUTHORIZED = 401
+HTTP_FORBIDDEN = 403
 
 
 class SchemaSource(Protocol):
@@ -42,12 +44,25 @@ class SchemaSource(Protocol):
 class ConfluentSchemaSource:
     """A ``SchemaSource`` over confluent-kafka's client (which caches answers itself)."""
 
-    def __init__(self, client: SchemaRegistryClient) -> None:
+    def __init__(self, client: SchemaRegistryClient, registry_url: str = "") -> None:
         self.client = client
+        self.registry_url = registry_url  # for error messages only
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConfluentSchemaSource:
-        return cls(SchemaRegistryClient(settings.registry_client_config()))
+        return cls(
+            SchemaRegistryClient(settings.registry_client_config()), settings.schema_registry_url
+        )
+
+    def _refused(self, what: str, exc: SchemaRegistryError) -> str:
+        """Why the registry refused ``what``; a refused login names the setting to fix."""
+        where = f"registry at {self.registry_url}" if self.registry_url else "registry"
+        if exc.http_status_code in (HTTP_UNAUTHORIZED, HTTP_FORBIDDEN):
+            return (
+                f"{where} refused {what}: HTTP {exc.http_status_code} {exc.error_message} "
+                "(check the login in PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH)"
+            )
+        return f"{where} refused {what}: {exc}"
 
     def schema_text(self, schema_id: int) -> str:
         try:
@@ -58,7 +73,7 @@ class ConfluentSchemaSource:
                     f"schema id {schema_id} is not in the registry", schema_id=schema_id
                 ) from exc
             raise RegistryUnavailable(
-                f"registry refused schema id {schema_id}: {exc}", schema_id=schema_id
+                self._refused(f"schema id {schema_id}", exc), schema_id=schema_id
             ) from exc
         except Exception as exc:  # httpx transport errors, timeouts, bad JSON
             raise RegistryUnavailable(
@@ -93,7 +108,7 @@ class ConfluentSchemaSource:
                     f"the local schema is not registered under subject {subject!r} "
                     "(run `pipeline schemas register`, or set PIPELINE_AUTO_REGISTER_SCHEMAS=true)"
                 ) from exc
-            raise RegistryUnavailable(f"registry refused subject {subject!r}: {exc}") from exc
+            raise RegistryUnavailable(self._refused(f"subject {subject!r}", exc)) from exc
         except Exception as exc:
             raise RegistryUnavailable(
                 f"registry unreachable while resolving subject {subject!r}: {exc!r}"
