@@ -1,11 +1,16 @@
-"""Against a broker that requires a SASL login (`pipeline stack up --sasl`): the pipeline's
-clients log in with what the settings say, a wrong password is refused, and the password never
-shows in a worker's log or HTTP answers."""
+"""Against a stack whose broker requires a SASL login and whose registry requires HTTP basic
+auth (`pipeline stack up --sasl --registry-auth`, one stack for the module): the pipeline's
+clients log in with what the settings say, a missing or wrong login is refused (and our commands
+say so), and neither secret ever shows in a worker's log or HTTP answers."""
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
+import subprocess
+import sys
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
@@ -16,7 +21,10 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
 
+from pipeline.codec import Codecs
+from pipeline.errors import RegistryUnavailable
 from pipeline.loadgen import ORDER_CREATED, LoadConfig, generate, send
 from pipeline.settings import Settings, read_env_file
 from pipeline.stack.launcher import Stack
@@ -25,11 +33,14 @@ from pipeline.workers import Deployment, wait_for
 pytestmark = pytest.mark.integration
 
 
+PIPELINE = str(Path(sys.executable).with_name("pipeline"))
+
+
 @pytest.fixture(scope="module")
 def sasl_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack of this module's own whose broker wants a login."""
-    stack = Stack(tmp_path_factory.mktemp("sasl-stack"))
-    stack.up(sasl=True)
+    """A stack of this module's own whose broker and registry want a login."""
+    stack = Stack(tmp_path_factory.mktemp("secured-stack"))
+    stack.up(sasl=True, registry_auth=True)
     try:
         yield stack
     finally:
@@ -38,8 +49,35 @@ def sasl_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 def sasl_env(sasl_stack: Stack) -> dict[str, str]:
-    """The PIPELINE_* settings that `stack up --sasl` wrote, login included."""
+    """The PIPELINE_* settings that `stack up --sasl --registry-auth` wrote, logins included."""
     return read_env_file(sasl_stack.env_file)
+
+
+def registry_status(registry_url: str, basic_auth: str | None) -> int:
+    """The HTTP status of GET /subjects, with that basic login or none."""
+    request = urllib.request.Request(registry_url + "/subjects")
+    if basic_auth is not None:
+        request.add_header(
+            "Authorization", "Basic " + base64.b64encode(basic_auth.encode()).decode()
+        )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def run_pipeline(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """A `pipeline` command with exactly these PIPELINE_* settings (no env file is read)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    return subprocess.run(
+        [PIPELINE, *args],
+        env={**clean, **env, "PIPELINE_ENV_FILE": os.devnull},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def metadata_errors(env: dict[str, str]) -> tuple[int, list[KafkaError]]:
@@ -67,6 +105,9 @@ def test_the_env_file_names_a_sasl_login_and_only_its_owner_can_read_it(
     assert sasl_env["PIPELINE_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-256"
     assert sasl_env["PIPELINE_KAFKA_SASL_USERNAME"] == "pipeline"
     assert len(sasl_env["PIPELINE_KAFKA_SASL_PASSWORD"]) >= 24
+    client_id, _, secret = sasl_env["PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"].partition(":")
+    assert client_id == "pipeline"
+    assert len(secret) >= 24
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "PLAIN"])
@@ -82,11 +123,75 @@ def test_a_wrong_password_is_refused_by_the_broker(sasl_env: dict[str, str]) -> 
     assert any(error.code() == KafkaError._AUTHENTICATION for error in errors), errors
 
 
-def test_a_worker_processes_orders_over_sasl_without_showing_the_password(
+def test_the_registry_answers_401_without_a_login_or_with_a_wrong_one(
+    sasl_env: dict[str, str],
+) -> None:
+    url, login = (
+        sasl_env["PIPELINE_SCHEMA_REGISTRY_URL"],
+        sasl_env["PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"],
+    )
+    assert registry_status(url, login) == 200
+    assert registry_status(url, None) == 401
+    assert registry_status(url, "pipeline:wrong-secret") == 401
+    assert registry_status(url, "no-such-client:" + login.partition(":")[2]) == 401
+    # What the pipeline's own client sees.
+    for auth in ({}, {"basic.auth.user.info": "pipeline:wrong-secret"}):
+        client = SchemaRegistryClient({"url": url, **auth})
+        with pytest.raises(SchemaRegistryError) as refused:
+            client.get_subjects()
+        assert refused.value.http_status_code == 401
+
+
+def test_the_codec_without_a_login_names_the_registry_and_the_401(
+    sasl_env: dict[str, str], unique: str
+) -> None:
+    settings = Settings.from_env(
+        {**sasl_env, "PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH": "", "PIPELINE_TOPIC_PREFIX": unique}
+    )
+    with pytest.raises(RegistryUnavailable) as refused:
+        Codecs.from_settings(settings).prepare()
+    message = str(refused.value)
+    assert sasl_env["PIPELINE_SCHEMA_REGISTRY_URL"] in message
+    assert "HTTP 401" in message
+    assert "PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH" in message
+
+
+@pytest.mark.parametrize("login", ["", "pipeline:wrong-secret"])
+def test_schemas_commands_without_the_right_login_exit_1_saying_why(
+    sasl_env: dict[str, str], unique: str, login: str
+) -> None:
+    env = {
+        **sasl_env,
+        "PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH": login,
+        "PIPELINE_TOPIC_PREFIX": unique,
+    }
+    for command in ("check", "register"):
+        result = run_pipeline(env, "schemas", command)
+        assert result.returncode == 1, result
+        assert "Traceback" not in result.stderr + result.stdout
+        assert sasl_env["PIPELINE_SCHEMA_REGISTRY_URL"] in result.stderr
+        assert "HTTP 401" in result.stderr
+        expected = "refused the login" if login else "wants a login"
+        assert expected in result.stderr
+        assert "wrong-secret" not in result.stderr + result.stdout
+
+
+def test_a_worker_processes_orders_through_both_logins_without_showing_the_secrets(
     sasl_env: dict[str, str], tmp_path: Path
 ) -> None:
     password = sasl_env["PIPELINE_KAFKA_SASL_PASSWORD"]
-    shop = Deployment(f"it-sasl-{uuid.uuid4().hex[:8]}", tmp_path, {**os.environ, **sasl_env})
+    registry_secret = sasl_env["PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"].partition(":")[2]
+    shop = Deployment(
+        f"it-sasl-{uuid.uuid4().hex[:8]}",
+        tmp_path,
+        {**os.environ, **sasl_env},
+        # Registered by the command below, as before a deploy: the worker only looks them up.
+        extra_env={"PIPELINE_AUTO_REGISTER_SCHEMAS": "false"},
+    )
+    registered = run_pipeline(shop.env, "schemas", "register")
+    assert registered.returncode == 0, registered.stderr
+    assert "registered version 1" in registered.stdout
+    assert registry_secret not in registered.stdout + registered.stderr
     events = list(generate(LoadConfig(users=5, orders=40, skus=4, seed=3)))
     orders = Counter(event.key for event in events if event.stream == ORDER_CREATED)
     worker = shop.worker("w").start()
@@ -102,10 +207,17 @@ def test_a_worker_processes_orders_over_sasl_without_showing_the_password(
             )
 
         wait_for("every order to be counted", all_counted)
-        answers = str([worker.get(path) for path in ("/health", "/users/user-00000/orders")])
+        answers = str(
+            [
+                worker.get(path)
+                for path in ("/health", "/users/user-00000/orders", "/stock/SKU-0000")
+            ]
+        )
         with urllib.request.urlopen(worker.url + "/metrics", timeout=30) as response:
             answers += response.read().decode()
     finally:
         worker.stop()
-    assert password not in answers
-    assert password not in worker.log.read_text()
+    log = worker.log.read_text()
+    for secret in (password, registry_secret):
+        assert secret not in answers
+        assert secret not in log
