@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
@@ -77,7 +78,7 @@ class RowBatch(Generic[Row]):
         decode: Callable[[bytes], Row],
         encode: Callable[[Row], bytes],
     ) -> None:
-        self.table = table
+        self.store = cast(StoreT[bytes, bytes], table.data)
         self.changelog_topic = table.changelog_topic.get_topic_name()
         self.decode = decode
         self.encode = encode
@@ -87,7 +88,8 @@ class RowBatch(Generic[Row]):
         if key in self.pending:
             return self.pending[key][0]
         bind_event(event)
-        stored = self.table.get(key)
+        # From the store: the table's own get adds a membership test and sensors.
+        stored = self.store.get(key)
         return self.decode(stored) if stored is not None else None
 
     def put(self, key: bytes, row: Row, event: Event) -> None:
@@ -104,7 +106,7 @@ class RowBatch(Generic[Row]):
             for key, (row, event) in changes
         ]
         delivered = await send([*derived, *changelog])
-        store = cast(StoreT[bytes, bytes], self.table.data)
+        store = self.store
         for record, (_, (_, event)) in zip(changelog, changes, strict=True):
             bind_event(event)
             store[record.key] = record.value
@@ -159,8 +161,8 @@ class EventRunner:
             for event in events:
                 await self.run(event, handler)
             return
-        for event in events:
-            self.metrics.events_processed.labels(event.message.topic).inc()
+        for topic, count in Counter(event.message.topic for event in events).items():
+            self.metrics.events_processed.labels(topic).inc(count)
 
     async def run(self, event: Event, handler: BatchHandler) -> None:
         message: Message = event.message
