@@ -4,9 +4,9 @@ Faust's recovery reads a changelog one event at a time through its stream machin
 (about 6,000 records/s on this project's benchmark machine). Before the worker joins
 its group, this reads every changelog partition from where the local database left
 off (its persisted offset, or the start) to the end, with a plain confluent-kafka
-consumer in large batches, and writes the rows through the store's own
-``apply_changelog_batch``: the same databases, the same layout, and the same
-persisted offsets Faust's recovery would have written. Faust's recovery then starts
+consumer in large batches, and writes the rows in one RocksDB write batch per
+partition into the databases Faust opens, with the persisted offsets Faust's
+recovery would have written. Faust's recovery then starts
 from there and reads only what was written since.
 
 Every partition is restored, not only the ones the worker will be assigned (it does
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from faust.types import TP
+from rocksdict import Rdict, WriteBatch
 
 from pipeline.settings import Settings
 from pipeline.topics import watermarks
@@ -35,29 +35,16 @@ BATCH = 10_000
 
 
 class ChangelogStore(Protocol):
-    """What this module uses of Faust's RocksDB store."""
+    """What this module uses of Faust's RocksDB store (``faust.stores.rocksdb.Store``)."""
 
     def persisted_offset(self, tp: TP) -> int | None: ...
 
-    def apply_changelog_batch(self, batch: Any, to_key: Any, to_value: Any) -> None: ...
+    def set_persisted_offset(self, tp: TP, offset: int) -> None: ...
 
-
-class ChangelogRecord:
-    """One changelog record, shaped like the Faust event (and message) that
-    ``apply_changelog_batch`` reads: ``event.message.{tp, partition, offset, key, value}``."""
-
-    __slots__ = ("key", "offset", "partition", "tp", "value")
-
-    def __init__(self, tp: TP, offset: int, key: bytes | None, value: bytes | None) -> None:
-        self.tp = tp
-        self.partition = tp.partition
-        self.offset = offset
-        self.key = key
-        self.value = value
-
-    @property
-    def message(self) -> ChangelogRecord:
-        return self
+    # Private in Faust, but the one way to the partition's database that Faust itself
+    # opens (same path and options); a RocksDB write batch per partition there is
+    # several times faster than the public apply_changelog_batch's per-event loop.
+    def _db_for_partition(self, partition: int) -> Rdict: ...
 
 
 @dataclass(frozen=True)
@@ -75,10 +62,6 @@ class RestoreReport:
         return self.total / self.seconds if self.seconds > 0 else 0.0
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
 def restore(settings: Settings, stores: dict[str, ChangelogStore]) -> RestoreReport:
     """Bring each store (by changelog topic) up to its changelog's current end."""
     started = time.monotonic()
@@ -88,9 +71,10 @@ def restore(settings: Settings, stores: dict[str, ChangelogStore]) -> RestoreRep
             "group.id": f"{settings.app_id}-restore",  # never joins or commits: assign() only
             "enable.auto.commit": False,
             "enable.partition.eof": True,
-            "fetch.max.bytes": 64 * 1024**2,
-            "max.partition.fetch.bytes": 16 * 1024**2,
-            "queued.max.messages.kbytes": 256 * 1024,
+            "fetch.max.bytes": 16 * 1024**2,
+            "max.partition.fetch.bytes": 4 * 1024**2,
+            # Bounds what librdkafka prefetches: the worker's peak memory.
+            "queued.max.messages.kbytes": 32 * 1024,
         }
     )
     records = dict.fromkeys(stores, 0)
@@ -100,27 +84,32 @@ def restore(settings: Settings, stores: dict[str, ChangelogStore]) -> RestoreRep
         if assignment:
             consumer.assign(assignment)
         while pending:
-            messages = consumer.consume(BATCH, timeout=1.0)
-            batches: dict[str, list[ChangelogRecord]] = defaultdict(list)
-            for message in messages:
+            writes: dict[tuple[str, int], WriteBatch] = {}
+            last: dict[tuple[str, int], int] = {}
+            for message in consumer.consume(BATCH, timeout=1.0):
                 # Set on every consumed message; typed Optional for produced ones.
-                topic, partition = cast(str, message.topic()), cast(int, message.partition())
+                place = (cast(str, message.topic()), cast(int, message.partition()))
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard((topic, partition))
+                        pending.discard(place)
                         continue
-                    raise RuntimeError(f"restoring {topic}[{partition}]: {error}")
-                batches[topic].append(
-                    ChangelogRecord(
-                        TP(topic, partition),
-                        cast(int, message.offset()),
-                        message.key(),
-                        message.value(),
-                    )
-                )
-            for topic, batch in batches.items():
-                stores[topic].apply_changelog_batch(batch, _identity, _identity)
+                    raise RuntimeError(f"restoring {place[0]}[{place[1]}]: {error}")
+                batch = writes.get(place)
+                if batch is None:
+                    batch = writes[place] = WriteBatch(raw_mode=True)
+                key, value = message.key(), message.value()
+                if key is None:  # not a row (Faust never writes one): only the offset counts
+                    pass
+                elif value is None:  # a tombstone: the row was deleted
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+                last[place] = cast(int, message.offset())
+            for (topic, partition), batch in writes.items():
+                store = stores[topic]
+                store._db_for_partition(partition).write(batch)
+                store.set_persisted_offset(TP(topic, partition), last[topic, partition])
                 records[topic] += len(batch)
         report = RestoreReport(records, len(assignment), time.monotonic() - started)
     finally:
