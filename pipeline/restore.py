@@ -107,10 +107,10 @@ def restore(settings: Settings, stores: dict[str, ChangelogStore]) -> RestoreRep
                     batch.put(key, value)
                 last[place] = cast(int, message.offset())
             for (topic, partition), batch in writes.items():
+                records[topic] += len(batch)  # before the write, which consumes the batch
                 store = stores[topic]
                 store._db_for_partition(partition).write(batch)
                 store.set_persisted_offset(TP(topic, partition), last[topic, partition])
-                records[topic] += len(batch)
         report = RestoreReport(records, len(assignment), time.monotonic() - started)
     finally:
         consumer.close()
