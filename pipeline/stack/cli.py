@@ -10,6 +10,7 @@ import click
 
 from pipeline.settings import default_stack_dir
 from pipeline.stack import artifacts
+from pipeline.stack.artifacts import DownloadError
 from pipeline.stack.java import JavaNotFound, find_java
 from pipeline.stack.launcher import Stack, StackAlreadyRunning, StackError, is_alive, tail
 
@@ -64,7 +65,7 @@ def up(state_dir: Path, brokers: int, timeout: float, sasl: bool, registry_auth:
     except StackAlreadyRunning as running:
         click.echo(f"{running}; `pipeline stack down` first to restart it.")
         return
-    except StackError as error:
+    except (StackError, DownloadError, JavaNotFound) as error:
         raise click.ClickException(str(error)) from None
     click.echo(
         f"Kafka {state.kafka_version} ({state.brokers} broker(s)) at {state.bootstrap}\n"
@@ -168,7 +169,7 @@ def fetch(registry_auth: bool) -> None:
     click.echo(f"Apicurio Registry {artifacts.APICURIO_VERSION}: {artifacts.apicurio_home()}")
     if registry_auth:
         try:
-            java = find_java()
-        except JavaNotFound as error:
+            home = artifacts.keycloak_home(find_java())
+        except (DownloadError, JavaNotFound) as error:
             raise click.ClickException(str(error)) from None
-        click.echo(f"Keycloak {artifacts.KEYCLOAK_VERSION}: {artifacts.keycloak_home(java)}")
+        click.echo(f"Keycloak {artifacts.KEYCLOAK_VERSION}: {home}")

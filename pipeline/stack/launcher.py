@@ -231,6 +231,8 @@ def _start_keycloak(
 ) -> ServerProcess:
     """Start Keycloak with ``folder`` as its home: its ``lib`` links to the (built)
     distribution, its ``data`` holds this stack's database and the realm to import."""
+    # Keycloak's database holds the client secret too: the folder is the owner's alone.
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     imports = folder / "data" / "import"
     imports.mkdir(parents=True, exist_ok=True)
     (folder / "lib").symlink_to(dist / "lib", target_is_directory=True)

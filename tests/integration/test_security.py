@@ -37,10 +37,11 @@ PIPELINE = str(Path(sys.executable).with_name("pipeline"))
 
 
 @pytest.fixture(scope="module")
-def sasl_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def secured_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of this module's own whose broker and registry want a login."""
     stack = Stack(tmp_path_factory.mktemp("secured-stack"))
-    stack.up(sasl=True, registry_auth=True)
+    # Keycloak creates its database at each start: a minute or more on 2 busy cores.
+    stack.up(sasl=True, registry_auth=True, timeout=300)
     try:
         yield stack
     finally:
@@ -48,9 +49,9 @@ def sasl_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def sasl_env(sasl_stack: Stack) -> dict[str, str]:
+def secured_env(secured_stack: Stack) -> dict[str, str]:
     """The PIPELINE_* settings that `stack up --sasl --registry-auth` wrote, logins included."""
-    return read_env_file(sasl_stack.env_file)
+    return read_env_file(secured_stack.env_file)
 
 
 def registry_status(registry_url: str, basic_auth: str | None) -> int:
@@ -97,38 +98,40 @@ def metadata_errors(env: dict[str, str]) -> tuple[int, list[KafkaError]]:
     return brokers, errors
 
 
-def test_the_env_file_names_a_sasl_login_and_only_its_owner_can_read_it(
-    sasl_stack: Stack, sasl_env: dict[str, str]
+def test_the_env_file_names_both_logins_and_only_its_owner_can_read_it(
+    secured_stack: Stack, secured_env: dict[str, str]
 ) -> None:
-    assert stat.S_IMODE(sasl_stack.env_file.stat().st_mode) == 0o600
-    assert sasl_env["PIPELINE_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
-    assert sasl_env["PIPELINE_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-256"
-    assert sasl_env["PIPELINE_KAFKA_SASL_USERNAME"] == "pipeline"
-    assert len(sasl_env["PIPELINE_KAFKA_SASL_PASSWORD"]) >= 24
-    client_id, _, secret = sasl_env["PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"].partition(":")
+    assert stat.S_IMODE(secured_stack.env_file.stat().st_mode) == 0o600
+    # Keycloak's folder holds the registry secret too (the realm it imports, its database).
+    assert stat.S_IMODE((secured_stack.state_dir / "keycloak").stat().st_mode) == 0o700
+    assert secured_env["PIPELINE_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert secured_env["PIPELINE_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-256"
+    assert secured_env["PIPELINE_KAFKA_SASL_USERNAME"] == "pipeline"
+    assert len(secured_env["PIPELINE_KAFKA_SASL_PASSWORD"]) >= 24
+    client_id, _, secret = secured_env["PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"].partition(":")
     assert client_id == "pipeline"
     assert len(secret) >= 24
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "PLAIN"])
-def test_the_right_login_is_accepted(sasl_env: dict[str, str], mechanism: str) -> None:
-    brokers, errors = metadata_errors({**sasl_env, "PIPELINE_KAFKA_SASL_MECHANISM": mechanism})
+def test_the_right_login_is_accepted(secured_env: dict[str, str], mechanism: str) -> None:
+    brokers, errors = metadata_errors({**secured_env, "PIPELINE_KAFKA_SASL_MECHANISM": mechanism})
     assert brokers == 1
     assert errors == []
 
 
-def test_a_wrong_password_is_refused_by_the_broker(sasl_env: dict[str, str]) -> None:
-    brokers, errors = metadata_errors({**sasl_env, "PIPELINE_KAFKA_SASL_PASSWORD": "wrong"})
+def test_a_wrong_password_is_refused_by_the_broker(secured_env: dict[str, str]) -> None:
+    brokers, errors = metadata_errors({**secured_env, "PIPELINE_KAFKA_SASL_PASSWORD": "wrong"})
     assert brokers == 0
     assert any(error.code() == KafkaError._AUTHENTICATION for error in errors), errors
 
 
 def test_the_registry_answers_401_without_a_login_or_with_a_wrong_one(
-    sasl_env: dict[str, str],
+    secured_env: dict[str, str],
 ) -> None:
     url, login = (
-        sasl_env["PIPELINE_SCHEMA_REGISTRY_URL"],
-        sasl_env["PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"],
+        secured_env["PIPELINE_SCHEMA_REGISTRY_URL"],
+        secured_env["PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"],
     )
     assert registry_status(url, login) == 200
     assert registry_status(url, None) == 401
@@ -143,25 +146,25 @@ def test_the_registry_answers_401_without_a_login_or_with_a_wrong_one(
 
 
 def test_the_codec_without_a_login_names_the_registry_and_the_401(
-    sasl_env: dict[str, str], unique: str
+    secured_env: dict[str, str], unique: str
 ) -> None:
     settings = Settings.from_env(
-        {**sasl_env, "PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH": "", "PIPELINE_TOPIC_PREFIX": unique}
+        {**secured_env, "PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH": "", "PIPELINE_TOPIC_PREFIX": unique}
     )
     with pytest.raises(RegistryUnavailable) as refused:
         Codecs.from_settings(settings).prepare()
     message = str(refused.value)
-    assert sasl_env["PIPELINE_SCHEMA_REGISTRY_URL"] in message
+    assert secured_env["PIPELINE_SCHEMA_REGISTRY_URL"] in message
     assert "HTTP 401" in message
     assert "PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH" in message
 
 
 @pytest.mark.parametrize("login", ["", "pipeline:wrong-secret"])
 def test_schemas_commands_without_the_right_login_exit_1_saying_why(
-    sasl_env: dict[str, str], unique: str, login: str
+    secured_env: dict[str, str], unique: str, login: str
 ) -> None:
     env = {
-        **sasl_env,
+        **secured_env,
         "PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH": login,
         "PIPELINE_TOPIC_PREFIX": unique,
     }
@@ -169,7 +172,7 @@ def test_schemas_commands_without_the_right_login_exit_1_saying_why(
         result = run_pipeline(env, "schemas", command)
         assert result.returncode == 1, result
         assert "Traceback" not in result.stderr + result.stdout
-        assert sasl_env["PIPELINE_SCHEMA_REGISTRY_URL"] in result.stderr
+        assert secured_env["PIPELINE_SCHEMA_REGISTRY_URL"] in result.stderr
         assert "HTTP 401" in result.stderr
         expected = "refused the login" if login else "wants a login"
         assert expected in result.stderr
@@ -177,14 +180,14 @@ def test_schemas_commands_without_the_right_login_exit_1_saying_why(
 
 
 def test_a_worker_processes_orders_through_both_logins_without_showing_the_secrets(
-    sasl_env: dict[str, str], tmp_path: Path
+    secured_env: dict[str, str], tmp_path: Path
 ) -> None:
-    password = sasl_env["PIPELINE_KAFKA_SASL_PASSWORD"]
-    registry_secret = sasl_env["PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"].partition(":")[2]
+    password = secured_env["PIPELINE_KAFKA_SASL_PASSWORD"]
+    registry_secret = secured_env["PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"].partition(":")[2]
     shop = Deployment(
         f"it-sasl-{uuid.uuid4().hex[:8]}",
         tmp_path,
-        {**os.environ, **sasl_env},
+        {**os.environ, **secured_env},
         # Registered by the command below, as before a deploy: the worker only looks them up.
         extra_env={"PIPELINE_AUTO_REGISTER_SCHEMAS": "false"},
     )
