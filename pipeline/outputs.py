@@ -9,6 +9,7 @@ once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,9 +45,9 @@ class Outputs:
     def record(self, topic: str, key: str, record: Mapping[str, Any]) -> Outgoing:
         return Outgoing(topic, key.encode(), self.codec.encode(topic, record))
 
-    async def send_all(self, messages: Sequence[Outgoing]) -> Delivered:
-        """Send, then wait until the broker acknowledged every message."""
-        delivered = await self.producer.send_all(messages)
+    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+        """Hand ``messages`` to the producer; the future resolves once the broker
+        acknowledged every one."""
         for message in messages:
             self.metrics.derived_events.labels(message.topic).inc()
-        return delivered
+        return await self.producer.send(messages)

@@ -1,16 +1,24 @@
-"""How every agent handles its events: in batches, with bounded retries per event,
-then the dead-letter topic.
+"""How every agent handles its events: in batches, pipelined, with bounded retries
+per event, then the dead-letter topic.
 
 An agent takes the events that have already arrived, up to ``MAX_BATCH`` (one at
-a time when they trickle in, so a quiet pipeline adds no latency). For a batch,
-one broker round trip acknowledges every derived event, and table rows are
-written only after that: a crash in between replays the batch, which re-sends
-derived events (duplicates, never losses) and applies each row change once (rows
-remember what they applied, see pipeline.rules). Faust's offsets advance only for
-events acknowledged here, after their batch was handled.
+a time when they trickle in, so a quiet pipeline adds no latency). A batch is
+*prepared* (decoded, its rows computed, its derived events and changelog records
+handed to the producer) and then *completed*: once the broker acknowledged all of
+its records, its rows are written to the table's store and its events are
+acknowledged to Faust, whose committed offsets advance only over acknowledged
+events. A crash before completion replays the batch, which re-sends derived
+events (duplicates, never losses) and applies each row change once (rows remember
+what they applied, see pipeline.rules).
 
-A batch that fails is handled again one event at a time, so only the event at
-fault is retried: with a growing pause (transient trouble: the registry or the
+While more events wait, the next batch is prepared while the previous one's
+records are on their way (reading the previous batch's rows where it changed
+them), so the broker round trip overlaps work instead of idling the agent; when
+nothing more waits, the batch in flight is completed at once.
+
+A batch that fails is handled again one event at a time (and so is the batch
+prepared on top of a batch whose records were not delivered), so only the event
+at fault is retried: with a growing pause (transient trouble: the registry or the
 broker briefly away), and after the last attempt it is dead-lettered and the
 agent moves on, so one bad message never blocks its partition. A message that
 cannot be decoded is not retried: the same bytes will never decode, so it goes to
@@ -27,7 +35,7 @@ import asyncio
 import logging
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -43,7 +51,6 @@ from pipeline.producer import Delivered, Outgoing
 log = logging.getLogger(__name__)
 
 Event = EventT[Any]
-BatchHandler = Callable[[Sequence[Event]], Awaitable[None]]
 
 # Bounds the work redone after a crash and the time a rebalance waits for the
 # batch in hand.
@@ -61,10 +68,14 @@ def bind_event(event: Event) -> None:
 Row = TypeVar("Row")
 
 
+Sender = Callable[[Sequence[Outgoing]], Awaitable["asyncio.Future[Delivered]"]]
+
+
 class RowBatch(Generic[Row]):
-    """The rows one batch changes: read through (the batch's own changes first, then
-    the table), sent as changelog records with the batch's derived events, and
-    written to the table's store only once all of them were acknowledged.
+    """The rows one batch changes: read through (this batch's changes, then those of
+    the batch still in flight before it, then the table), sent as changelog records
+    with the batch's derived events, and written to the table's store only once all
+    of them were acknowledged.
 
     Rows go to the store directly, not through the table (which would send each
     changelog record again through Faust's producer). Each record goes to the
@@ -77,16 +88,24 @@ class RowBatch(Generic[Row]):
         table: TableT[bytes, bytes],
         decode: Callable[[bytes], Row],
         encode: Callable[[Row], bytes],
+        previous: Prepared | None = None,
     ) -> None:
         self.store = cast(StoreT[bytes, bytes], table.data)
         self.changelog_topic = table.changelog_topic.get_topic_name()
         self.decode = decode
         self.encode = encode
         self.pending: dict[bytes, tuple[Row, Event]] = {}
+        self.changelog: list[Outgoing] = []
+        # The rows of the batch in flight, not yet in the store.
+        self.previous: RowBatch[Row] | None = (
+            cast(RowBatch[Row], previous.rows) if previous is not None else None
+        )
 
     def get(self, key: bytes, event: Event) -> Row | None:
         if key in self.pending:
             return self.pending[key][0]
+        if self.previous is not None and key in self.previous.pending:
+            return self.previous.pending[key][0]
         bind_event(event)
         # From the store: the table's own get adds a membership test and sensors.
         stored = self.store.get(key)
@@ -95,19 +114,20 @@ class RowBatch(Generic[Row]):
     def put(self, key: bytes, row: Row, event: Event) -> None:
         self.pending[key] = (row, event)
 
-    async def send_and_write(
-        self, send: Callable[[Sequence[Outgoing]], Awaitable[Delivered]], derived: list[Outgoing]
-    ) -> None:
-        """Send the derived events and the rows' changelog records; once all were
-        acknowledged, write the rows to the store."""
-        changes = list(self.pending.items())
-        changelog = [
+    async def send(self, send: Sender, derived: list[Outgoing]) -> Prepared:
+        """Hand the derived events and the rows' changelog records to the producer."""
+        self.changelog = [
             Outgoing(self.changelog_topic, key, self.encode(row), event.message.partition)
-            for key, (row, event) in changes
+            for key, (row, event) in self.pending.items()
         ]
-        delivered = await send([*derived, *changelog])
+        delivery = await send([*derived, *self.changelog])
+        self.previous = None  # from here on only this batch's own rows are asked for
+        return Prepared(delivery, self)
+
+    def write(self, delivered: Delivered) -> None:
+        """Store the rows, now that their changelog records were ``delivered``."""
         store = self.store
-        for record, (_, (_, event)) in zip(changelog, changes, strict=True):
+        for record, (_, event) in zip(self.changelog, self.pending.values(), strict=True):
             bind_event(event)
             store[record.key] = record.value
         for (topic, partition), offset in delivered.items():
@@ -115,22 +135,32 @@ class RowBatch(Generic[Row]):
                 store.set_persisted_offset(TP(topic, partition), offset)
 
 
-async def batches(stream: StreamT[Any], max_size: int = MAX_BATCH) -> AsyncIterator[list[Event]]:
-    """The stream's events in batches of those already waiting, acknowledged to Faust
-    (so their offsets may be committed) only once the caller is done with the batch."""
-    # noack is on the concrete Stream only (not on StreamT).
-    manual = cast(Stream[Any], stream).noack()
-    # An agent's stream reads a channel; its queue holds the events already fetched.
-    waiting = cast(ChannelT[Any], manual.channel).queue
-    batch: list[Event] = []
-    async for event in manual.events():
-        batch.append(event)
-        if len(batch) < max_size and not waiting.empty():
-            continue
-        yield batch
-        for handled in batch:
-            await manual.ack(handled)
-        batch = []
+@dataclass
+class Prepared:
+    """A batch whose records were handed to the producer."""
+
+    delivery: asyncio.Future[Delivered]
+    rows: RowBatch[Any] | None = None
+
+    async def complete(self) -> None:
+        """Wait for the broker's acknowledgement of every record, then write the rows."""
+        delivered = await self.delivery
+        if self.rows is not None:
+            self.rows.write(delivered)
+
+    def abandon(self) -> None:
+        """Not completed: its records may still be delivered (duplicates, as after a
+        crash), but nobody waits for the outcome."""
+        self.delivery.add_done_callback(_ignore_outcome)
+
+
+def _ignore_outcome(delivery: asyncio.Future[Delivered]) -> None:
+    if not delivery.cancelled():
+        delivery.exception()  # retrieved, so asyncio does not log it as lost
+
+
+# Prepares a batch on top of the batch still in flight (None when there is none).
+BatchHandler = Callable[[Sequence[Event], Prepared | None], Awaitable[Prepared]]
 
 
 def is_permanent(error: BaseException) -> bool:
@@ -142,36 +172,116 @@ def is_permanent(error: BaseException) -> bool:
 
 
 @dataclass
+class InFlight:
+    events: list[Event]
+    prepared: Prepared
+
+
+@dataclass
 class EventRunner:
     dead_letters: DeadLetters
     metrics: Metrics
     # Pauses between attempts; len(backoff) + 1 attempts in all.
     backoff: Sequence[float] = field(default=(0.1, 0.5, 2.0))
+    max_batch: int = MAX_BATCH
 
-    async def run_batch(self, events: Sequence[Event], handler: BatchHandler) -> None:
+    async def consume(self, stream: StreamT[Any], handler: BatchHandler) -> None:
+        """Handle the agent's stream for as long as it runs."""
+        # noack is on the concrete Stream only (not on StreamT).
+        manual = cast(Stream[Any], stream).noack()
+        # An agent's stream reads a channel; its queue holds the events already fetched.
+        waiting = cast(ChannelT[Any], manual.channel).queue
+        batch: list[Event] = []
+        in_flight: InFlight | None = None
+        async for event in manual.events():
+            batch.append(event)
+            if len(batch) < self.max_batch and not waiting.empty():
+                continue
+            in_flight = await self._advance(manual, in_flight, batch, handler)
+            batch = []
+            # Checked with no await before the next event is taken: when nothing
+            # waits, the batch in flight is completed now, not after the next arrival.
+            if in_flight is not None and waiting.empty():
+                await self._complete(manual, in_flight, handler)
+                in_flight = None
+
+    async def _advance(
+        self,
+        stream: StreamT[Any],
+        in_flight: InFlight | None,
+        batch: list[Event],
+        handler: BatchHandler,
+    ) -> InFlight | None:
+        """Prepare ``batch``, then complete the batch in flight; the new batch in flight."""
         try:
-            await handler(events)
+            prepared = await handler(batch, in_flight.prepared if in_flight else None)
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            # Rows are written only after every derived event of the batch was
-            # acknowledged, and skip what they already applied, so handling the
-            # events again one by one neither loses nor doubles anything.
-            log.warning("batch of %d failed (%r): handling it event by event", len(events), error)
-            for event in events:
-                await self.run(event, handler)
+            if in_flight is not None:
+                await self._complete(stream, in_flight, handler)
+            log.warning("batch of %d failed (%r): handling it event by event", len(batch), error)
+            await self._one_by_one(stream, batch, handler)
+            return None
+        if in_flight is not None:
+            try:
+                await in_flight.prepared.complete()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                # The new batch was prepared on rows that will not be written.
+                prepared.abandon()
+                log.warning(
+                    "batch of %d not delivered (%r): handling it and the next event by event",
+                    len(in_flight.events),
+                    error,
+                )
+                await self._one_by_one(stream, in_flight.events, handler)
+                await self._one_by_one(stream, batch, handler)
+                return None
+            await self._acknowledge(stream, in_flight.events)
+        return InFlight(batch, prepared)
+
+    async def _complete(
+        self, stream: StreamT[Any], in_flight: InFlight, handler: BatchHandler
+    ) -> None:
+        try:
+            await in_flight.prepared.complete()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning(
+                "batch of %d not delivered (%r): handling it event by event",
+                len(in_flight.events),
+                error,
+            )
+            await self._one_by_one(stream, in_flight.events, handler)
             return
+        await self._acknowledge(stream, in_flight.events)
+
+    async def _acknowledge(self, stream: StreamT[Any], events: Sequence[Event]) -> None:
         for topic, count in Counter(event.message.topic for event in events).items():
             self.metrics.events_processed.labels(topic).inc(count)
+        for event in events:
+            await stream.ack(event)
+
+    async def _one_by_one(
+        self, stream: StreamT[Any], events: Sequence[Event], handler: BatchHandler
+    ) -> None:
+        for event in events:
+            await self.run(event, handler)
+            await stream.ack(event)
 
     async def run(self, event: Event, handler: BatchHandler) -> None:
+        """One event, completed before returning: retried, else dead-lettered."""
         message: Message = event.message
         self.metrics.events_processed.labels(message.topic).inc()
         attempt = 0
         while True:
             attempt += 1
             try:
-                await handler([event])
+                prepared = await handler([event], None)
+                await prepared.complete()
                 return
             except asyncio.CancelledError:
                 raise

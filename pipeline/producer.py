@@ -5,7 +5,8 @@ aiokafka producer: a produce call costs a few microseconds of Python instead of
 a chain of futures and callbacks per message on the event loop, which was most of
 a worker's time. A batch is sent, then awaited as a whole: one future resolves
 when the broker acknowledged every message (or any failed), with the offsets the
-messages got, which the tables record as their changelog positions.
+messages got, which the tables record as their changelog positions. Sending does
+not wait: an agent prepares its next batch while one is on its way.
 
 Faust still consumes, commits, rebalances and recovers; events are acknowledged
 to it only after their batch was delivered, so a commit never covers a message
@@ -35,7 +36,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         # clients use; without this, one key could land on two partitions.
         "partitioner": "murmur2_random",
         "enable.idempotence": True,
-        "linger.ms": 5,
+        "linger.ms": 1,
     }
 
 
@@ -111,11 +112,15 @@ class BatchProducer:
         while not self._stopping.is_set():
             producer.poll(POLL_SECONDS)
 
-    async def send_all(self, messages: Sequence[Outgoing]) -> Delivered:
-        """Send ``messages``; return once the broker acknowledged them all."""
+    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+        """Hand ``messages`` to librdkafka; the future resolves once the broker
+        acknowledged them all (or fails with DeliveryFailed)."""
+        loop = asyncio.get_running_loop()
         if not messages:
-            return {}
-        batch = _Batch(asyncio.get_running_loop(), len(messages))
+            done: asyncio.Future[Delivered] = loop.create_future()
+            done.set_result({})
+            return done
+        batch = _Batch(loop, len(messages))
         produce = self._producer.produce
         for message in messages:
             while True:
@@ -136,7 +141,7 @@ class BatchProducer:
                 except BufferError:
                     # librdkafka's queue is full: let the poll thread drain it.
                     await asyncio.sleep(POLL_SECONDS)
-        return await batch.future
+        return batch.future
 
     def close(self, timeout: float = 10.0) -> int:
         """Deliver what is queued (up to ``timeout``); the messages still queued. What

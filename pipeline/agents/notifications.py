@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from faust.types import AppT, StreamT
 
 from pipeline.outputs import Outputs, millis
-from pipeline.processing import Event, EventRunner, batches
+from pipeline.processing import Event, EventRunner, Prepared
 from pipeline.rules import welcome_notification
 
 
@@ -21,15 +21,14 @@ def register(app: AppT, outputs: Outputs, runner: EventRunner) -> None:
         value_serializer="raw",
     )
 
-    async def handle(events: Sequence[Event]) -> None:
+    async def handle(events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
         requests = []
         for event in events:
             user = await outputs.codec.decode(event.message.topic, event.message.value)
             request = welcome_notification(user, millis(user["registered_at"]))
             requests.append(outputs.record(names.notifications, user["user_id"], request))
-        await outputs.send_all(requests)
+        return Prepared(await outputs.send(requests))
 
     @app.agent(source, name="notifications")
     async def process_registrations(stream: StreamT[bytes]) -> None:
-        async for events in batches(stream):
-            await runner.run_batch(events, handle)
+        await runner.consume(stream, handle)

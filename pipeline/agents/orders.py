@@ -12,7 +12,7 @@ from faust.types import AppT, StreamT
 
 from pipeline.encoding import decode_user_stats, encode_order_line, encode_user_stats
 from pipeline.outputs import Outputs, millis
-from pipeline.processing import Event, EventRunner, RowBatch, batches
+from pipeline.processing import Event, EventRunner, Prepared, RowBatch
 from pipeline.producer import Outgoing
 from pipeline.rules import Position, apply_order, order_lines_by_sku, source_id
 from pipeline.tables import Tables
@@ -31,8 +31,8 @@ def register(app: AppT, outputs: Outputs, tables: Tables, runner: EventRunner) -
     )
     user_stats = tables.user_stats
 
-    async def handle(events: Sequence[Event]) -> None:
-        rows = RowBatch(user_stats, decode_user_stats, encode_user_stats)
+    async def handle(events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
+        rows = RowBatch(user_stats, decode_user_stats, encode_user_stats, in_flight)
         derived: list[Outgoing] = []
         for event in events:
             message = event.message
@@ -75,9 +75,8 @@ def register(app: AppT, outputs: Outputs, tables: Tables, runner: EventRunner) -
                 )
             )
             rows.put(user_key, stats, event)
-        await rows.send_and_write(outputs.send_all, derived)
+        return await rows.send(outputs.send, derived)
 
     @app.agent(source, name="orders")
     async def process_orders(stream: StreamT[bytes]) -> None:
-        async for events in batches(stream):
-            await runner.run_batch(events, handle)
+        await runner.consume(stream, handle)

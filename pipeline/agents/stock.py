@@ -13,7 +13,7 @@ from faust.types import AppT, Message, StreamT
 
 from pipeline.encoding import decode_order_line, decode_stock_row, encode_stock_row
 from pipeline.outputs import Outputs, millis
-from pipeline.processing import Event, EventRunner, RowBatch, batches
+from pipeline.processing import Event, EventRunner, Prepared, RowBatch
 from pipeline.producer import Outgoing
 from pipeline.rules import Position, StockRow, apply_stock_delta, source_id
 from pipeline.tables import Tables
@@ -91,14 +91,13 @@ def register(
             millis(adjustment["adjusted_at"]),
         )
 
-    async def handle(events: Sequence[Event]) -> None:
-        rows = RowBatch(stock, decode_stock_row, encode_stock_row)
+    async def handle(events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
+        rows = RowBatch(stock, decode_stock_row, encode_stock_row, in_flight)
         derived: list[Outgoing] = []
         for event in events:
             apply(rows, derived, event, await change_of(event.message))
-        await rows.send_and_write(outputs.send_all, derived)
+        return await rows.send(outputs.send, derived)
 
     @app.agent(source, name="stock")
     async def process_stock(stream: StreamT[bytes]) -> None:
-        async for events in batches(stream):
-            await runner.run_batch(events, handle)
+        await runner.consume(stream, handle)

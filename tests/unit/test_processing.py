@@ -1,3 +1,7 @@
+"""The agents' runner without a broker: a fake stream delivers events in arrivals (what
+is waiting in the channel's queue at once); a recording handler prepares batches whose
+delivery the test resolves or fails."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +15,8 @@ from faust.types import StreamT
 from pipeline.dlq import DeadLetters
 from pipeline.errors import NotConfluentFraming, RegistryUnavailable
 from pipeline.metrics import Metrics
-from pipeline.processing import Event, EventRunner, batches
+from pipeline.processing import Event, EventRunner, Prepared
+from pipeline.producer import Delivered
 
 
 @dataclass
@@ -34,75 +39,19 @@ class FakeEvent:
     message: FakeMessage
 
 
-def runner() -> tuple[EventRunner, RecordingDeadLetters]:
-    dead_letters = RecordingDeadLetters()
-    return (
-        EventRunner(
-            dead_letters=cast(DeadLetters, dead_letters), metrics=Metrics(), backoff=(0, 0, 0)
-        ),
-        dead_letters,
-    )
-
-
 def events(*offsets: int) -> list[Event]:
     return [cast(Event, FakeEvent(FakeMessage(offset))) for offset in offsets]
 
 
-def run_one(failures: list[BaseException]) -> tuple[int, RecordingDeadLetters]:
-    """Run a handler that raises ``failures`` one per attempt, then succeeds."""
-    event_runner, dead_letters = runner()
-    attempts = 0
-
-    async def handler(batch: Sequence[Event]) -> None:
-        nonlocal attempts
-        attempts += 1
-        if failures:
-            raise failures.pop(0)
-
-    asyncio.run(event_runner.run(events(42)[0], handler))
-    return attempts, dead_letters
-
-
-def test_transient_failure_is_retried_until_it_succeeds() -> None:
-    attempts, dead_letters = run_one([RuntimeError("broker away"), RegistryUnavailable("down")])
-    assert attempts == 3
-    assert dead_letters.sent == []
-
-
-def test_persistent_failure_is_dead_lettered_after_bounded_attempts() -> None:
-    attempts, dead_letters = run_one([RuntimeError(f"boom {n}") for n in range(10)])
-    assert attempts == 4
-    ((offset, error, recorded_attempts),) = dead_letters.sent
-    assert (offset, str(error), recorded_attempts) == (42, "boom 3", 4)
-
-
-def test_undecodable_message_is_dead_lettered_at_once() -> None:
-    attempts, dead_letters = run_one([NotConfluentFraming("first byte is 0x6e")])
-    assert attempts == 1
-    assert [(type(e).__name__, n) for _, e, n in dead_letters.sent] == [("NotConfluentFraming", 1)]
-
-
-def test_a_key_that_is_not_utf8_is_dead_lettered_at_once() -> None:
-    attempts, dead_letters = run_one(
-        [UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")]
+def runner(max_batch: int = 10) -> tuple[EventRunner, RecordingDeadLetters]:
+    dead_letters = RecordingDeadLetters()
+    event_runner = EventRunner(
+        dead_letters=cast(DeadLetters, dead_letters),
+        metrics=Metrics(),
+        backoff=(0, 0, 0),
+        max_batch=max_batch,
     )
-    assert attempts == 1
-    assert [(type(e).__name__, n) for _, e, n in dead_letters.sent] == [("UnicodeDecodeError", 1)]
-
-
-def test_a_failed_batch_is_handled_event_by_event_and_only_the_bad_one_dead_lettered() -> None:
-    event_runner, dead_letters = runner()
-    handled: list[list[int]] = []
-
-    async def handler(batch: Sequence[Event]) -> None:
-        offsets = [event.message.offset for event in batch]
-        if 11 in offsets:
-            raise NotConfluentFraming("poison at 11")
-        handled.append(offsets)
-
-    asyncio.run(event_runner.run_batch(events(10, 11, 12), handler))
-    assert handled == [[10], [12]]
-    assert [(offset, attempts) for offset, _, attempts in dead_letters.sent] == [(11, 1)]
+    return event_runner, dead_letters
 
 
 class FakeQueue:
@@ -119,15 +68,14 @@ class FakeChannel:
 
 
 class FakeStream:
-    """What ``batches`` uses of a Faust stream: noack(), events(), ack() and the
+    """What the runner uses of a Faust stream: noack(), events(), ack() and the
     channel's queue of events already fetched."""
 
-    def __init__(self, arrivals: list[list[int]]) -> None:
+    def __init__(self, arrivals: list[list[int]], log: list[str]) -> None:
         # Each inner list arrives at once: all of it is waiting in the queue.
         self.arrivals = arrivals
         self.channel = FakeChannel()
-        self.acked: list[int] = []
-        self.log: list[str] = []
+        self.log = log
 
     def noack(self) -> FakeStream:
         return self
@@ -136,56 +84,187 @@ class FakeStream:
         for arrival in self.arrivals:
             self.channel.queue.items = events(*arrival)
             while self.channel.queue.items:
-                event = self.channel.queue.items.pop(0)
-                self.log.append(f"deliver {event.message.offset}")
-                yield event
+                yield self.channel.queue.items.pop(0)
 
     async def ack(self, event: Event) -> bool:
         self.log.append(f"ack {event.message.offset}")
-        self.acked.append(event.message.offset)
         return True
 
 
-def collect(stream: FakeStream, max_size: int) -> list[list[int]]:
-    async def go() -> list[list[int]]:
-        seen = []
-        async for batch in batches(cast(StreamT[Any], stream), max_size):
-            seen.append([event.message.offset for event in batch])
-            stream.log.append(f"handled {seen[-1]}")
-        return seen
+class Handler:
+    """Prepares batches (logging them); ``fail_on`` offsets raise when prepared,
+    ``undelivered`` batches (by first offset) fail their delivery once."""
 
-    return asyncio.run(go())
+    def __init__(
+        self,
+        log: list[str],
+        fail_on: Sequence[BaseException | None] = (),
+        undelivered: Sequence[int] = (),
+        poison: int | None = None,
+    ) -> None:
+        self.log = log
+        self.failures = list(fail_on)
+        self.undelivered = set(undelivered)
+        self.poison = poison
+        self.on_top_of: list[list[int] | None] = []
+
+    async def __call__(self, batch: Sequence[Event], in_flight: Prepared | None) -> Prepared:
+        offsets = [event.message.offset for event in batch]
+        self.log.append(f"prepare {offsets}")
+        if self.poison in offsets:
+            raise NotConfluentFraming(f"poison at {self.poison}")
+        if self.failures:
+            failure = self.failures.pop(0)
+            if failure is not None:
+                raise failure
+        delivery: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        if offsets[0] in self.undelivered:
+            self.undelivered.discard(offsets[0])
+            delivery.set_exception(RuntimeError(f"broker lost {offsets}"))
+        else:
+            delivery.set_result({})
+        return LoggedPrepared(delivery, None, self.log, offsets)
+
+
+class LoggedPrepared(Prepared):
+    def __init__(
+        self,
+        delivery: asyncio.Future[Delivered],
+        rows: None,
+        log: list[str],
+        offsets: list[int],
+    ) -> None:
+        super().__init__(delivery, rows)
+        self.log = log
+        self.offsets = offsets
+
+    async def complete(self) -> None:
+        await super().complete()
+        self.log.append(f"complete {self.offsets}")
+
+
+def consume(
+    arrivals: list[list[int]], handler: Handler, max_batch: int = 10
+) -> RecordingDeadLetters:
+    event_runner, dead_letters = runner(max_batch)
+    stream = FakeStream(arrivals, handler.log)
+    asyncio.run(event_runner.consume(cast(StreamT[Any], stream), handler))
+    return dead_letters
 
 
 def test_batches_take_what_already_arrived_up_to_the_maximum() -> None:
-    stream = FakeStream([[1, 2, 3, 4, 5], [6], [7, 8]])
-    assert collect(stream, max_size=2) == [[1, 2], [3, 4], [5], [6], [7, 8]]
-    assert stream.acked == list(range(1, 9))
+    log: list[str] = []
+    consume([[1, 2, 3, 4, 5], [6]], Handler(log), max_batch=2)
+    assert [line for line in log if line.startswith("prepare")] == [
+        "prepare [1, 2]",
+        "prepare [3, 4]",
+        "prepare [5]",
+        "prepare [6]",
+    ]
+    assert [line for line in log if line.startswith("ack")] == [f"ack {n}" for n in range(1, 7)]
 
 
-def test_batch_events_are_acknowledged_only_after_the_batch_was_handled() -> None:
-    stream = FakeStream([[1, 2], [3]])
-    collect(stream, max_size=10)
-    assert stream.log == [
-        "deliver 1",
-        "deliver 2",
-        "handled [1, 2]",
+def test_the_next_batch_is_prepared_while_one_is_in_flight_and_acks_follow_completion() -> None:
+    log: list[str] = []
+    consume([[1, 2, 3, 4], [5]], Handler(log), max_batch=2)
+    assert log == [
+        "prepare [1, 2]",  # [3, 4] waits: [1, 2] stays in flight
+        "prepare [3, 4]",
+        "complete [1, 2]",
         "ack 1",
         "ack 2",
-        "deliver 3",
-        "handled [3]",
+        "complete [3, 4]",  # nothing waits: completed before the next arrival
         "ack 3",
+        "ack 4",
+        "prepare [5]",
+        "complete [5]",
+        "ack 5",
     ]
 
 
 def test_a_batch_abandoned_mid_way_is_never_acknowledged() -> None:
-    stream = FakeStream([[1, 2], [3]])
+    log: list[str] = []
+    event_runner, _ = runner()
+    stream = FakeStream([[1, 2], [3]], log)
 
-    async def crash_in_second_batch() -> None:
-        async for batch in batches(cast(StreamT[Any], stream), 10):
-            if batch[0].message.offset == 3:
-                raise RuntimeError("worker dies")
+    async def crash_on_3(batch: Sequence[Event], in_flight: Prepared | None) -> Prepared:
+        if batch[0].message.offset == 3:
+            raise asyncio.CancelledError  # the worker stops
+        done: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        done.set_result({})
+        return Prepared(done)
 
-    with pytest.raises(RuntimeError):
-        asyncio.run(crash_in_second_batch())
-    assert stream.acked == [1, 2]
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(event_runner.consume(cast(StreamT[Any], stream), crash_on_3))
+    assert log == ["ack 1", "ack 2"]
+
+
+def test_a_failed_batch_is_handled_event_by_event_and_only_the_bad_one_dead_lettered() -> None:
+    log: list[str] = []
+    dead_letters = consume([[10, 11, 12]], Handler(log, poison=11))
+    assert log == [
+        "prepare [10, 11, 12]",
+        "prepare [10]",
+        "complete [10]",
+        "ack 10",
+        "prepare [11]",
+        "ack 11",
+        "prepare [12]",
+        "complete [12]",
+        "ack 12",
+    ]
+    assert [(offset, attempts) for offset, _, attempts in dead_letters.sent] == [(11, 1)]
+
+
+def test_an_undelivered_batch_in_flight_is_redone_with_the_batch_prepared_on_top_of_it() -> None:
+    log: list[str] = []
+    dead_letters = consume([[1, 2, 3, 4]], Handler(log, undelivered=[1]), max_batch=2)
+    assert log == [
+        "prepare [1, 2]",
+        "prepare [3, 4]",  # prepared on [1, 2]'s rows, which are never written
+        "prepare [1]",
+        "complete [1]",
+        "ack 1",
+        "prepare [2]",
+        "complete [2]",
+        "ack 2",
+        "prepare [3]",
+        "complete [3]",
+        "ack 3",
+        "prepare [4]",
+        "complete [4]",
+        "ack 4",
+    ]
+    assert dead_letters.sent == []
+
+
+def test_transient_failures_are_retried_until_they_succeed() -> None:
+    log: list[str] = []
+    failures: list[BaseException | None] = [
+        RuntimeError("batch"),
+        RuntimeError("broker away"),
+        RegistryUnavailable("down"),
+    ]
+    dead_letters = consume([[7]], Handler(log, fail_on=failures))
+    assert log == ["prepare [7]"] * 4 + ["complete [7]", "ack 7"]
+    assert dead_letters.sent == []
+
+
+def test_a_persistent_failure_is_dead_lettered_after_bounded_attempts() -> None:
+    log: list[str] = []
+    failures: list[BaseException | None] = [RuntimeError(f"boom {n}") for n in range(10)]
+    dead_letters = consume([[42]], Handler(log, fail_on=failures))
+    # The batch, then 4 attempts of the event alone.
+    assert log.count("prepare [42]") == 5
+    ((offset, error, attempts),) = dead_letters.sent
+    assert (offset, str(error), attempts) == (42, "boom 4", 4)
+    assert log[-1] == "ack 42"
+
+
+def test_a_key_that_is_not_utf8_is_dead_lettered_at_once() -> None:
+    log: list[str] = []
+    failures: list[BaseException | None] = [
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    ] * 2
+    dead_letters = consume([[5]], Handler(log, fail_on=failures))
+    assert [(type(e).__name__, n) for _, e, n in dead_letters.sent] == [("UnicodeDecodeError", 1)]
