@@ -10,6 +10,7 @@ once.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +49,6 @@ class Outputs:
     async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
         """Hand ``messages`` to the producer; the future resolves once the broker
         acknowledged every one."""
-        for message in messages:
-            self.metrics.derived_events.labels(message.topic).inc()
+        for topic, count in Counter(message.topic for message in messages).items():
+            self.metrics.derived_events.labels(topic).inc(count)
         return await self.producer.send(messages)
