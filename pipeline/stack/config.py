@@ -233,6 +233,8 @@ KEYCLOAK_REALM = "shop-pipeline"
 # embedded H2 database in the stack's own folder; health and metrics off, so Keycloak opens no
 # management interface (it would listen on 9000 by default).
 KEYCLOAK_BUILD_OPTIONS = ("--db=dev-file", "--health-enabled=false", "--metrics-enabled=false")
+# The H2 database file ``--db=dev-file`` keeps under ``<kc.home.dir>/data/h2``.
+KEYCLOAK_DATABASE_FILE = "keycloakdb.mv.db"
 
 
 def keycloak_realm(client: RegistryClient) -> dict[str, object]:

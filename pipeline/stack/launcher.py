@@ -230,12 +230,17 @@ def _start_keycloak(
     heap_mb: int,
 ) -> ServerProcess:
     """Start Keycloak with ``folder`` as its home: its ``lib`` links to the (built)
-    distribution, its ``data`` holds this stack's database and the realm to import."""
+    distribution, its ``data`` holds this stack's database (a copy of the distribution's
+    empty template) and the realm to import."""
     # Keycloak's database holds the client secret too: the folder is the owner's alone.
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     imports = folder / "data" / "import"
     imports.mkdir(parents=True, exist_ok=True)
     (folder / "lib").symlink_to(dist / "lib", target_is_directory=True)
+    template = dist / "template" / config.KEYCLOAK_DATABASE_FILE
+    if template.is_file():  # an empty database: Keycloak need not create its schema
+        (folder / "data" / "h2").mkdir()
+        shutil.copyfile(template, folder / "data" / "h2" / config.KEYCLOAK_DATABASE_FILE)
     realm = imports / "realm.json"
     realm.touch(mode=0o600)  # holds the client secret
     realm.write_text(config.render_realm(client))
