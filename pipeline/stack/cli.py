@@ -161,7 +161,7 @@ def env(state_dir: Path) -> None:
 @click.option(
     "--registry-auth",
     is_flag=True,
-    help="Keycloak too (what `up --registry-auth` needs): about 150 MB, and a minute to build.",
+    help="Keycloak too (what `up --registry-auth` needs): 176 MB, and a minute to build.",
 )
 def fetch(registry_auth: bool) -> None:
     """Download Kafka and Apicurio into the cache without starting anything."""
