@@ -128,24 +128,27 @@ def kafka_home(version: str = KAFKA_VERSION) -> Path:
     return _fetch_once(cache_dir() / f"kafka-{version}", fill)
 
 
+def _unpack(artifact: str, work: Path, into: Path) -> str:
+    """Download a tar.gz artifact from Maven Central and unpack it into ``into``;
+    the archive's file name."""
+    _mvn(
+        ["dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={work / 'download'}"],
+        cwd=work,
+    )
+    (archive,) = (work / "download").glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    shutil.rmtree(work / "download")
+    return archive.name
+
+
 def apicurio_home(version: str = APICURIO_VERSION) -> Path:
     """The unpacked Apicurio Registry (``quarkus-run.jar``), downloaded on first use."""
 
     def fill(work: Path) -> None:
-        _mvn(
-            [
-                "dependency:copy",
-                f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all",
-                f"-DoutputDirectory={work / 'download'}",
-            ],
-            cwd=work,
-        )
-        (archive,) = (work / "download").glob("*.tar.gz")
-        with tarfile.open(archive) as tar:
-            tar.extractall(work, filter="data")
-        shutil.rmtree(work / "download")
+        archive = _unpack(f"io.apicurio:apicurio-registry-app:{version}:tar.gz:all", work, work)
         if not (work / "quarkus-run.jar").exists():
-            raise DownloadError(f"{archive.name} has no quarkus-run.jar at its top")
+            raise DownloadError(f"{archive} has no quarkus-run.jar at its top")
 
     return _fetch_once(cache_dir() / f"apicurio-registry-{version}", fill)
 
@@ -162,25 +165,16 @@ def keycloak_home(java: str, version: str = KEYCLOAK_VERSION) -> Path:
     """
 
     def fill(work: Path) -> None:
-        _mvn(
-            [
-                "dependency:copy",
-                f"-Dartifact=org.keycloak:keycloak-quarkus-dist:{version}:tar.gz",
-                f"-DoutputDirectory={work / 'download'}",
-            ],
-            cwd=work,
+        archive = _unpack(
+            f"org.keycloak:keycloak-quarkus-dist:{version}:tar.gz", work, work / "unpacked"
         )
-        (archive,) = (work / "download").glob("*.tar.gz")
-        with tarfile.open(archive) as tar:
-            tar.extractall(work / "unpacked", filter="data")
-        shutil.rmtree(work / "download")
         # The archive holds one folder, keycloak-<version>/: its content is the home.
         (top,) = (work / "unpacked").iterdir()
         for entry in top.iterdir():
             entry.rename(work / entry.name)
         shutil.rmtree(work / "unpacked")
         if not (work / "lib" / "quarkus-run.jar").exists():
-            raise DownloadError(f"{archive.name} has no lib/quarkus-run.jar")
+            raise DownloadError(f"{archive} has no lib/quarkus-run.jar")
         build = [
             java,
             *config.keycloak_jvm_args(home=work, dist=work, heap_mb=512),
