@@ -31,6 +31,7 @@ from pipeline.metrics import Metrics
 from pipeline.outputs import Outputs
 from pipeline.processing import EventRunner
 from pipeline.producer import BatchProducer, producer_config
+from pipeline.recovery import PipelineTableManager
 from pipeline.restore import ChangelogStore, restore
 from pipeline.settings import KafkaSecurity, Settings
 from pipeline.tables import define_tables
@@ -126,6 +127,9 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
         # move (Faust's default: 60 s).
         broker_session_timeout=15.0,
         producer_acks=-1,
+        # Resumes the streams after a rebalance without dropping fetched events
+        # (pipeline.recovery: Faust's own order loses some and stops committing).
+        TableManager=PipelineTableManager,
         autodiscover=False,
     )
     app.pipeline_settings = settings
