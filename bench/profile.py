@@ -47,6 +47,9 @@ PACKAGES = (
 )
 
 INCLUSIVE_PACKAGES = ("pipeline", "faust", "aiokafka", "fastavro", "rocksdict")
+# Innermost frames that are waits py-spy does not recognise as idle: the event loop in
+# epoll, and the producer's delivery-report thread blocked in librdkafka (GIL released).
+WAITS = ("EpollSelector.select", "BatchProducer._poll")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -93,6 +96,8 @@ def parse(lines: Iterable[str]) -> list[tuple[list[tuple[str, str]], int]]:
 def summarise(
     stacks: list[tuple[list[tuple[str, str]], int]], top: int
 ) -> tuple[str, dict[str, float]]:
+    waiting = sum(count for frames, count in stacks if frames[-1][0] in WAITS)
+    stacks = [(frames, count) for frames, count in stacks if frames[-1][0] not in WAITS]
     total = sum(count for _, count in stacks) or 1
     by_package: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
@@ -104,7 +109,12 @@ def summarise(
         for name in {f"{f} ({package_of(p)}: {Path(p).name})" for f, p in frames}:
             inclusive[name] += count
     share = {name: count / total for name, count in by_package.items()}
-    out = [f"{total:,} samples while busy (100 Hz, idle dropped)", "", "self time by package:"]
+    out = [
+        f"{total:,} samples while busy (100 Hz; idle dropped, and {waiting:,} in "
+        f"{' / '.join(WAITS)})",
+        "",
+        "self time by package:",
+    ]
     out += [f"  {count / total:6.1%}  {name}" for name, count in by_package.most_common(12)]
     out += ["", f"top {top} functions by self time:"]
     out += [f"  {count / total:6.1%}  {name}" for name, count in self_time.most_common(top)]
