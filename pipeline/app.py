@@ -22,16 +22,17 @@ from typing import cast
 
 import faust
 from faust.types.auth import CredentialsT
+from faust.types.transports import TransportT
 
 from pipeline import web
 from pipeline.agents import notifications, orders, stock
 from pipeline.codec import Codecs
 from pipeline.dlq import DeadLetters
+from pipeline.faust_fixes import PipelineTableManager, new_transport
 from pipeline.metrics import Metrics
 from pipeline.outputs import Outputs
 from pipeline.processing import EventRunner
 from pipeline.producer import BatchProducer, producer_config
-from pipeline.recovery import PipelineTableManager
 from pipeline.restore import ChangelogStore, restore
 from pipeline.settings import KafkaSecurity, Settings
 from pipeline.tables import define_tables
@@ -69,6 +70,11 @@ class PipelineApp(faust.App):
         restored = self.pipeline_metrics.changelog_records_restored
         for topic, records in report.records.items():
             restored.labels(tables[topic].name).inc(records)
+
+    def _new_transport(self) -> TransportT:
+        # Never fetches with an empty partition set (pipeline.faust_fixes: Faust's does,
+        # and throws away the records aiokafka then hands back).
+        return new_transport(self)
 
 
 def broker_credentials(security: KafkaSecurity) -> CredentialsT | ssl.SSLContext | None:
@@ -128,7 +134,7 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
         broker_session_timeout=15.0,
         producer_acks=-1,
         # Resumes the streams after a rebalance without dropping fetched events
-        # (pipeline.recovery: Faust's own order loses some and stops committing).
+        # (pipeline.faust_fixes: Faust's own order loses some and stops committing).
         TableManager=PipelineTableManager,
         autodiscover=False,
     )
