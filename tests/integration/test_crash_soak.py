@@ -145,8 +145,12 @@ def test_repeated_worker_kills_lose_and_double_nothing(stack: StackInfo, tmp_pat
     try:
         steady.wait_healthy()
         victim.wait_healthy()
-        # Kill points: fractions of all the work, drawn at random (seeded).
-        points = sorted(random.Random(ORDERS).uniform(0.1, 0.9) for _ in range(KILLS))
+        # Kill points: fractions of all the work, one drawn at random (seeded) in each of
+        # KILLS equal slices of 10-90 %, so they spread over the run. (A Random built per
+        # draw, as before, drew the same point four times: four kills back to back.)
+        rng = random.Random(ORDERS)
+        slice_ = 0.8 / KILLS
+        points = [0.1 + number * slice_ + rng.uniform(0, slice_) for number in range(KILLS)]
         recoveries: list[float] = []
         kill_at: list[str] = []
         for number, fraction in enumerate(points, start=1):
