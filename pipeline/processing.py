@@ -13,8 +13,10 @@ what they applied, see pipeline.rules).
 
 While more events wait, the next batch is prepared while the previous one's
 records are on their way (reading the previous batch's rows where it changed
-them), so the broker round trip overlaps work instead of idling the agent; when
-nothing more waits, the batch in flight is completed at once.
+them), so the broker round trip overlaps work instead of idling the agent. A batch
+in flight settles (completes and acknowledges) in a task of its own as soon as its
+records are delivered, so it does even while the agent waits for events, as during
+a rebalance, which waits for every event handed out to be acknowledged.
 
 A batch that fails is handled again one event at a time (and so is the batch
 prepared on top of a batch whose records were not delivered), so only the event
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
 from faust.streams import Stream, _current_event
-from faust.types import TP, ChannelT, EventT, Message, StoreT, StreamT, TableT
+from faust.types import TP, EventT, Message, StoreT, StreamT, TableT
 
 from pipeline.dlq import DeadLetters, error_class_of
 from pipeline.encoding import EncodingError
@@ -175,6 +177,8 @@ def is_permanent(error: BaseException) -> bool:
 class InFlight:
     events: list[Event]
     prepared: Prepared
+    # Completes the batch and acknowledges its events, or gives the error that stopped it.
+    settled: asyncio.Task[Exception | None]
 
 
 @dataclass
@@ -189,21 +193,35 @@ class EventRunner:
         """Handle the agent's stream for as long as it runs."""
         # noack is on the concrete Stream only (not on StreamT).
         manual = cast(Stream[Any], stream).noack()
-        # An agent's stream reads a channel; its queue holds the events already fetched.
-        waiting = cast(ChannelT[Any], manual.channel).queue
-        batch: list[Event] = []
+        # A task of its own reads the stream into a small queue: the loop below then
+        # never waits on Faust's stream while it holds events it has not acknowledged.
+        # (At a rebalance Faust empties its queues and stops the flow, then waits for every
+        # event handed out to be acknowledged: a loop waiting for the next event with a
+        # partial batch in hand would wait for ever.)
+        arrived: asyncio.Queue[Event] = asyncio.Queue(maxsize=2 * self.max_batch)
+
+        async def read() -> None:
+            async for event in manual.events():
+                await arrived.put(event)
+
+        reader = asyncio.ensure_future(read())
         in_flight: InFlight | None = None
-        async for event in manual.events():
-            batch.append(event)
-            if len(batch) < self.max_batch and not waiting.empty():
-                continue
-            in_flight = await self._advance(manual, in_flight, batch, handler)
-            batch = []
-            # Checked with no await before the next event is taken: when nothing
-            # waits, the batch in flight is completed now, not after the next arrival.
-            if in_flight is not None and waiting.empty():
-                await self._complete(manual, in_flight, handler)
-                in_flight = None
+        try:
+            while True:
+                first = asyncio.ensure_future(arrived.get())
+                await asyncio.wait({first, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not first.done():  # the stream ended (or failed: raise its error)
+                    first.cancel()
+                    reader.result()
+                    break
+                batch = [first.result()]
+                while len(batch) < self.max_batch and not arrived.empty():
+                    batch.append(arrived.get_nowait())
+                in_flight = await self._advance(manual, in_flight, batch, handler)
+        finally:
+            reader.cancel()
+        if in_flight is not None:
+            await self._finish(manual, in_flight, handler)
 
     async def _advance(
         self,
@@ -212,52 +230,57 @@ class EventRunner:
         batch: list[Event],
         handler: BatchHandler,
     ) -> InFlight | None:
-        """Prepare ``batch``, then complete the batch in flight; the new batch in flight."""
+        """Prepare ``batch``, then settle the batch in flight; the new batch in flight."""
         try:
             prepared = await handler(batch, in_flight.prepared if in_flight else None)
         except asyncio.CancelledError:
             raise
         except Exception as error:
             if in_flight is not None:
-                await self._complete(stream, in_flight, handler)
+                await self._finish(stream, in_flight, handler)
             log.warning("batch of %d failed (%r): handling it event by event", len(batch), error)
             await self._one_by_one(stream, batch, handler)
             return None
         if in_flight is not None:
-            try:
-                await in_flight.prepared.complete()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
+            undelivered = await in_flight.settled
+            if undelivered is not None:
                 # The new batch was prepared on rows that will not be written.
                 prepared.abandon()
                 log.warning(
                     "batch of %d not delivered (%r): handling it and the next event by event",
                     len(in_flight.events),
-                    error,
+                    undelivered,
                 )
                 await self._one_by_one(stream, in_flight.events, handler)
                 await self._one_by_one(stream, batch, handler)
                 return None
-            await self._acknowledge(stream, in_flight.events)
-        return InFlight(batch, prepared)
+        # Settles in a task of its own: while the agent waits for its next event, a
+        # rebalance waits for every event handed out to be acknowledged, and this batch's
+        # would otherwise never be.
+        settled = asyncio.ensure_future(self._settle(stream, batch, prepared))
+        return InFlight(batch, prepared, settled)
 
-    async def _complete(
+    async def _settle(
+        self, stream: StreamT[Any], events: Sequence[Event], prepared: Prepared
+    ) -> Exception | None:
+        try:
+            await prepared.complete()
+        except Exception as error:
+            return error
+        await self._acknowledge(stream, events)
+        return None
+
+    async def _finish(
         self, stream: StreamT[Any], in_flight: InFlight, handler: BatchHandler
     ) -> None:
-        try:
-            await in_flight.prepared.complete()
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
+        undelivered = await in_flight.settled
+        if undelivered is not None:
             log.warning(
                 "batch of %d not delivered (%r): handling it event by event",
                 len(in_flight.events),
-                error,
+                undelivered,
             )
             await self._one_by_one(stream, in_flight.events, handler)
-            return
-        await self._acknowledge(stream, in_flight.events)
 
     async def _acknowledge(self, stream: StreamT[Any], events: Sequence[Event]) -> None:
         for topic, count in Counter(event.message.topic for event in events).items():

@@ -54,27 +54,12 @@ def runner(max_batch: int = 10) -> tuple[EventRunner, RecordingDeadLetters]:
     return event_runner, dead_letters
 
 
-class FakeQueue:
-    def __init__(self) -> None:
-        self.items: list[Event] = []
-
-    def empty(self) -> bool:
-        return not self.items
-
-
-@dataclass
-class FakeChannel:
-    queue: FakeQueue = field(default_factory=FakeQueue)
-
-
 class FakeStream:
-    """What the runner uses of a Faust stream: noack(), events(), ack() and the
-    channel's queue of events already fetched."""
+    """What the runner uses of a Faust stream: noack(), events() and ack()."""
 
     def __init__(self, arrivals: list[list[int]], log: list[str]) -> None:
         # Each inner list arrives at once: all of it is waiting in the queue.
         self.arrivals = arrivals
-        self.channel = FakeChannel()
         self.log = log
 
     def noack(self) -> FakeStream:
@@ -82,9 +67,9 @@ class FakeStream:
 
     async def events(self) -> AsyncIterator[Event]:
         for arrival in self.arrivals:
-            self.channel.queue.items = events(*arrival)
-            while self.channel.queue.items:
-                yield self.channel.queue.items.pop(0)
+            for event in events(*arrival):
+                yield event
+            await asyncio.sleep(0.05)  # the next arrival comes once this one was handled
 
     async def ack(self, event: Event) -> bool:
         self.log.append(f"ack {event.message.offset}")
@@ -117,12 +102,14 @@ class Handler:
             failure = self.failures.pop(0)
             if failure is not None:
                 raise failure
-        delivery: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        delivery: asyncio.Future[Delivered] = loop.create_future()
+        # The broker answers a moment later, as a real one does.
         if offsets[0] in self.undelivered:
             self.undelivered.discard(offsets[0])
-            delivery.set_exception(RuntimeError(f"broker lost {offsets}"))
+            loop.call_later(0.005, delivery.set_exception, RuntimeError(f"broker lost {offsets}"))
         else:
-            delivery.set_result({})
+            loop.call_later(0.005, delivery.set_result, {})
         return LoggedPrepared(delivery, None, self.log, offsets)
 
 
@@ -173,7 +160,7 @@ def test_the_next_batch_is_prepared_while_one_is_in_flight_and_acks_follow_compl
         "complete [1, 2]",
         "ack 1",
         "ack 2",
-        "complete [3, 4]",  # nothing waits: completed before the next arrival
+        "complete [3, 4]",  # settles on its own, before the next arrival
         "ack 3",
         "ack 4",
         "prepare [5]",
