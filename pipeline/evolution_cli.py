@@ -15,10 +15,8 @@ from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistry
 
 from pipeline.catalog import Catalog, CatalogError, TopicSchema
 from pipeline.evolution import CheckResult, RegistryError, SchemaWorkflow, SubjectState
+from pipeline.registry import HTTP_FORBIDDEN, LOGIN_REFUSED
 from pipeline.settings import Settings
-
-HTTP_UNAUTHORIZED = 401
-HTTP_FORBIDDEN = 403
 
 
 @dataclass(frozen=True)
@@ -33,10 +31,7 @@ class Context:
     def failure(self, exc: RegistryError) -> click.ClickException:
         """The error to exit with; a refused login says so, and which setting to fix."""
         cause = exc.__cause__
-        if isinstance(cause, SchemaRegistryError) and cause.http_status_code in (
-            HTTP_UNAUTHORIZED,
-            HTTP_FORBIDDEN,
-        ):
+        if isinstance(cause, SchemaRegistryError) and cause.http_status_code in LOGIN_REFUSED:
             if cause.http_status_code == HTTP_FORBIDDEN:
                 what = "refused this request to the login in PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"
             elif self.has_login:

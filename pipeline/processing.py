@@ -104,10 +104,11 @@ class RowBatch(Generic[Row]):
         )
 
     def get(self, key: bytes, event: Event) -> Row | None:
-        if key in self.pending:
-            return self.pending[key][0]
-        if self.previous is not None and key in self.previous.pending:
-            return self.previous.pending[key][0]
+        pending = self.pending.get(key)
+        if pending is None and self.previous is not None:
+            pending = self.previous.pending.get(key)
+        if pending is not None:
+            return pending[0]
         bind_event(event)
         # From the store: the table's own get adds a membership test and sensors.
         stored = self.store.get(key)

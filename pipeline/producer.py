@@ -25,7 +25,10 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from pipeline.settings import Settings
 
-# The broker's ack for each message (``acks=all`` by default with idempotence).
+# librdkafka's "no partition given": the partitioner picks it from the key.
+UNASSIGNED = -1
+# How long the delivery-report thread blocks in one poll (also the back-off when
+# librdkafka's queue is full).
 POLL_SECONDS = 0.05
 
 
@@ -125,18 +128,13 @@ class BatchProducer:
         for message in messages:
             while True:
                 try:
-                    if message.partition is None:
-                        produce(
-                            message.topic, message.value, message.key, on_delivery=batch.on_delivery
-                        )
-                    else:
-                        produce(
-                            message.topic,
-                            message.value,
-                            message.key,
-                            message.partition,
-                            on_delivery=batch.on_delivery,
-                        )
+                    produce(
+                        message.topic,
+                        message.value,
+                        message.key,
+                        UNASSIGNED if message.partition is None else message.partition,
+                        on_delivery=batch.on_delivery,
+                    )
                     break
                 except BufferError:
                     # librdkafka's queue is full: let the poll thread drain it.

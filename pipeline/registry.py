@@ -21,6 +21,8 @@ from pipeline.settings import Settings
 HTTP_NOT_FOUND = 404
 HTTP_UNAUTHORIZED = 401
 HTTP_FORBIDDEN = 403
+# The registry's answers to a missing or refused login.
+LOGIN_REFUSED = (HTTP_UNAUTHORIZED, HTTP_FORBIDDEN)
 
 
 class SchemaSource(Protocol):
@@ -57,7 +59,7 @@ class ConfluentSchemaSource:
     def _refused(self, what: str, exc: SchemaRegistryError) -> str:
         """Why the registry refused ``what``; a refused login names the setting to fix."""
         where = f"registry at {self.registry_url}" if self.registry_url else "registry"
-        if exc.http_status_code in (HTTP_UNAUTHORIZED, HTTP_FORBIDDEN):
+        if exc.http_status_code in LOGIN_REFUSED:
             return (
                 f"{where} refused {what}: HTTP {exc.http_status_code} {exc.error_message} "
                 "(check the login in PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH)"

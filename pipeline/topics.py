@@ -233,14 +233,21 @@ def record_count(consumer: Consumer, topic: str, timeout: float = 30.0) -> int:
     return sum(high - low for low, high in watermarks(consumer, topic, timeout).values())
 
 
+def committed_offsets(admin: AdminClient, group: str) -> dict[tuple[str, int], int]:
+    """The offsets ``group`` has committed, by (topic, partition)."""
+    future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+    return {
+        (tp.topic, tp.partition): tp.offset
+        for tp in future.result().topic_partitions or []
+        if tp.offset >= 0
+    }
+
+
 def group_lag(admin: AdminClient, consumer: Consumer, group: str, topics: Iterable[str]) -> int:
     """Messages of ``topics`` that ``group`` has not committed yet."""
-    future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-    committed = {
-        (tp.topic, tp.partition): tp.offset for tp in future.result().topic_partitions or []
-    }
+    committed = committed_offsets(admin, group)
     behind = 0
     for topic in topics:
         for partition, (_, end) in watermarks(consumer, topic).items():
-            behind += end - max(committed.get((topic, partition), 0), 0)
+            behind += end - committed.get((topic, partition), 0)
     return behind

@@ -25,11 +25,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from pipeline.loadgen import ORDER_CREATED, LoadConfig, ShopEvent, generate, send
-from pipeline.topics import ensure_topics, record_count, watermarks
+from pipeline.topics import committed_offsets, ensure_topics, record_count, watermarks
 from pipeline.workers import WorkerProcess, wait_for
 from tests.integration import expected
 from tests.integration.conftest import StackInfo
@@ -42,15 +42,6 @@ KILLS = 4
 # The group committing nothing for this long while messages wait is a stall, not slowness
 # (a rebalance after a SIGKILL waits at most the 15 s session timeout).
 STALL_S = 120.0
-
-
-def committed_offsets(admin: AdminClient, group: str) -> dict[tuple[str, int], int]:
-    future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-    return {
-        (tp.topic, tp.partition): tp.offset
-        for tp in future.result().topic_partitions or []
-        if tp.offset >= 0
-    }
 
 
 def lag_by_partition(
