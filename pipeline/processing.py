@@ -3,13 +3,20 @@ per event, then the dead-letter topic.
 
 An agent takes the events that have already arrived, up to ``MAX_BATCH`` (one at
 a time when they trickle in, so a quiet pipeline adds no latency). A batch is
-*prepared* (decoded, its rows computed, its derived events and changelog records
-handed to the producer) and then *completed*: once the broker acknowledged all of
-its records, its rows are written to the table's store and its events are
-acknowledged to Faust, whose committed offsets advance only over acknowledged
-events. A crash before completion replays the batch, which re-sends derived
-events (duplicates, never losses) and applies each row change once (rows remember
-what they applied, see pipeline.rules).
+*prepared* (decoded, its rows computed, its derived events handed to the producer)
+and then *completed*: once the broker acknowledged every derived event, the rows'
+changelog records are sent; once those are acknowledged too, the rows are written
+to the table's store and the events acknowledged to Faust, whose committed offsets
+advance only over acknowledged events.
+
+That order is what makes replays safe. A row remembers the events it applied (see
+pipeline.rules), and a replayed event the row already applied is skipped, derived
+events included; so a changelog record must never reach the broker before the
+derived events of the changes it holds. (Sent together, a SIGKILL could deliver a
+user's row and not the order lines re-keyed to the stock side: the replayed order
+was then skipped and its lines never counted.) A crash before completion replays
+the batch: it re-sends the derived events (duplicates, never losses) and applies
+each row change once.
 
 While more events wait, the next batch is prepared while the previous one's
 records are on their way (reading the previous batch's rows where it changed
@@ -76,8 +83,8 @@ Sender = Callable[[Sequence[Outgoing]], Awaitable["asyncio.Future[Delivered]"]]
 class RowBatch(Generic[Row]):
     """The rows one batch changes: read through (this batch's changes, then those of
     the batch still in flight before it, then the table), sent as changelog records
-    with the batch's derived events, and written to the table's store only once all
-    of them were acknowledged.
+    once the batch's derived events were acknowledged, and written to the table's
+    store once the changelog records were acknowledged too.
 
     Rows go to the store directly, not through the table (which would send each
     changelog record again through Faust's producer). Each record goes to the
@@ -90,6 +97,7 @@ class RowBatch(Generic[Row]):
         table: TableT[bytes, bytes],
         decode: Callable[[bytes], Row],
         encode: Callable[[Row], bytes],
+        send: Sender,
         previous: Prepared | None = None,
     ) -> None:
         self.store = cast(StoreT[bytes, bytes], table.data)
@@ -98,6 +106,7 @@ class RowBatch(Generic[Row]):
         self.encode = encode
         self.pending: dict[bytes, tuple[Row, Event]] = {}
         self.changelog: list[Outgoing] = []
+        self._send = send
         # The rows of the batch in flight, not yet in the store.
         self.previous: RowBatch[Row] | None = (
             cast(RowBatch[Row], previous.rows) if previous is not None else None
@@ -117,15 +126,20 @@ class RowBatch(Generic[Row]):
     def put(self, key: bytes, row: Row, event: Event) -> None:
         self.pending[key] = (row, event)
 
-    async def send(self, send: Sender, derived: list[Outgoing]) -> Prepared:
-        """Hand the derived events and the rows' changelog records to the producer."""
+    async def send(self, derived: list[Outgoing]) -> Prepared:
+        """Hand the derived events to the producer; the rows follow in ``persist``."""
         self.changelog = [
             Outgoing(self.changelog_topic, key, self.encode(row), event.message.partition)
             for key, (row, event) in self.pending.items()
         ]
-        delivery = await send([*derived, *self.changelog])
+        delivery = await self._send(derived)
         self.previous = None  # from here on only this batch's own rows are asked for
         return Prepared(delivery, self)
+
+    async def persist(self) -> None:
+        """Send the changelog records, then, once acknowledged, store the rows. Only
+        after the derived events were delivered (see the module's docstring)."""
+        self.write(await (await self._send(self.changelog)))
 
     def write(self, delivered: Delivered) -> None:
         """Store the rows, now that their changelog records were ``delivered``."""
@@ -146,10 +160,11 @@ class Prepared:
     rows: RowBatch[Any] | None = None
 
     async def complete(self) -> None:
-        """Wait for the broker's acknowledgement of every record, then write the rows."""
-        delivered = await self.delivery
+        """Wait for the broker's acknowledgement of every derived event, then persist
+        the rows."""
+        await self.delivery
         if self.rows is not None:
-            self.rows.write(delivered)
+            await self.rows.persist()
 
     def abandon(self) -> None:
         """Not completed: its records may still be delivered (duplicates, as after a

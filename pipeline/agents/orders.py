@@ -32,7 +32,7 @@ def register(app: AppT, outputs: Outputs, tables: Tables, runner: EventRunner) -
     user_stats = tables.user_stats
 
     async def handle(events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
-        rows = RowBatch(user_stats, decode_user_stats, encode_user_stats, in_flight)
+        rows = RowBatch(user_stats, decode_user_stats, encode_user_stats, outputs.send, in_flight)
         derived: list[Outgoing] = []
         for event in events:
             message = event.message
@@ -75,7 +75,7 @@ def register(app: AppT, outputs: Outputs, tables: Tables, runner: EventRunner) -
                 )
             )
             rows.put(user_key, stats, event)
-        return await rows.send(outputs.send, derived)
+        return await rows.send(derived)
 
     @app.agent(source, name="orders")
     async def process_orders(stream: StreamT[bytes]) -> None:

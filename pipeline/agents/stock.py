@@ -92,11 +92,11 @@ def register(
         )
 
     async def handle(events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
-        rows = RowBatch(stock, decode_stock_row, encode_stock_row, in_flight)
+        rows = RowBatch(stock, decode_stock_row, encode_stock_row, outputs.send, in_flight)
         derived: list[Outgoing] = []
         for event in events:
             apply(rows, derived, event, await change_of(event.message))
-        return await rows.send(outputs.send, derived)
+        return await rows.send(derived)
 
     @app.agent(source, name="stock")
     async def process_stock(stream: StreamT[bytes]) -> None:

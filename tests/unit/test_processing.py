@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
+from confluent_kafka import KafkaError
 from faust.types import StreamT
 
 from pipeline.dlq import DeadLetters
 from pipeline.errors import NotConfluentFraming, RegistryUnavailable
 from pipeline.metrics import Metrics
-from pipeline.processing import Event, EventRunner, Prepared
-from pipeline.producer import Delivered
+from pipeline.processing import Event, EventRunner, Prepared, RowBatch
+from pipeline.producer import Delivered, DeliveryFailed, Outgoing
 
 
 @dataclass
@@ -255,3 +256,90 @@ def test_a_key_that_is_not_utf8_is_dead_lettered_at_once() -> None:
     ] * 2
     dead_letters = consume([[5]], Handler(log, fail_on=failures))
     assert [(type(e).__name__, n) for _, e, n in dead_letters.sent] == [("UnicodeDecodeError", 1)]
+
+
+class FakeStore(dict[bytes, bytes]):
+    """A table's store: rows, and the last changelog offset per partition it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.persisted: dict[int, int] = {}
+
+    def set_persisted_offset(self, tp: Any, offset: int) -> None:
+        self.persisted[tp.partition] = offset
+
+
+@dataclass
+class FakeTopic:
+    name: str
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+@dataclass
+class FakeTable:
+    data: FakeStore = field(default_factory=FakeStore)
+    changelog_topic: FakeTopic = field(default_factory=lambda: FakeTopic("stock-changelog"))
+
+
+class Broker:
+    """Records what is sent; each send's delivery is settled by the test."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []
+        self.deliveries: list[asyncio.Future[Delivered]] = []
+
+    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+        self.sent.append([f"{m.topic}:{m.key.decode()}={m.value.decode()}" for m in messages])
+        delivery: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        self.deliveries.append(delivery)
+        return delivery
+
+
+def stock_batch(table: FakeTable, broker: Broker) -> RowBatch[int]:
+    rows = RowBatch(
+        cast(Any, table), lambda raw: int(raw), lambda row: str(row).encode(), broker.send
+    )
+    event = events(40)[0]
+    rows.put(b"sku-1", (rows.get(b"sku-1", event) or 10) - 3, event)
+    return rows
+
+
+def test_changelog_records_are_sent_only_once_the_derived_events_were_delivered() -> None:
+    # A changelog record marks its events applied: a replay skips them, derived events
+    # included, so the derived events must be on the broker first.
+    table, broker = FakeTable(), Broker()
+
+    async def scenario() -> None:
+        rows = stock_batch(table, broker)
+        prepared = await rows.send([Outgoing("stock_levels", b"sku-1", b"7")])
+        completing = asyncio.ensure_future(prepared.complete())
+        await asyncio.sleep(0)
+        assert broker.sent == [["stock_levels:sku-1=7"]]  # the row waits
+        broker.deliveries[0].set_result({("stock_levels", 0): 11})
+        await asyncio.sleep(0)
+        assert broker.sent[1] == ["stock-changelog:sku-1=7"]
+        assert table.data == {}  # stored only once the changelog record is acknowledged
+        broker.deliveries[1].set_result({("stock-changelog", 3): 99})
+        await completing
+
+    asyncio.run(scenario())
+    assert table.data == {b"sku-1": b"7"}
+    assert table.data.persisted == {3: 99}
+
+
+def test_rows_of_a_batch_whose_derived_events_failed_are_neither_sent_nor_stored() -> None:
+    table, broker = FakeTable(), Broker()
+
+    async def scenario() -> None:
+        rows = stock_batch(table, broker)
+        prepared = await rows.send([Outgoing("stock_levels", b"sku-1", b"7")])
+        timed_out = KafkaError(KafkaError._MSG_TIMED_OUT)
+        broker.deliveries[0].set_exception(DeliveryFailed([timed_out]))
+        with pytest.raises(DeliveryFailed):
+            await prepared.complete()
+
+    asyncio.run(scenario())
+    assert broker.sent == [["stock_levels:sku-1=7"]]
+    assert table.data == {}
