@@ -154,7 +154,7 @@ class RowBatch(Generic[Row]):
 
 @dataclass
 class Prepared:
-    """A batch whose records were handed to the producer."""
+    """A batch whose derived events were handed to the producer."""
 
     delivery: asyncio.Future[Delivered]
     rows: RowBatch[Any] | None = None
@@ -167,8 +167,8 @@ class Prepared:
             await self.rows.persist()
 
     def abandon(self) -> None:
-        """Not completed: its records may still be delivered (duplicates, as after a
-        crash), but nobody waits for the outcome."""
+        """Not completed: its derived events may still be delivered (duplicates, as
+        after a crash), but nobody waits for the outcome; its rows are never sent."""
         self.delivery.add_done_callback(_ignore_outcome)
 
 

@@ -3,7 +3,7 @@
 Each time, the killed worker is restarted on its state dir; the last time, on an emptied one,
 so it rebuilds from the changelog. At the end every user's stats and every SKU's stock must
 equal what the input says, asked through both workers: zero lost, zero counted twice.
-In the default run (about 6 minutes here); `./dev test -m soak` runs it alone. SOAK_ORDERS
+In the default run (about 3 minutes here); `./dev test -m soak` runs it alone. SOAK_ORDERS
 (100,000) and SOAK_KILLS (6) size it; SOAK_SEED replays the kill points of a run (printed).
 
 Kill points are fractions of all the work the group commits (the input topics and the order

@@ -298,9 +298,7 @@ class Broker:
 
 
 def stock_batch(table: FakeTable, broker: Broker) -> RowBatch[int]:
-    rows = RowBatch(
-        cast(Any, table), lambda raw: int(raw), lambda row: str(row).encode(), broker.send
-    )
+    rows = RowBatch(cast(Any, table), int, lambda row: str(row).encode(), broker.send)
     event = events(40)[0]
     rows.put(b"sku-1", (rows.get(b"sku-1", event) or 10) - 3, event)
     return rows
