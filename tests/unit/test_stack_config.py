@@ -227,3 +227,9 @@ def test_registry_with_an_issuer_takes_basic_logins_checked_by_it() -> None:
     assert f"-Dquarkus.oidc.auth-server-url={issuer}" in args
     assert "-Dapicurio.authn.basic-client-credentials.enabled=true" in args
     assert not any("oidc" in arg or "authn" in arg for arg in config.registry_jvm_args(1, 2, 3))
+
+
+def test_cluster_id_never_starts_with_a_dash() -> None:
+    # A CI run failed when one did: kafka-storage read "-t -7igZ..." as a missing value.
+    draws = iter([b"\xfb" + bytes(15), bytes(16)])  # the first encodes as "-wAA..."
+    assert config.new_cluster_id(lambda: next(draws)) == "A" * 22
