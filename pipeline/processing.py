@@ -142,14 +142,14 @@ class RowBatch(Generic[Row]):
         self.write(await (await self._send(self.changelog)))
 
     def write(self, delivered: Delivered) -> None:
-        """Store the rows, now that their changelog records were ``delivered``."""
+        """Store the rows, now that their changelog records were ``delivered`` (a send
+        of their own: every partition in it is a changelog partition)."""
         store = self.store
         for record, (_, event) in zip(self.changelog, self.pending.values(), strict=True):
             bind_event(event)
             store[record.key] = record.value
         for (topic, partition), offset in delivered.items():
-            if topic == self.changelog_topic:
-                store.set_persisted_offset(TP(topic, partition), offset)
+            store.set_persisted_offset(TP(topic, partition), offset)
 
 
 @dataclass
