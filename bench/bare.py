@@ -25,9 +25,9 @@ import click
 from confluent_kafka import Consumer, Producer
 from fastavro import schemaless_reader, schemaless_writer
 
-from pipeline.codec import Codecs
-from pipeline.producer import producer_config
+from pipeline.serde.codec import Codecs
 from pipeline.settings import Settings
+from pipeline.streaming.producer import producer_config
 
 HEADER = struct.Struct(">bI")
 

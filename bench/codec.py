@@ -25,7 +25,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import schemaless_reader, schemaless_writer
 
-from pipeline.codec import Codecs
+from pipeline.serde.codec import Codecs
 from pipeline.settings import Settings
 
 PREFIX = "bench-"

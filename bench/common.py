@@ -26,12 +26,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline.codec import Codecs
-from pipeline.loadgen import order, user_id
-from pipeline.producer import producer_config
+from pipeline.admin.topics import ensure_topics
+from pipeline.dev.loadgen import order, user_id
+from pipeline.dev.workers import Deployment, WorkerProcess
+from pipeline.serde.codec import Codecs
 from pipeline.settings import Settings, read_env_file, stack_env_file
-from pipeline.topics import ensure_topics
-from pipeline.workers import Deployment, WorkerProcess
+from pipeline.streaming.producer import producer_config
 
 BENCH_DIR = Path(__file__).resolve().parent
 

@@ -30,9 +30,9 @@ from bench.common import (
     run_id,
     spread,
 )
-from pipeline.codec import Codecs
-from pipeline.producer import producer_config
-from pipeline.workers import Deployment, wait_for
+from pipeline.dev.workers import Deployment, wait_for
+from pipeline.serde.codec import Codecs
+from pipeline.streaming.producer import producer_config
 
 WARMUP = 2.0
 

@@ -2,7 +2,7 @@
 
 Building a million rows by processing a million orders would take most of an hour at
 today's throughput, so the rows are written straight to the two changelog topics, in
-the layout the tables write (raw UTF-8 keys, ``pipeline.encoding`` rows, the key's
+the layout the tables write (raw UTF-8 keys, ``pipeline.domain.encoding`` rows, the key's
 murmur2 partition): exactly what a worker finds when it recovers. ``keys`` user-stats
 rows plus ``keys // 10`` stock rows.
 
@@ -33,11 +33,11 @@ from bench.common import (
     produce_all,
     run_id,
 )
-from pipeline.encoding import encode_stock_row, encode_user_stats
-from pipeline.rules import Position, StockRow, UserOrderStats, source_id
+from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
+from pipeline.domain.encoding import encode_stock_row, encode_user_stats
+from pipeline.domain.rules import Position, StockRow, UserOrderStats, source_id
 from pipeline.topics import STOCK_TABLE, USER_STATS_TABLE
-from pipeline.web import partition_for
-from pipeline.workers import Deployment, WorkerProcess, wait_for
+from pipeline.web.server import partition_for
 
 STOCK_RATIO = 10  # one SKU row per this many user rows
 

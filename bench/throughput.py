@@ -38,7 +38,7 @@ from bench.common import (
     wait_stable_group,
     watch_outputs,
 )
-from pipeline.workers import Deployment, wait_for
+from pipeline.dev.workers import Deployment, wait_for
 
 BARE = "bare"
 QUIX = "quix"

@@ -11,7 +11,7 @@
 
 Settings come from the environment (pipeline.settings); topics are created at
 start-up when missing (pipeline.topics); RocksDB tables are bulk-restored from
-their changelogs before consuming (pipeline.restore).
+their changelogs before consuming (pipeline.streaming.restore).
 """
 
 from __future__ import annotations
@@ -24,19 +24,20 @@ import faust
 from faust.types.auth import CredentialsT
 from faust.types.transports import TransportT
 
-from pipeline import web
+from pipeline.admin.topics import ensure_topics
 from pipeline.agents import notifications, orders, stock
-from pipeline.codec import Codecs
-from pipeline.dlq import DeadLetters
-from pipeline.faust_fixes import PipelineTableManager, new_transport
-from pipeline.metrics import Metrics
-from pipeline.outputs import Outputs
-from pipeline.processing import EventRunner
-from pipeline.producer import BatchProducer, producer_config
-from pipeline.restore import ChangelogStore, restore
+from pipeline.serde.codec import Codecs
 from pipeline.settings import KafkaSecurity, Settings
-from pipeline.tables import define_tables
-from pipeline.topics import TopicNames, ensure_topics
+from pipeline.streaming.dead_letters import DeadLetters
+from pipeline.streaming.faust_internals import PipelineTableManager, new_transport
+from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.outputs import Outputs
+from pipeline.streaming.processing import EventRunner
+from pipeline.streaming.producer import BatchProducer, producer_config
+from pipeline.streaming.restore import ChangelogStore, restore
+from pipeline.streaming.tables import define_tables
+from pipeline.topics import TopicNames
+from pipeline.web import server as web
 
 
 class PipelineApp(faust.App):
@@ -72,8 +73,8 @@ class PipelineApp(faust.App):
             restored.labels(tables[topic].name).inc(records)
 
     def _new_transport(self) -> TransportT:
-        # Never fetches with an empty partition set (pipeline.faust_fixes: Faust's does,
-        # and throws away the records aiokafka then hands back).
+        # Never fetches with an empty partition set (pipeline.streaming.faust_internals:
+        # Faust's does, and throws away the records aiokafka then hands back).
         return new_transport(self)
 
 
@@ -102,7 +103,7 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
         # Faust's exactly_once derives each transactional id from the destination
         # topic's partition and fails for topics the app does not consume (all our
         # derived topics). The tables are exact without it: every row remembers the
-        # last source offset it applied (pipeline.rules), so a redelivery is a no-op.
+        # last source offset it applied (pipeline.domain.rules), so a redelivery is a no-op.
         raise UnsupportedGuarantee(
             f"PIPELINE_PROCESSING_GUARANTEE={settings.processing_guarantee!r} is not supported: "
             "use at_least_once; table updates are idempotent, so replays never double-count"
@@ -134,7 +135,7 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
         broker_session_timeout=15.0,
         producer_acks=-1,
         # Resumes the streams after a rebalance without dropping fetched events
-        # (pipeline.faust_fixes: Faust's own order loses some and stops committing).
+        # (pipeline.streaming.faust_internals: Faust's own order loses some and stops committing).
         TableManager=PipelineTableManager,
         autodiscover=False,
     )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from pipeline.demo import demo
-from pipeline.dlq_cli import dlq
-from pipeline.evolution_cli import schemas
-from pipeline.loadgen import loadgen
-from pipeline.stack.cli import stack
-from pipeline.topics_cli import topics
+from pipeline.admin.cli import topics
+from pipeline.admin.dlq_cli import dlq
+from pipeline.dev.demo import demo
+from pipeline.dev.loadgen import loadgen
+from pipeline.dev.stack.cli import stack
+from pipeline.evolution.cli import schemas
 
 
 @click.group()

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from faust.types import AppT, StreamT
 
-from pipeline.outputs import Outputs, millis
-from pipeline.processing import Event, EventRunner, Prepared
-from pipeline.rules import welcome_notification
+from pipeline.domain.rules import welcome_notification
+from pipeline.streaming.outputs import Outputs, millis
+from pipeline.streaming.processing import Event, EventRunner, Prepared
 
 
 def register(app: AppT, outputs: Outputs, runner: EventRunner) -> None:

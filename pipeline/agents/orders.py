@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 from faust.types import AppT, StreamT
 
-from pipeline.encoding import decode_user_stats, encode_order_line, encode_user_stats
-from pipeline.outputs import Outputs, millis
-from pipeline.processing import Event, EventRunner, Prepared, RowBatch
-from pipeline.producer import Outgoing
-from pipeline.rules import Position, apply_order, order_lines_by_sku, source_id
-from pipeline.tables import Tables
+from pipeline.domain.encoding import decode_user_stats, encode_order_line, encode_user_stats
+from pipeline.domain.rules import Position, apply_order, order_lines_by_sku, source_id
+from pipeline.streaming.outputs import Outputs, millis
+from pipeline.streaming.processing import Event, EventRunner, Prepared, RowBatch
+from pipeline.streaming.producer import Outgoing
+from pipeline.streaming.tables import Tables
 
 ORDERS_STREAM = "orders"
 

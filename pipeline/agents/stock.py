@@ -11,12 +11,12 @@ from collections.abc import Sequence
 
 from faust.types import AppT, Message, StreamT
 
-from pipeline.encoding import decode_order_line, decode_stock_row, encode_stock_row
-from pipeline.outputs import Outputs, millis
-from pipeline.processing import Event, EventRunner, Prepared, RowBatch
-from pipeline.producer import Outgoing
-from pipeline.rules import Position, StockRow, apply_stock_delta, source_id
-from pipeline.tables import Tables
+from pipeline.domain.encoding import decode_order_line, decode_stock_row, encode_stock_row
+from pipeline.domain.rules import Position, StockRow, apply_stock_delta, source_id
+from pipeline.streaming.outputs import Outputs, millis
+from pipeline.streaming.processing import Event, EventRunner, Prepared, RowBatch
+from pipeline.streaming.producer import Outgoing
+from pipeline.streaming.tables import Tables
 
 from .orders import ORDERS_STREAM
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.dev.stack.launcher import Stack, StackState
 from pipeline.settings import Settings, default_stack_dir
-from pipeline.stack.launcher import Stack, StackState
 
 
 @dataclass(frozen=True)

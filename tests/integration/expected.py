@@ -1,6 +1,6 @@
 """What the pipeline must produce, computed straight from the input events.
 
-Deliberately written without pipeline.rules: a second, plain implementation.
+Deliberately written without pipeline.domain.rules: a second, plain implementation.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pipeline.loadgen import ORDER_CREATED, STOCK_ADJUSTED, USER_REGISTERED, ShopEvent
+from pipeline.dev.loadgen import ORDER_CREATED, STOCK_ADJUSTED, USER_REGISTERED, ShopEvent
 
 
 @dataclass

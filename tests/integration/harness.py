@@ -1,6 +1,6 @@
 """Readers of what the workers produced, and polling.
 
-Workers run as separate processes (pipeline.workers); each test deployment has its own app id
+Workers run as separate processes (pipeline.dev.workers); each test deployment has its own app id
 and topic prefix, so tests never see each other's topics, consumer groups or table state.
 """
 
@@ -14,11 +14,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.codec import Codecs
-from pipeline.loadgen import ShopEvent
+from pipeline.admin.offsets import watermarks
+from pipeline.dev.loadgen import ShopEvent
+from pipeline.dev.workers import Deployment, WorkerProcess
+from pipeline.serde.codec import Codecs
 from pipeline.settings import Settings
-from pipeline.topics import watermarks
-from pipeline.workers import Deployment, WorkerProcess
 from tests.integration import expected
 from tests.integration.conftest import StackInfo
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from pipeline.loadgen import LoadConfig, SendReport, ShopEvent, generate, send
+from pipeline.admin.offsets import record_count
+from pipeline.dev.loadgen import LoadConfig, SendReport, ShopEvent, generate, send
+from pipeline.dev.stack.launcher import Stack
+from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
 from pipeline.settings import read_env_file
-from pipeline.stack.launcher import Stack
-from pipeline.topics import record_count
-from pipeline.workers import Deployment, WorkerProcess, wait_for
 from tests.integration.harness import views_match
 
 pytestmark = pytest.mark.integration

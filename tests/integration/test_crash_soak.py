@@ -27,9 +27,10 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
-from pipeline.loadgen import ORDER_CREATED, LoadConfig, ShopEvent, generate, send
-from pipeline.topics import committed_offsets, ensure_topics, record_count, watermarks
-from pipeline.workers import WorkerProcess, wait_for
+from pipeline.admin.offsets import committed_offsets, record_count, watermarks
+from pipeline.admin.topics import ensure_topics
+from pipeline.dev.loadgen import ORDER_CREATED, LoadConfig, ShopEvent, generate, send
+from pipeline.dev.workers import WorkerProcess, wait_for
 from tests.integration import expected
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import deployment, views_match

@@ -12,11 +12,11 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from faust.types import Message
 
-from pipeline.catalog import Catalog
-from pipeline.codec import Codecs
-from pipeline.errors import NotConfluentFraming, PipelineCodecError
-from pipeline.faust_schema import AvroValueSchema
-from pipeline.registry import InMemorySchemaSource
+from pipeline.serde.catalog import Catalog
+from pipeline.serde.codec import Codecs
+from pipeline.serde.errors import NotConfluentFraming, PipelineCodecError
+from pipeline.serde.faust_schema import AvroValueSchema
+from pipeline.serde.registry import InMemorySchemaSource
 from tests.integration.conftest import StackInfo
 
 pytestmark = pytest.mark.integration

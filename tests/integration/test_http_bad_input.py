@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.workers import Deployment, WorkerProcess, wait_for
+from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import end_offsets
 

@@ -18,10 +18,16 @@ from confluent_kafka.schema_registry import SchemaRegistryClient, topic_subject_
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from pipeline.codec import Codecs
-from pipeline.dlq import ATTEMPTS, ERROR_CLASS, SCHEMA_ID, SOURCE_OFFSET, SOURCE_TOPIC
-from pipeline.loadgen import LoadConfig, ShopEvent, adjustment, generate, order, send
-from pipeline.workers import Deployment, WorkerProcess, http_json, wait_for
+from pipeline.dev.loadgen import LoadConfig, ShopEvent, adjustment, generate, order, send
+from pipeline.dev.workers import Deployment, WorkerProcess, http_json, wait_for
+from pipeline.serde.codec import Codecs
+from pipeline.streaming.dead_letters import (
+    ATTEMPTS,
+    ERROR_CLASS,
+    SCHEMA_ID,
+    SOURCE_OFFSET,
+    SOURCE_TOPIC,
+)
 from tests.integration import expected
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import Record, decoded, deployment, end_offsets, read_topic

@@ -24,10 +24,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pipeline.codec import Codecs, frame
-from pipeline.dlq import ATTEMPTS, ERROR_CLASS, SOURCE_OFFSET, SOURCE_TOPIC
-from pipeline.errors import PipelineCodecError
-from pipeline.loadgen import (
+from pipeline.admin.offsets import watermarks
+from pipeline.dev.loadgen import (
     ORDER_CREATED,
     STOCK_ADJUSTED,
     USER_REGISTERED,
@@ -35,8 +33,10 @@ from pipeline.loadgen import (
     ShopEvent,
     generate,
 )
-from pipeline.topics import watermarks
-from pipeline.workers import Deployment, WorkerProcess, wait_for
+from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
+from pipeline.serde.codec import Codecs, frame
+from pipeline.serde.errors import PipelineCodecError
+from pipeline.streaming.dead_letters import ATTEMPTS, ERROR_CLASS, SOURCE_OFFSET, SOURCE_TOPIC
 from tests.integration import expected
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import deployment, views_match

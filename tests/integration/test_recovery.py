@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.loadgen import LoadConfig, generate, send
+from pipeline.dev.loadgen import LoadConfig, generate, send
+from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
 from pipeline.topics import STOCK_TABLE, USER_STATS_TABLE
-from pipeline.workers import Deployment, WorkerProcess, wait_for
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import deployment, read_topic, views_match
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 def changelog_read(worker: WorkerProcess, metric: str) -> float:
     """Changelog records a worker read at start: ``restored`` by the bulk restore
-    (pipeline.restore), ``recovered`` by Faust's recovery after it."""
+    (pipeline.streaming.restore), ``recovered`` by Faust's recovery after it."""
     return sum(
         worker.metric(f"pipeline_changelog_{metric}_total", table=table)
         for table in (USER_STATS_TABLE, STOCK_TABLE)

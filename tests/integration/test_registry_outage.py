@@ -35,12 +35,12 @@ import pytest
 from confluent_kafka import Producer
 from fastavro import parse_schema, schemaless_writer
 
-from pipeline.codec import Codecs, frame
-from pipeline.dlq import ATTEMPTS, ERROR_CLASS, SCHEMA_ID
-from pipeline.loadgen import order
-from pipeline.registry import ConfluentSchemaSource
-from pipeline.stack.config import free_ports
-from pipeline.workers import Deployment, WorkerProcess, http_json, wait_for
+from pipeline.dev.loadgen import order
+from pipeline.dev.stack.config import free_ports
+from pipeline.dev.workers import Deployment, WorkerProcess, http_json, wait_for
+from pipeline.serde.codec import Codecs, frame
+from pipeline.serde.registry import ConfluentSchemaSource
+from pipeline.streaming.dead_letters import ATTEMPTS, ERROR_CLASS, SCHEMA_ID
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import Record, read_topic
 

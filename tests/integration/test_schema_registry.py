@@ -26,10 +26,10 @@ from confluent_kafka.schema_registry import (
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from pipeline.catalog import Catalog, default_schema_dir
 from pipeline.cli import main
-from pipeline.codec import Codecs
-from pipeline.errors import UnknownSchemaId
+from pipeline.serde.catalog import Catalog, default_schema_dir
+from pipeline.serde.codec import Codecs
+from pipeline.serde.errors import UnknownSchemaId
 from tests.integration.conftest import StackInfo
 
 pytestmark = pytest.mark.integration
@@ -156,7 +156,7 @@ def test_a_record_encoded_in_another_process_decodes_here(
 ) -> None:
     script = f"""
 import datetime, sys
-from pipeline.codec import Codecs
+from pipeline.serde.codec import Codecs
 from pipeline.settings import Settings
 codecs = Codecs.from_settings(Settings.from_env())
 codecs.prepare()

@@ -23,12 +23,12 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
 
-from pipeline.codec import Codecs
-from pipeline.errors import RegistryUnavailable
-from pipeline.loadgen import ORDER_CREATED, LoadConfig, generate, send
+from pipeline.dev.loadgen import ORDER_CREATED, LoadConfig, generate, send
+from pipeline.dev.stack.launcher import Stack
+from pipeline.dev.workers import Deployment, wait_for
+from pipeline.serde.codec import Codecs
+from pipeline.serde.errors import RegistryUnavailable
 from pipeline.settings import Settings, read_env_file
-from pipeline.stack.launcher import Stack
-from pipeline.workers import Deployment, wait_for
 
 pytestmark = pytest.mark.integration
 

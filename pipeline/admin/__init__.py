@@ -1,0 +1,3 @@
+"""Kafka administration: topic creation, offsets, lag, and the ``pipeline topics`` / ``pipeline
+dlq`` CLIs.
+"""

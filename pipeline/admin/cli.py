@@ -1,0 +1,45 @@
+"""``pipeline topics create|list``: the deployment's topics and how many records each holds."""
+
+from __future__ import annotations
+
+import click
+from confluent_kafka import Consumer
+
+from pipeline.admin.offsets import record_count
+from pipeline.admin.topics import ensure_topics
+from pipeline.settings import Settings
+from pipeline.topics import TopicNames
+
+TIMEOUT = 30.0
+
+
+@click.group()
+def topics() -> None:
+    """The pipeline's topics (names follow PIPELINE_TOPIC_PREFIX and PIPELINE_APP_ID)."""
+
+
+@topics.command()
+def create() -> None:
+    """Create the missing topics and check co-partitioning (workers also do this)."""
+    created = ensure_topics(Settings.from_env())
+    for name in created:
+        click.echo(f"created {name}")
+    click.echo(f"{len(created)} topic(s) created")
+
+
+@topics.command(name="list")
+def list_topics() -> None:
+    """Each topic with its partition count and the records it holds now."""
+    settings = Settings.from_env()
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"{settings.app_id}-topics"})
+    try:
+        existing = consumer.list_topics(timeout=TIMEOUT).topics
+        for spec in TopicNames.from_settings(settings).specs():
+            metadata = existing.get(spec.name)
+            if metadata is None:
+                click.echo(f"{spec.name:<48} missing")
+                continue
+            records = record_count(consumer, spec.name, TIMEOUT)
+            click.echo(f"{spec.name:<48} {len(metadata.partitions):>3} partitions {records:>10}")
+    finally:
+        consumer.close()

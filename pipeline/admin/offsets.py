@@ -1,0 +1,70 @@
+"""Where the pipeline's consumers stand: watermarks, record counts, committed offsets, lag."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+LEADERLESS = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
+def watermarks(consumer: Consumer, topic: str, timeout: float = 30.0) -> dict[int, tuple[int, int]]:
+    """(low, high) offsets by partition; {} for a topic that does not exist."""
+    metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        return {}
+    result: dict[int, tuple[int, int]] = {}
+    for partition in metadata.partitions:
+        for attempt in range(1, 21):
+            try:
+                result[partition] = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=timeout
+                )
+                break
+            except KafkaException as error:
+                # A topic created a moment ago may not have elected its leaders yet
+                # (librdkafka does not flag these as retriable here).
+                if error.args[0].code() not in LEADERLESS or attempt == 20:
+                    raise
+                time.sleep(0.5)
+    return result
+
+
+def record_count(consumer: Consumer, topic: str, timeout: float = 30.0) -> int:
+    """Records ``topic`` holds now (0 for a topic that does not exist)."""
+    return sum(high - low for low, high in watermarks(consumer, topic, timeout).values())
+
+
+def committed_offsets(admin: AdminClient, group: str) -> dict[tuple[str, int], int]:
+    """The offsets ``group`` has committed, by (topic, partition)."""
+    future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+    return {
+        (tp.topic, tp.partition): tp.offset
+        for tp in future.result().topic_partitions or []
+        if tp.offset >= 0
+    }
+
+
+def group_lag(admin: AdminClient, consumer: Consumer, group: str, topics: Iterable[str]) -> int:
+    """Messages of ``topics`` that ``group`` has not committed yet."""
+    committed = committed_offsets(admin, group)
+    behind = 0
+    for topic in topics:
+        for partition, (_, end) in watermarks(consumer, topic).items():
+            behind += end - committed.get((topic, partition), 0)
+    return behind

@@ -1,0 +1,335 @@
+"""Avro values in Confluent wire format, checked against the schema registry.
+
+Wire format: byte 0x00, the writer schema id (4 bytes, big-endian), Avro binary.
+
+The core is pure: registry answers come through a ``SchemaSource`` and are cached,
+so after start-up ``encode`` and ``decode`` do no I/O.
+
+How to use it (agents, web views, producers)::
+
+    codecs = Codecs.from_settings(settings)      # one per process
+    codecs.prepare()                              # or: await codecs.prepare_async()
+    data = codecs.encode("order_created", {"order_id": "o1", ...})  # bytes for topic.send
+    record = await codecs.decode("order_created", data)  # dict; unseen ids fetched off the loop
+
+    orders = codecs["order_created"]              # the TopicCodec, for the sync API
+    orders.decode(data)                           # raises SchemaNotCached on an unseen id
+
+Topic names include ``settings.topic_prefix`` (``Codecs.from_settings`` applies it).
+
+Records are plain dicts in fastavro's native form: ``timestamp-millis`` fields
+decode to timezone-aware UTC ``datetime`` and encode from an aware ``datetime``
+or an int of epoch milliseconds (a naive datetime is refused); ``long`` money
+fields are ints of cents. Fields with defaults may be left out when encoding.
+
+Encoding resolves the topic's schema id once, in ``prepare``: registered first
+if ``auto_register_schemas`` is on, else looked up (the normal case: ``pipeline
+schemas register`` ran before the deploy). Decoding fetches each writer schema
+id once and resolves it into the reader schema this code was built with, so a
+v1 reader reads v2 data and the other way round, as the subject's compatibility
+level promises.
+
+Every failure is a typed error from ``pipeline.serde.errors`` carrying ``reason``,
+``schema_id`` and ``error_class`` for the dead-letter path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.read import SchemaResolutionError
+from fastavro.schema import SchemaParseException, to_parsing_canonical_form
+
+from pipeline.serde.catalog import SUBJECTS_FILE, Catalog, TopicSchema
+from pipeline.serde.errors import (
+    IncompatibleWriterSchema,
+    NotConfluentFraming,
+    RecordValidationError,
+    SchemaNotCached,
+    UndecodableRecord,
+    UnknownTopic,
+)
+from pipeline.serde.registry import ConfluentSchemaSource, SchemaSource
+from pipeline.serde.validation import encode_guard, record_problems
+from pipeline.settings import Settings
+
+MAGIC_BYTE = 0
+HEADER = struct.Struct(">bI")
+HEADER_SIZE = HEADER.size  # 5
+
+Reader = Callable[[bytes], dict[str, Any]]
+
+
+class CodecNotPrepared(RuntimeError):
+    """``encode`` ran before the topic's schema id was resolved: call ``prepare()`` at start-up."""
+
+
+def frame(schema_id: int, payload: bytes) -> bytes:
+    """Confluent framing around Avro binary ``payload``."""
+    return HEADER.pack(MAGIC_BYTE, schema_id) + payload
+
+
+def schema_id_of(data: bytes) -> int:
+    """The writer schema id of a framed message; NotConfluentFraming if it is not framed."""
+    if len(data) < HEADER_SIZE:
+        raise NotConfluentFraming(
+            f"{len(data)} bytes is too short for Confluent framing (magic byte + 4-byte id)"
+        )
+    magic, schema_id = HEADER.unpack_from(data)
+    if magic != MAGIC_BYTE:
+        raise NotConfluentFraming(
+            f"first byte is 0x{data[0]:02x}, not the Confluent magic byte 0x00"
+        )
+    return int(schema_id)
+
+
+@dataclass(frozen=True)
+class WriterSchema:
+    schema_id: int
+    parsed: Any
+    canonical: str  # Avro parsing canonical form: equal forms read identically
+
+
+class WriterSchemas:
+    """Writer schemas by id, fetched from the registry once and shared by every topic codec."""
+
+    def __init__(self, source: SchemaSource) -> None:
+        self.source = source
+        self._by_id: dict[int, WriterSchema] = {}
+
+    def cached(self, schema_id: int) -> WriterSchema | None:
+        return self._by_id.get(schema_id)
+
+    def remember(self, schema_id: int, schema_str: str) -> WriterSchema:
+        try:
+            schema = json.loads(schema_str)
+            writer = WriterSchema(
+                schema_id=schema_id,
+                parsed=parse_schema(schema),
+                canonical=to_parsing_canonical_form(schema),
+            )
+        except (json.JSONDecodeError, SchemaParseException, ValueError, TypeError) as exc:
+            raise IncompatibleWriterSchema(
+                f"schema id {schema_id} is not a usable Avro schema: {exc}", schema_id=schema_id
+            ) from exc
+        self._by_id[schema_id] = writer
+        return writer
+
+    def fetch(self, schema_id: int) -> WriterSchema:
+        """The writer schema, from the cache or (blocking I/O) from the registry."""
+        writer = self._by_id.get(schema_id)
+        if writer is None:
+            writer = self.remember(schema_id, self.source.schema_text(schema_id))
+        return writer
+
+    async def fetch_async(self, schema_id: int) -> WriterSchema:
+        """``fetch`` with the registry request run in a thread, off the event loop."""
+        writer = self._by_id.get(schema_id)
+        if writer is None:
+            writer = await asyncio.to_thread(self.fetch, schema_id)
+        return writer
+
+
+class TopicCodec:
+    """Encode and decode the values of one topic.
+
+    ``encode`` and ``decode`` are synchronous and do no I/O; ``decode`` raises
+    SchemaNotCached for a writer id it has not seen, ``decode_async`` fetches it.
+    """
+
+    def __init__(
+        self, topic_schema: TopicSchema, writers: WriterSchemas, *, auto_register: bool
+    ) -> None:
+        self.topic_schema = topic_schema
+        self.writers = writers
+        self.auto_register = auto_register
+        self.schema_id: int | None = None
+        self._header = b""
+        self._canonical = to_parsing_canonical_form(dict(topic_schema.schema))
+        self._guard = encode_guard(topic_schema.schema)
+        self._readers: dict[int, Reader] = {}
+
+    @property
+    def topic(self) -> str:
+        return self.topic_schema.topic
+
+    def prepare(self) -> int:
+        """Resolve (and with auto-register, register) the schema id used by ``encode``.
+
+        Blocking I/O: call it at start-up, or use ``prepare_async`` inside a loop.
+        """
+        if self.schema_id is None:
+            entry = self.topic_schema
+            schema_id = self.writers.source.schema_id(
+                entry.subject, entry.schema_str, register=self.auto_register
+            )
+            # Our own schema is also a writer schema: our messages never need a fetch.
+            self.writers.remember(schema_id, entry.schema_str)
+            self._header = HEADER.pack(MAGIC_BYTE, schema_id)
+            self.schema_id = schema_id
+        return self.schema_id
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        """The record as Confluent-framed Avro under this topic's schema.
+
+        Raises RecordValidationError naming every bad field and value; nothing is
+        returned for a bad record, so no half-written message can be sent.
+        """
+        if self.schema_id is None:
+            raise CodecNotPrepared(
+                f"schema id for topic {self.topic!r} is not resolved: call prepare() at start-up"
+            )
+        # fastavro's writer refuses most bad values itself; the guard adds what it lets
+        # through (bools, floats and out-of-range numbers in int/long fields, naive
+        # datetimes, which it would take as local time).
+        if self._guard is not None and not self._guard(record):
+            raise self._invalid(record, None)
+        out = io.BytesIO()
+        out.write(self._header)
+        try:
+            schemaless_writer(out, self.topic_schema.parsed, record)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise self._invalid(record, exc) from exc
+        return out.getvalue()
+
+    def validate(self, record: Any) -> None:
+        """Raise RecordValidationError listing every problem of ``record``; no I/O, no id needed."""
+        problems = record_problems(self.topic_schema.schema, record)
+        if problems:
+            raise RecordValidationError(
+                self.topic_schema.record_name, problems, schema_id=self.schema_id
+            )
+
+    def _invalid(self, record: Any, writer_error: Exception | None) -> RecordValidationError:
+        problems = record_problems(self.topic_schema.schema, record)
+        if not problems:  # the writer saw something our checker does not model
+            problems = [f"fastavro refused it: {writer_error}"]
+        return RecordValidationError(
+            self.topic_schema.record_name, problems, schema_id=self.schema_id
+        )
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        """The record in ``data``, resolved into this code's reader schema.
+
+        Raises NotConfluentFraming, SchemaNotCached (writer id not fetched yet: use
+        ``decode_async``), UndecodableRecord or IncompatibleWriterSchema.
+        """
+        schema_id = schema_id_of(data)
+        reader = self._readers.get(schema_id)
+        if reader is None:
+            writer = self.writers.cached(schema_id)
+            if writer is None:
+                raise SchemaNotCached(
+                    f"writer schema id {schema_id} is not cached yet", schema_id=schema_id
+                )
+            reader = self._readers[schema_id] = self._reader_for(writer)
+        return reader(data)
+
+    async def decode_async(self, data: bytes) -> dict[str, Any]:
+        """``decode``, fetching an unseen writer schema in a thread instead of raising.
+
+        Raises UnknownSchemaId (not in the registry), RegistryUnavailable, and the
+        errors of ``decode``.
+        """
+        try:
+            return self.decode(data)
+        except SchemaNotCached as missing:
+            assert missing.schema_id is not None
+            await self.writers.fetch_async(missing.schema_id)
+            return self.decode(data)
+
+    def _reader_for(self, writer: WriterSchema) -> Reader:
+        schema_id = writer.schema_id
+        writer_schema = writer.parsed
+        # Same canonical form: read without resolution, the fast path.
+        reader_schema = None if writer.canonical == self._canonical else self.topic_schema.parsed
+        record_name = self.topic_schema.record_name
+
+        def read(data: bytes) -> dict[str, Any]:
+            stream = io.BytesIO(data)
+            stream.seek(HEADER_SIZE)
+            try:
+                record = schemaless_reader(stream, writer_schema, reader_schema)
+            except SchemaResolutionError as exc:
+                raise IncompatibleWriterSchema(
+                    f"writer schema id {schema_id} cannot be read as {record_name}: {exc}",
+                    schema_id=schema_id,
+                ) from exc
+            except Exception as exc:  # fastavro raises many types on corrupt input
+                raise UndecodableRecord(
+                    f"bytes do not decode under writer schema id {schema_id}: "
+                    f"{type(exc).__name__}: {exc}",
+                    schema_id=schema_id,
+                ) from exc
+            if stream.tell() != len(data):
+                raise UndecodableRecord(
+                    f"{len(data) - stream.tell()} bytes left over after the record "
+                    f"(writer schema id {schema_id})",
+                    schema_id=schema_id,
+                )
+            if not isinstance(record, dict):
+                raise UndecodableRecord(
+                    f"writer schema id {schema_id} is not a record schema", schema_id=schema_id
+                )
+            return record
+
+        return read
+
+
+class Codecs:
+    """A TopicCodec for every topic of the catalog, sharing one writer schema cache."""
+
+    def __init__(self, catalog: Catalog, source: SchemaSource, *, auto_register: bool) -> None:
+        self.catalog = catalog
+        self.writers = WriterSchemas(source)
+        self._by_topic = {
+            entry.topic: TopicCodec(entry, self.writers, auto_register=auto_register)
+            for entry in catalog
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Settings, catalog: Catalog | None = None) -> Codecs:
+        """Codecs over the registry of ``settings`` (URL, basic auth) and its auto-register flag."""
+        return cls(
+            catalog
+            if catalog is not None
+            else Catalog.load(settings.schema_dir, topic_prefix=settings.topic_prefix),
+            ConfluentSchemaSource.from_settings(settings),
+            auto_register=settings.auto_register_schemas,
+        )
+
+    def __getitem__(self, topic: str) -> TopicCodec:
+        codec = self._by_topic.get(topic)
+        if codec is None:
+            raise UnknownTopic(
+                f"topic {topic!r} has no schema in {self.catalog.schema_dir / SUBJECTS_FILE}"
+            )
+        return codec
+
+    def __iter__(self) -> Iterator[TopicCodec]:
+        return iter(self._by_topic.values())
+
+    def encode(self, topic: str, record: Mapping[str, Any]) -> bytes:
+        """``self[topic].encode(record)``: the value bytes to send to ``topic``."""
+        return self[topic].encode(record)
+
+    async def decode(self, topic: str, data: bytes | None) -> dict[str, Any]:
+        """``self[topic].decode_async(data)``; no value (a tombstone) is NotConfluentFraming."""
+        if data is None:
+            raise NotConfluentFraming(f"message on {topic!r} has no value (a tombstone)")
+        return await self[topic].decode_async(data)
+
+    def prepare(self) -> dict[str, int]:
+        """Resolve every topic's encode schema id (blocking). Topic → schema id."""
+        return {codec.topic: codec.prepare() for codec in self}
+
+    async def prepare_async(self) -> dict[str, int]:
+        """``prepare`` in a thread: for a Faust ``@app.task`` or ``on_start``."""
+        return await asyncio.to_thread(self.prepare)

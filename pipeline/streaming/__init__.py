@@ -1,0 +1,3 @@
+"""The streaming runtime: how agents are run on Faust (batches, tables, producer, dead letters,
+restore).
+"""

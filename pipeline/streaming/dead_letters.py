@@ -1,0 +1,123 @@
+"""The dead-letter path: what the pipeline could not process goes to ``<topic>.dlq``.
+
+A dead letter is the original message, unchanged: the same key bytes and value
+bytes, the original headers, plus ``dlq.*`` headers saying why. After a fix,
+``pipeline dlq replay`` sends the original key, value and headers back to the
+source topic named in ``dlq.source.topic``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from faust.types import AppT, Message
+
+from pipeline.serde.errors import PipelineCodecError
+from pipeline.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+HEADER_PREFIX = "dlq."
+ERROR_CLASS = "dlq.error.class"
+ERROR_MESSAGE = "dlq.error.message"
+SOURCE_TOPIC = "dlq.source.topic"
+SOURCE_PARTITION = "dlq.source.partition"
+SOURCE_OFFSET = "dlq.source.offset"
+SCHEMA_ID = "dlq.schema.id"
+ATTEMPTS = "dlq.attempts"
+FAILED_AT = "dlq.failed.at"  # milliseconds since the epoch
+
+Headers = list[tuple[str, bytes]]
+
+
+def schema_id_of(value: bytes | None, error: BaseException) -> int | None:
+    """The writer schema id: from the codec error, else from the Confluent framing."""
+    if isinstance(error, PipelineCodecError) and error.schema_id is not None:
+        return error.schema_id
+    if value is not None and len(value) >= 5 and value[0] == 0:
+        return int.from_bytes(value[1:5], "big")
+    return None
+
+
+def error_class_of(error: BaseException) -> str:
+    if isinstance(error, PipelineCodecError):
+        return error.error_class
+    return type(error).__name__
+
+
+def dead_letter_headers(
+    *,
+    original: Iterable[tuple[str, bytes]],
+    source_topic: str,
+    partition: int,
+    offset: int,
+    value: bytes | None,
+    error: BaseException,
+    attempts: int,
+    failed_at_ms: int,
+) -> Headers:
+    """The original headers (minus any earlier ``dlq.*`` ones) and why this message failed."""
+    schema_id = schema_id_of(value, error)
+    reason: Headers = [
+        (ERROR_CLASS, error_class_of(error).encode()),
+        (ERROR_MESSAGE, str(error)[:2000].encode()),
+        (SOURCE_TOPIC, source_topic.encode()),
+        (SOURCE_PARTITION, str(partition).encode()),
+        (SOURCE_OFFSET, str(offset).encode()),
+        (SCHEMA_ID, b"" if schema_id is None else str(schema_id).encode()),
+        (ATTEMPTS, str(attempts).encode()),
+        (FAILED_AT, str(failed_at_ms).encode()),
+    ]
+    kept = [(name, value) for name, value in original if not name.startswith(HEADER_PREFIX)]
+    return kept + reason
+
+
+def without_dead_letter_headers(headers: Iterable[tuple[str, bytes]]) -> Headers:
+    """Headers as the source message had them: what a replay sends back."""
+    return [(name, value) for name, value in headers if not name.startswith(HEADER_PREFIX)]
+
+
+def _header_pairs(headers: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None) -> Headers:
+    if headers is None:
+        return []
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return list(headers)
+
+
+@dataclass
+class DeadLetters:
+    """Sends dead letters through the worker's producer and waits for the broker's ack,
+    so a message is only acknowledged (and its offset committed) once its dead letter
+    is stored."""
+
+    app: AppT
+
+    async def send(self, message: Message, error: BaseException, attempts: int) -> None:
+        headers = dead_letter_headers(
+            original=_header_pairs(message.headers),
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            value=message.value,
+            error=error,
+            attempts=attempts,
+            failed_at_ms=int(time.time() * 1000),
+        )
+        target = TopicNames.dead_letters(message.topic)
+        await self.app.producer.send_and_wait(
+            target, message.key, message.value, partition=None, timestamp=None, headers=headers
+        )
+        log.warning(
+            "dead-lettered %s[%d]@%d to %s after %d attempt(s): %s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            target,
+            attempts,
+            error_class_of(error),
+            error,
+        )

@@ -1,0 +1,141 @@
+"""Two races by which faust-streaming 0.15.3 loses events around a rebalance, fixed here.
+
+Both were found by the crash soak (tests/integration/test_crash_soak.py): after a few
+rebalances the views stayed short of the input for good, although every worker was idle
+and the group had nothing left to read (or stopped committing a partition).
+
+1. Fetching with an empty partition set (``PipelineTransport``).
+   Faust hands aiokafka its *live* set of active (unpaused) partitions; the fetch runs
+   later, in the consumer thread. If Faust pauses them all in between (it does at the end of
+   every table recovery, until the streams are resumed), aiokafka gets an empty set, which
+   it reads as "every assigned partition", and hands back whatever it has buffered for the
+   paused stream partitions. Faust throws those records away (not active), but aiokafka's
+   position has moved past them: a partition with a committed offset is seeked back later,
+   one without (a partition nobody has committed yet, e.g. a worker's first minutes) never
+   is, so its first records are never processed and the offsets committed after them skip
+   them. Seen as: "fetched records for partitions not active (active set now 0):
+   order_lines_by_sku[0] 260 records 0..259". robinhood/faust PR 69 had fixed exactly this
+   (a lock, and no fetch with an empty set); faust-streaming lost the fix.
+   Here the consumer thread fetches for a copy of the set, and not at all when it is empty.
+
+2. Resuming the streams before the seek (``PipelineRecovery``).
+   When a rebalance's table recovery is over, ``Recovery.on_recovery_completed`` resumes the
+   stream partitions, awaits ``perform_seek`` (a committed-offset request per partition),
+   then calls ``app.flow_control.resume()``, which *empties every agent's queue*. During the
+   seek the fetcher already delivers events; agents handle a few, the rest are thrown away.
+   They are never acknowledged and never fetched again, so Faust never commits that
+   partition again (it commits only up to the first gap), and after a restart they are read
+   again but look like replays to the rows (``pipeline.domain.rules.is_new``): lost. Seen as: order
+   lines at offsets 3-6 never applied and the partition's committed offset stuck at 3 until
+   the worker was killed. faust-streaming issue 596 describes the same race.
+   Here the stream partitions stay paused until the seek is done and the queues are
+   emptied (they can only hold stale events then); only then are they resumed.
+
+``PipelineApp`` uses both (its transport, and the ``TableManager`` setting).
+tests/unit/test_faust_fixes.py fails when another Faust version is installed, so the
+copies here are compared with the new Faust before an upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar, cast
+
+import aiokafka
+import faust
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import RecordMap
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types.transports import ConsumerT
+
+# The Faust version whose code these classes replace.
+FAUST_VERSION = "0.15.3"
+
+
+class PipelineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def _fetch_records(
+        self,
+        consumer: aiokafka.AIOKafkaConsumer,
+        active_partitions: set[TP],
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> RecordMap:
+        """Records of the partitions active *now*, none when none is (see the module)."""
+        requested = set(active_partitions)
+        if not requested:
+            return {}
+        return await super()._fetch_records(
+            consumer, requested, timeout=timeout, max_records=max_records
+        )
+
+
+class PipelineConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return PipelineConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class PipelineTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport whose consumer never fetches with an empty set."""
+
+    Consumer: ClassVar[type[ConsumerT]] = PipelineConsumer
+
+
+class PipelineRecovery(Recovery):
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        """Faust's own, in a safe order: seek, empty the queues, then resume the streams."""
+        app = cast(faust.App, self.app)
+        consumer = app.consumer
+        self.log.info("Restore complete!")
+        await app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        callbacks = [
+            asyncio.ensure_future(
+                table.on_recovery_completed(
+                    self.actives_for_table[table], self.standbys_for_table[table]
+                )
+            )
+            for table in self.tables.values()
+        ]
+        if callbacks:
+            await asyncio.wait(callbacks)
+        assignment = consumer.assignment()
+        if app.consumer_generation_id != generation_id:
+            self.log.warning(
+                f"Recovery rebalancing again app id "
+                f"{app.consumer_generation_id} param {generation_id}"
+            )
+            return
+        if assignment:
+            # The stream partitions are still paused (since the assignment), so nothing
+            # reaches the agents from a position the seek is about to change.
+            self.log.info("Seek stream partitions to committed offsets.")
+            await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        self.completed.set()
+        # Empties every agent's queue: nothing but stale events can be in them now.
+        app.flow_control.resume()
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+        consumer.resume_flow()
+        await app._fetcher.maybe_start()
+        self.tables.on_actives_ready()
+        if not app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+
+class PipelineTableManager(TableManager):
+    """Faust's TableManager with :class:`PipelineRecovery`."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = PipelineRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
+
+
+def new_transport(app: faust.App) -> PipelineTransport:
+    """For ``App._new_transport``: Faust's, for our consumer's transport class."""
+    urls: Any = app.conf.broker_consumer
+    return PipelineTransport(urls, app)

@@ -1,0 +1,122 @@
+"""The local compatibility rules and the field diff behind `pipeline schemas check/diff`."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from pipeline.evolution.avro_compat import compatibility_problems, read_problems
+from pipeline.evolution.schema_diff import field_changes
+from pipeline.serde.catalog import Catalog
+
+
+def order_v1() -> dict[str, Any]:
+    return copy.deepcopy(dict(Catalog.load()["order_created"].schema))
+
+
+def with_field(schema: dict[str, Any], field: dict[str, Any]) -> dict[str, Any]:
+    schema["fields"].append(field)
+    return schema
+
+
+OPTIONAL_COUPON = {"name": "coupon", "type": ["null", "string"], "default": None}
+REQUIRED_CURRENCY = {"name": "currency", "type": "string"}
+
+
+def test_an_optional_field_with_a_default_is_backward_and_forward_compatible() -> None:
+    v2 = with_field(order_v1(), OPTIONAL_COUPON)
+    assert compatibility_problems("FULL_TRANSITIVE", v2, [(1, order_v1())]) == []
+
+
+def test_a_required_field_without_default_breaks_backward_naming_the_field() -> None:
+    v2 = with_field(order_v1(), REQUIRED_CURRENCY)
+    problems = compatibility_problems("BACKWARD", v2, [(1, order_v1())])
+    assert len(problems) == 1
+    assert "version 1" in problems[0]
+    assert "field currency is missing from the writer's schema and has no default" in problems[0]
+    # Old readers simply ignore the new field.
+    assert compatibility_problems("FORWARD", v2, [(1, order_v1())]) == []
+
+
+def test_a_rename_without_alias_is_incompatible_and_with_alias_is_not() -> None:
+    renamed = order_v1()
+    renamed["fields"][0]["name"] = "order_ref"
+    assert any(
+        "order_ref" in p for p in compatibility_problems("BACKWARD", renamed, [(1, order_v1())])
+    )
+    renamed["fields"][0]["aliases"] = ["order_id"]
+    assert compatibility_problems("BACKWARD", renamed, [(1, order_v1())]) == []
+
+
+def test_transitive_levels_check_every_version_and_plain_ones_only_the_latest() -> None:
+    v1 = order_v1()
+    v2 = with_field(order_v1(), {**REQUIRED_CURRENCY, "default": "EUR"})
+    v3 = with_field(order_v1(), REQUIRED_CURRENCY)  # drops the default again
+    registered = [(1, v1), (2, v2)]
+    assert compatibility_problems("BACKWARD", v3, registered) == []  # v2 wrote currency
+    transitive = compatibility_problems("BACKWARD_TRANSITIVE", v3, registered)
+    assert len(transitive) == 1
+    assert "version 1" in transitive[0]
+
+
+def test_a_nested_type_change_is_named_by_its_path() -> None:
+    v2 = order_v1()
+    v2["fields"][2]["type"]["items"]["fields"][1]["type"] = "string"  # items[].quantity
+    assert read_problems(v2, order_v1()) == ["items[].quantity: type changed from int to string"]
+
+
+@pytest.mark.parametrize(
+    ("writer", "reader"),
+    [("int", "long"), ("int", "double"), ("long", "float"), ("string", "bytes")],
+)
+def test_avro_promotions_are_allowed(writer: str, reader: str) -> None:
+    assert read_problems(reader, writer) == []
+
+
+def test_demotions_are_not() -> None:
+    assert read_problems("int", "long") == ["the record: type changed from long to int"]
+
+
+def test_none_level_accepts_anything() -> None:
+    assert (
+        compatibility_problems(
+            "NONE", {"type": "record", "name": "X", "fields": []}, [(1, order_v1())]
+        )
+        == []
+    )
+
+
+def test_diff_names_added_removed_type_and_default_changes() -> None:
+    old = with_field(order_v1(), {"name": "note", "type": "string", "default": ""})
+    new = with_field(order_v1(), OPTIONAL_COUPON)
+    new["fields"][3]["type"] = "int"  # total_cents
+    new["fields"][2]["type"]["items"]["fields"].append(
+        {"name": "gift", "type": "boolean", "default": False}
+    )
+    changes = {(c.path, c.change): c.detail for c in field_changes(old, new)}
+    assert changes == {
+        ("items[].gift", "added"): "boolean, default false",
+        ("total_cents", "type changed"): "long -> int",
+        ("coupon", "added"): "[null, string], default null",
+        ("note", "removed"): 'string, default ""',
+    }
+
+
+def test_diff_reports_a_default_change_and_a_rename_kept_by_alias() -> None:
+    old = with_field(order_v1(), {"name": "note", "type": "string", "default": ""})
+    new = with_field(
+        order_v1(), {"name": "remark", "aliases": ["note"], "type": "string", "default": "-"}
+    )
+    changes = [(c.path, c.change, c.detail) for c in field_changes(old, new)]
+    assert changes == [
+        ("remark", "renamed", "from note (alias kept)"),
+        ("remark", "default changed", 'default "" -> default "-"'),
+    ]
+
+
+def test_a_changed_doc_is_not_a_change() -> None:
+    new = order_v1()
+    new["fields"][0]["doc"] = "Something else."
+    assert field_changes(order_v1(), new) == []

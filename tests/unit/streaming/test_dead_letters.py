@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pipeline.serde.errors import UnknownSchemaId
+from pipeline.streaming.dead_letters import (
+    dead_letter_headers,
+    schema_id_of,
+    without_dead_letter_headers,
+)
+
+
+def test_headers_say_why_and_keep_the_originals() -> None:
+    headers = dead_letter_headers(
+        original=[("trace", b"t1"), ("dlq.attempts", b"9")],
+        source_topic="order_created",
+        partition=2,
+        offset=17,
+        value=b"\x00\x00\x00\x00\x07rest",
+        error=UnknownSchemaId("schema id 7 is not in the registry", schema_id=7),
+        attempts=1,
+        failed_at_ms=123,
+    )
+    as_dict = dict(headers)
+    assert as_dict["dlq.error.class"] == b"UnknownSchemaId"
+    assert as_dict["dlq.error.message"] == b"schema id 7 is not in the registry"
+    assert as_dict["dlq.source.topic"] == b"order_created"
+    assert (as_dict["dlq.source.partition"], as_dict["dlq.source.offset"]) == (b"2", b"17")
+    assert (as_dict["dlq.schema.id"], as_dict["dlq.attempts"]) == (b"7", b"1")
+    # An earlier dead letter's reasons are replaced, not accumulated.
+    assert [name for name, _ in headers].count("dlq.attempts") == 1
+    assert without_dead_letter_headers(headers) == [("trace", b"t1")]
+
+
+def test_schema_id_from_framing_when_the_error_has_none() -> None:
+    assert schema_id_of(b"\x00\x00\x00\x01\x00payload", ValueError("x")) == 256
+    assert schema_id_of(b"plain text", ValueError("x")) is None
+    assert schema_id_of(None, ValueError("x")) is None

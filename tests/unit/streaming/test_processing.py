@@ -1,0 +1,343 @@
+"""The agents' runner without a broker: a fake stream delivers events in arrivals (what
+is waiting in the channel's queue at once); a recording handler prepares batches whose
+delivery the test resolves or fails."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+from confluent_kafka import KafkaError
+from faust.types import StreamT
+
+from pipeline.serde.errors import NotConfluentFraming, RegistryUnavailable
+from pipeline.streaming.dead_letters import DeadLetters
+from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.processing import Event, EventRunner, Prepared, RowBatch
+from pipeline.streaming.producer import Delivered, DeliveryFailed, Outgoing
+
+
+@dataclass
+class RecordingDeadLetters:
+    sent: list[tuple[int, BaseException, int]] = field(default_factory=list)
+
+    async def send(self, message: Any, error: BaseException, attempts: int) -> None:
+        self.sent.append((message.offset, error, attempts))
+
+
+@dataclass
+class FakeMessage:
+    offset: int
+    topic: str = "order_created"
+    partition: int = 3
+
+
+@dataclass
+class FakeEvent:
+    message: FakeMessage
+
+
+def events(*offsets: int) -> list[Event]:
+    return [cast(Event, FakeEvent(FakeMessage(offset))) for offset in offsets]
+
+
+def runner(max_batch: int = 10) -> tuple[EventRunner, RecordingDeadLetters]:
+    dead_letters = RecordingDeadLetters()
+    event_runner = EventRunner(
+        dead_letters=cast(DeadLetters, dead_letters),
+        metrics=Metrics(),
+        backoff=(0, 0, 0),
+        max_batch=max_batch,
+    )
+    return event_runner, dead_letters
+
+
+class FakeStream:
+    """What the runner uses of a Faust stream: noack(), events() and ack()."""
+
+    def __init__(self, arrivals: list[list[int]], log: list[str]) -> None:
+        # Each inner list arrives at once: all of it is waiting in the queue.
+        self.arrivals = arrivals
+        self.log = log
+
+    def noack(self) -> FakeStream:
+        return self
+
+    async def events(self) -> AsyncIterator[Event]:
+        for arrival in self.arrivals:
+            for event in events(*arrival):
+                yield event
+            await asyncio.sleep(0.05)  # the next arrival comes once this one was handled
+
+    async def ack(self, event: Event) -> bool:
+        self.log.append(f"ack {event.message.offset}")
+        return True
+
+
+class Handler:
+    """Prepares batches (logging them); ``fail_on`` offsets raise when prepared,
+    ``undelivered`` batches (by first offset) fail their delivery once."""
+
+    def __init__(
+        self,
+        log: list[str],
+        fail_on: Sequence[BaseException | None] = (),
+        undelivered: Sequence[int] = (),
+        poison: int | None = None,
+    ) -> None:
+        self.log = log
+        self.failures = list(fail_on)
+        self.undelivered = set(undelivered)
+        self.poison = poison
+        self.on_top_of: list[list[int] | None] = []
+
+    async def __call__(self, batch: Sequence[Event], in_flight: Prepared | None) -> Prepared:
+        offsets = [event.message.offset for event in batch]
+        self.log.append(f"prepare {offsets}")
+        if self.poison in offsets:
+            raise NotConfluentFraming(f"poison at {self.poison}")
+        if self.failures:
+            failure = self.failures.pop(0)
+            if failure is not None:
+                raise failure
+        loop = asyncio.get_running_loop()
+        delivery: asyncio.Future[Delivered] = loop.create_future()
+        # The broker answers a moment later, as a real one does.
+        if offsets[0] in self.undelivered:
+            self.undelivered.discard(offsets[0])
+            loop.call_later(0.005, delivery.set_exception, RuntimeError(f"broker lost {offsets}"))
+        else:
+            loop.call_later(0.005, delivery.set_result, {})
+        return LoggedPrepared(delivery, None, self.log, offsets)
+
+
+class LoggedPrepared(Prepared):
+    def __init__(
+        self,
+        delivery: asyncio.Future[Delivered],
+        rows: None,
+        log: list[str],
+        offsets: list[int],
+    ) -> None:
+        super().__init__(delivery, rows)
+        self.log = log
+        self.offsets = offsets
+
+    async def complete(self) -> None:
+        await super().complete()
+        self.log.append(f"complete {self.offsets}")
+
+
+def consume(
+    arrivals: list[list[int]], handler: Handler, max_batch: int = 10
+) -> RecordingDeadLetters:
+    event_runner, dead_letters = runner(max_batch)
+    stream = FakeStream(arrivals, handler.log)
+    asyncio.run(event_runner.consume(cast(StreamT[Any], stream), handler))
+    return dead_letters
+
+
+def test_batches_take_what_already_arrived_up_to_the_maximum() -> None:
+    log: list[str] = []
+    consume([[1, 2, 3, 4, 5], [6]], Handler(log), max_batch=2)
+    assert [line for line in log if line.startswith("prepare")] == [
+        "prepare [1, 2]",
+        "prepare [3, 4]",
+        "prepare [5]",
+        "prepare [6]",
+    ]
+    assert [line for line in log if line.startswith("ack")] == [f"ack {n}" for n in range(1, 7)]
+
+
+def test_the_next_batch_is_prepared_while_one_is_in_flight_and_acks_follow_completion() -> None:
+    log: list[str] = []
+    consume([[1, 2, 3, 4], [5]], Handler(log), max_batch=2)
+    assert log == [
+        "prepare [1, 2]",  # [3, 4] waits: [1, 2] stays in flight
+        "prepare [3, 4]",
+        "complete [1, 2]",
+        "ack 1",
+        "ack 2",
+        "complete [3, 4]",  # settles on its own, before the next arrival
+        "ack 3",
+        "ack 4",
+        "prepare [5]",
+        "complete [5]",
+        "ack 5",
+    ]
+
+
+def test_a_batch_abandoned_mid_way_is_never_acknowledged() -> None:
+    log: list[str] = []
+    event_runner, _ = runner()
+    stream = FakeStream([[1, 2], [3]], log)
+
+    async def crash_on_3(batch: Sequence[Event], in_flight: Prepared | None) -> Prepared:
+        if batch[0].message.offset == 3:
+            raise asyncio.CancelledError  # the worker stops
+        done: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        done.set_result({})
+        return Prepared(done)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(event_runner.consume(cast(StreamT[Any], stream), crash_on_3))
+    assert log == ["ack 1", "ack 2"]
+
+
+def test_a_failed_batch_is_handled_event_by_event_and_only_the_bad_one_dead_lettered() -> None:
+    log: list[str] = []
+    dead_letters = consume([[10, 11, 12]], Handler(log, poison=11))
+    assert log == [
+        "prepare [10, 11, 12]",
+        "prepare [10]",
+        "complete [10]",
+        "ack 10",
+        "prepare [11]",
+        "ack 11",
+        "prepare [12]",
+        "complete [12]",
+        "ack 12",
+    ]
+    assert [(offset, attempts) for offset, _, attempts in dead_letters.sent] == [(11, 1)]
+
+
+def test_an_undelivered_batch_in_flight_is_redone_with_the_batch_prepared_on_top_of_it() -> None:
+    log: list[str] = []
+    dead_letters = consume([[1, 2, 3, 4]], Handler(log, undelivered=[1]), max_batch=2)
+    assert log == [
+        "prepare [1, 2]",
+        "prepare [3, 4]",  # prepared on [1, 2]'s rows, which are never written
+        "prepare [1]",
+        "complete [1]",
+        "ack 1",
+        "prepare [2]",
+        "complete [2]",
+        "ack 2",
+        "prepare [3]",
+        "complete [3]",
+        "ack 3",
+        "prepare [4]",
+        "complete [4]",
+        "ack 4",
+    ]
+    assert dead_letters.sent == []
+
+
+def test_transient_failures_are_retried_until_they_succeed() -> None:
+    log: list[str] = []
+    failures: list[BaseException | None] = [
+        RuntimeError("batch"),
+        RuntimeError("broker away"),
+        RegistryUnavailable("down"),
+    ]
+    dead_letters = consume([[7]], Handler(log, fail_on=failures))
+    assert log == ["prepare [7]"] * 4 + ["complete [7]", "ack 7"]
+    assert dead_letters.sent == []
+
+
+def test_a_persistent_failure_is_dead_lettered_after_bounded_attempts() -> None:
+    log: list[str] = []
+    failures: list[BaseException | None] = [RuntimeError(f"boom {n}") for n in range(10)]
+    dead_letters = consume([[42]], Handler(log, fail_on=failures))
+    # The batch, then 4 attempts of the event alone.
+    assert log.count("prepare [42]") == 5
+    ((offset, error, attempts),) = dead_letters.sent
+    assert (offset, str(error), attempts) == (42, "boom 4", 4)
+    assert log[-1] == "ack 42"
+
+
+def test_a_key_that_is_not_utf8_is_dead_lettered_at_once() -> None:
+    log: list[str] = []
+    failures: list[BaseException | None] = [
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    ] * 2
+    dead_letters = consume([[5]], Handler(log, fail_on=failures))
+    assert [(type(e).__name__, n) for _, e, n in dead_letters.sent] == [("UnicodeDecodeError", 1)]
+
+
+class FakeStore(dict[bytes, bytes]):
+    """A table's store: rows, and the last changelog offset per partition it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.persisted: dict[int, int] = {}
+
+    def set_persisted_offset(self, tp: Any, offset: int) -> None:
+        self.persisted[tp.partition] = offset
+
+
+@dataclass
+class FakeTopic:
+    name: str
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+@dataclass
+class FakeTable:
+    data: FakeStore = field(default_factory=FakeStore)
+    changelog_topic: FakeTopic = field(default_factory=lambda: FakeTopic("stock-changelog"))
+
+
+class Broker:
+    """Records what is sent; each send's delivery is settled by the test."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []
+        self.deliveries: list[asyncio.Future[Delivered]] = []
+
+    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+        self.sent.append([f"{m.topic}:{m.key.decode()}={m.value.decode()}" for m in messages])
+        delivery: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        self.deliveries.append(delivery)
+        return delivery
+
+
+def stock_batch(table: FakeTable, broker: Broker) -> RowBatch[int]:
+    rows = RowBatch(cast(Any, table), int, lambda row: str(row).encode(), broker.send)
+    event = events(40)[0]
+    rows.put(b"sku-1", (rows.get(b"sku-1", event) or 10) - 3, event)
+    return rows
+
+
+def test_changelog_records_are_sent_only_once_the_derived_events_were_delivered() -> None:
+    # A changelog record marks its events applied: a replay skips them, derived events
+    # included, so the derived events must be on the broker first.
+    table, broker = FakeTable(), Broker()
+
+    async def scenario() -> None:
+        rows = stock_batch(table, broker)
+        prepared = await rows.send([Outgoing("stock_levels", b"sku-1", b"7")])
+        completing = asyncio.ensure_future(prepared.complete())
+        await asyncio.sleep(0)
+        assert broker.sent == [["stock_levels:sku-1=7"]]  # the row waits
+        broker.deliveries[0].set_result({("stock_levels", 0): 11})
+        await asyncio.sleep(0)
+        assert broker.sent[1] == ["stock-changelog:sku-1=7"]
+        assert table.data == {}  # stored only once the changelog record is acknowledged
+        broker.deliveries[1].set_result({("stock-changelog", 3): 99})
+        await completing
+
+    asyncio.run(scenario())
+    assert table.data == {b"sku-1": b"7"}
+    assert table.data.persisted == {3: 99}
+
+
+def test_rows_of_a_batch_whose_derived_events_failed_are_neither_sent_nor_stored() -> None:
+    table, broker = FakeTable(), Broker()
+
+    async def scenario() -> None:
+        rows = stock_batch(table, broker)
+        prepared = await rows.send([Outgoing("stock_levels", b"sku-1", b"7")])
+        timed_out = KafkaError(KafkaError._MSG_TIMED_OUT)
+        broker.deliveries[0].set_exception(DeliveryFailed([timed_out]))
+        with pytest.raises(DeliveryFailed):
+            await prepared.complete()
+
+    asyncio.run(scenario())
+    assert broker.sent == [["stock_levels:sku-1=7"]]
+    assert table.data == {}
