@@ -37,7 +37,7 @@ from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
 from pipeline.domain.encoding import encode_stock_row, encode_user_stats
 from pipeline.domain.rules import Position, StockRow, UserOrderStats, source_id
 from pipeline.topics import STOCK_TABLE, USER_STATS_TABLE
-from pipeline.web.server import partition_for
+from pipeline.web.views import partition_for
 
 STOCK_RATIO = 10  # one SKU row per this many user rows
 
