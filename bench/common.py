@@ -30,6 +30,7 @@ from pipeline.admin.topics import ensure_topics
 from pipeline.dev.loadgen import order, user_id
 from pipeline.dev.workers import Deployment, WorkerProcess
 from pipeline.serde.codec import Codecs
+from pipeline.services import shop
 from pipeline.settings import Settings, read_env_file, stack_env_file
 from pipeline.streaming.producer import producer_config
 
@@ -97,7 +98,7 @@ def make_deployment(name: str, root: Path) -> Deployment:
 def prepare(deployment: Deployment) -> Codecs:
     """Create the topics and register the schemas, outside any timed window."""
     settings = deployment.settings
-    ensure_topics(settings)
+    ensure_topics(settings, shop(settings).specs())
     codecs = Codecs.from_settings(settings)
     codecs.prepare()
     return codecs

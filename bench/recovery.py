@@ -33,13 +33,16 @@ from bench.common import (
     produce_all,
     run_id,
 )
+from pipeline.agents.orders import USER_STATS
+from pipeline.agents.stock import STOCK
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
-from pipeline.domain.encoding import encode_stock_row, encode_user_stats
-from pipeline.domain.rules import Position, StockRow, UserOrderStats, source_id
-from pipeline.topics import STOCK_TABLE, USER_STATS_TABLE
+from pipeline.domain.rules import StockRow, UserOrderStats
+from pipeline.streaming.positions import Position, Tracked, TrackedCodec, source_id
 from pipeline.web.views import partition_for
 
 STOCK_RATIO = 10  # one SKU row per this many user rows
+USER_STATS_ROWS = TrackedCodec(USER_STATS.encode, USER_STATS.decode)
+STOCK_ROWS = TrackedCodec(STOCK.encode, STOCK.decode)
 
 
 def user_key(index: int) -> str:
@@ -57,23 +60,24 @@ def user_rows(count: int) -> Iterable[tuple[bytes, bytes]]:
             order_count=1 + index % 7,
             total_spent_cents=1_000 + index,
             last_order_id=f"{key}-o{1 + index % 7:05d}",
-            applied={source_id("orders", index % 8): Position(index)},
         )
-        yield key.encode(), encode_user_stats(stats)
+        applied = {source_id("order_created", index % 8): Position(index)}
+        yield key.encode(), USER_STATS_ROWS.encode(Tracked(stats, applied))
 
 
 def stock_rows(count: int) -> Iterable[tuple[bytes, bytes]]:
     for index in range(count):
-        row = StockRow(available=100 - index % 200, applied={source_id("orders", 0): Position(0)})
-        yield sku_key(index).encode(), encode_stock_row(row)
+        row = StockRow(available=100 - index % 200)
+        applied = {source_id("order_created", 0): Position(0)}
+        yield sku_key(index).encode(), STOCK_ROWS.encode(Tracked(row, applied))
 
 
 def write_changelogs(deployment: Deployment, keys: int) -> int:
     """The rows, produced to the deployment's changelog topics; how many records."""
     names = deployment.names
     producer = bulk_producer(deployment.settings)
-    written = produce_all(producer, names.changelog(USER_STATS_TABLE), user_rows(keys))
-    written += produce_all(producer, names.changelog(STOCK_TABLE), stock_rows(keys // STOCK_RATIO))
+    written = produce_all(producer, names.changelog(USER_STATS.name), user_rows(keys))
+    written += produce_all(producer, names.changelog(STOCK.name), stock_rows(keys // STOCK_RATIO))
     return written
 
 

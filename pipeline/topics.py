@@ -12,23 +12,23 @@ from dataclasses import dataclass
 
 from pipeline.settings import Settings
 
-USER_STATS_TABLE = "user_order_stats"
-STOCK_TABLE = "stock"
-
 
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
-    # Fully qualified Avro record of the value, or None for the internal encoding.
-    record: str | None
-    # Topics in the same group must have the same partition count (co-partitioning).
+    # Topics in the same group must have the same partition count (co-partitioning):
+    # the name of the table whose changelog and sources they are.
     copartition_group: str | None = None
     compacted: bool = False
 
 
 @dataclass(frozen=True)
 class TopicNames:
-    """The names of all topics for one deployment (app id and optional prefix)."""
+    """The names of all topics for one deployment (app id and optional prefix).
+
+    Contract topics are shared by every service; internal ones
+    (repartition topics, changelogs) belong to one app and carry its id.
+    """
 
     prefix: str
     app_id: str
@@ -69,45 +69,29 @@ class TopicNames:
         return self._contract("notifications")
 
     @property
+    def user_points(self) -> str:
+        return self._contract("user_points")
+
+    def internal(self, name: str) -> str:
+        """A topic of this app alone, e.g. a repartition topic."""
+        return f"{self.app_id}-{name}"
+
+    @property
     def order_lines_by_sku(self) -> str:
-        """Internal repartition topic: order lines re-keyed by SKU (see pipeline.agents.orders)."""
-        return f"{self.app_id}-order_lines_by_sku"
+        """Order lines re-keyed by SKU, from the orders agent to the stock agent."""
+        return self.internal("order_lines_by_sku")
 
     def changelog(self, table: str) -> str:
         # Faust's own naming, so its table machinery finds the topics we create.
-        return f"{self.app_id}-{table}-changelog"
+        return self.internal(f"{table}-changelog")
 
     @staticmethod
     def dead_letters(topic: str) -> str:
         return f"{topic}.dlq"
 
-    @property
-    def consumed(self) -> tuple[str, ...]:
-        """Topics the agents read; each has a dead-letter topic."""
-        return (
-            self.user_registered,
-            self.order_created,
-            self.stock_adjusted,
-            self.order_lines_by_sku,
-        )
-
-    def specs(self) -> list[TopicSpec]:
-        users = "by_user_id"
-        skus = "by_sku"
-        specs = [
-            TopicSpec(self.user_registered, "shop.UserRegistered"),
-            TopicSpec(self.order_created, "shop.OrderCreated", users),
-            TopicSpec(self.stock_adjusted, "shop.StockAdjusted", skus),
-            TopicSpec(self.user_order_stats, "shop.UserOrderStats"),
-            TopicSpec(self.stock_levels, "shop.StockLevel"),
-            TopicSpec(self.low_stock_alerts, "shop.LowStockAlert"),
-            TopicSpec(self.notifications, "shop.NotificationRequested"),
-            TopicSpec(self.order_lines_by_sku, None, skus),
-            TopicSpec(self.changelog(USER_STATS_TABLE), None, users, compacted=True),
-            TopicSpec(self.changelog(STOCK_TABLE), None, skus, compacted=True),
-        ]
-        specs += [TopicSpec(self.dead_letters(name), None) for name in self.consumed]
-        return specs
+    def logical(self, topic: str) -> str:
+        """A contract topic's name without the deployment's prefix."""
+        return topic.removeprefix(self.prefix)
 
 
 def copartitioning_problems(
@@ -129,7 +113,7 @@ def copartitioning_problems(
         if wrong:
             listing = ", ".join(f"{name}={count}" for name, count in sorted(wrong.items()))
             problems.append(
-                f"topics keyed {group.removeprefix('by_')} must all have {expected} partitions "
-                f"(PIPELINE_PARTITIONS) to stay co-partitioned with their table, found {listing}"
+                f"the topics of table {group!r} must all have {expected} partitions "
+                f"(PIPELINE_PARTITIONS) to stay co-partitioned, found {listing}"
             )
     return problems

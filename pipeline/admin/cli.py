@@ -7,8 +7,8 @@ from confluent_kafka import Consumer
 
 from pipeline.admin.offsets import record_count
 from pipeline.admin.topics import ensure_topics
+from pipeline.services import every_service
 from pipeline.settings import Settings
-from pipeline.topics import TopicNames
 
 TIMEOUT = 30.0
 
@@ -21,7 +21,12 @@ def topics() -> None:
 @topics.command()
 def create() -> None:
     """Create the missing topics and check co-partitioning (workers also do this)."""
-    created = ensure_topics(Settings.from_env())
+    settings = Settings.from_env()
+    created = [
+        name
+        for service in every_service(settings)
+        for name in ensure_topics(service.settings, service.specs())
+    ]
     for name in created:
         click.echo(f"created {name}")
     click.echo(f"{len(created)} topic(s) created")
@@ -34,7 +39,8 @@ def list_topics() -> None:
     consumer = Consumer({**settings.kafka_client_config(), "group.id": f"{settings.app_id}-topics"})
     try:
         existing = consumer.list_topics(timeout=TIMEOUT).topics
-        for spec in TopicNames.from_settings(settings).specs():
+        specs = {spec.name: spec for service in every_service(settings) for spec in service.specs()}
+        for spec in specs.values():
             metadata = existing.get(spec.name)
             if metadata is None:
                 click.echo(f"{spec.name:<48} missing")

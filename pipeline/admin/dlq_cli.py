@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import click
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
+from pipeline.services import every_service
 from pipeline.settings import Settings
 from pipeline.streaming.dead_letters import (
     ATTEMPTS,
@@ -99,8 +100,10 @@ def read_dead_letters(
 
 
 def _topics(settings: Settings, sources: Sequence[str]) -> list[str]:
-    names = TopicNames.from_settings(settings)
-    return [names.dead_letters(source) for source in (sources or names.consumed)]
+    """The dead-letter topics of ``sources``, by default of every service's sources."""
+    if not sources:
+        sources = [topic for service in every_service(settings) for topic in service.sources]
+    return list(dict.fromkeys(TopicNames.dead_letters(source) for source in sources))
 
 
 def _consumer(settings: Settings, group: str) -> Consumer:

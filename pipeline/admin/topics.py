@@ -7,11 +7,13 @@ partition count would break co-partitioning (pipeline.topics says which must mat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pipeline.settings import Settings
-from pipeline.topics import TopicNames, copartitioning_problems
+from pipeline.topics import TopicSpec, copartitioning_problems
 
 
 class TopicLayoutError(RuntimeError):
@@ -28,13 +30,15 @@ def existing_partition_counts(admin: AdminClient, timeout: float = 30.0) -> dict
     return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
 
 
-def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create the missing topics, then check co-partitioning; return the names created.
+def ensure_topics(
+    settings: Settings, specs: Sequence[TopicSpec], timeout: float = 30.0
+) -> list[str]:
+    """Create the missing topics of ``specs``, then check co-partitioning; return the
+    names created.
 
     Raises TopicLayoutError naming each group of topics whose partition counts differ.
     """
     admin = admin_client(settings)
-    specs = TopicNames.from_settings(settings).specs()
     existing = existing_partition_counts(admin, timeout)
     missing = [spec for spec in specs if spec.name not in existing]
     if missing:

@@ -1,1 +1,4 @@
-"""One module per agent; pipeline.app wires them to topics and tables."""
+"""One module per agent: its table, its rules and what it emits (pipeline.streaming.topology).
+
+A service (pipeline.services) registers the agents it runs.
+"""

@@ -32,6 +32,7 @@ from pipeline.dev.loadgen import (
 )
 from pipeline.dev.stack.config import free_ports
 from pipeline.dev.workers import WorkerFailed, WorkerProcess
+from pipeline.services import shop
 from pipeline.settings import Settings
 from pipeline.topics import TopicNames
 
@@ -51,7 +52,7 @@ def wait_caught_up(settings: Settings, names: TopicNames, timeout: float = 600.0
     quiet = 0
     try:
         while time.monotonic() < deadline:
-            behind = group_lag(admin, consumer, settings.app_id, names.consumed)
+            behind = group_lag(admin, consumer, settings.app_id, shop(settings).sources)
             quiet = quiet + 1 if behind == 0 else 0
             if quiet >= 2:
                 return

@@ -39,7 +39,7 @@ import asyncio
 import io
 import json
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -326,10 +326,12 @@ class Codecs:
             raise NotConfluentFraming(f"message on {topic!r} has no value (a tombstone)")
         return await self[topic].decode_async(data)
 
-    def prepare(self) -> dict[str, int]:
-        """Resolve every topic's encode schema id (blocking). Topic → schema id."""
-        return {codec.topic: codec.prepare() for codec in self}
+    def prepare(self, topics: Iterable[str] | None = None) -> dict[str, int]:
+        """Resolve the encode schema id of ``topics`` (default: every topic), blocking.
+        Topic → schema id."""
+        codecs = self if topics is None else [self[topic] for topic in topics]
+        return {codec.topic: codec.prepare() for codec in codecs}
 
-    async def prepare_async(self) -> dict[str, int]:
+    async def prepare_async(self, topics: Iterable[str] | None = None) -> dict[str, int]:
         """``prepare`` in a thread: for a Faust ``@app.task`` or ``on_start``."""
-        return await asyncio.to_thread(self.prepare)
+        return await asyncio.to_thread(self.prepare, topics)

@@ -1,4 +1,16 @@
-"""Two races by which faust-streaming 0.15.3 loses events around a rebalance, fixed here.
+"""Every use of a Faust internal, in one place: what the runtime needs that Faust does
+not offer publicly, and two races by which faust-streaming 0.15.3 loses events around a
+rebalance, fixed here.
+
+The internals used (tests/unit/streaming/test_faust_internals.py fails on another Faust
+version, so each is checked again before an upgrade):
+- ``faust.streams._current_event``: tables take the partition of a read or write from
+  the current event (``bind_event``);
+- ``Store._db_for_partition``: the bulk restore writes into the RocksDB databases Faust
+  opens (``partition_db``);
+- ``Web.web_app``: the aiohttp application our routes are added to (``aiohttp_app``);
+- ``App._new_transport``, ``app._fetcher``, ``Recovery.on_recovery_completed`` and the
+  aiokafka driver's consumer thread: the two fixes below.
 
 Both were found by the crash soak (tests/integration/test_crash_soak.py): after a few
 rebalances the views stayed short of the input for good, although every worker was idle
@@ -31,24 +43,27 @@ and the group had nothing left to read (or stopped committing a partition).
    Here the stream partitions stay paused until the seek is done and the queues are
    emptied (they can only hold stale events then); only then are they resumed.
 
-``PipelineApp`` uses both (its transport, and the ``TableManager`` setting).
-tests/unit/test_faust_fixes.py fails when another Faust version is installed, so the
-copies here are compared with the new Faust before an upgrade.
+``FixedFaustApp`` (the base of every app of ours) uses both: its transport, and the
+``TableManager`` it is created with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any, ClassVar, cast
 
 import aiokafka
 import faust
+from aiohttp import web
+from faust.streams import _current_event
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
-from faust.types.transports import ConsumerT
+from faust.types import TP, AppT, EventT
+from faust.types.transports import ConsumerT, TransportT
+from rocksdict import Rdict
 
 # The Faust version whose code these classes replace.
 FAUST_VERSION = "0.15.3"
@@ -135,7 +150,29 @@ class PipelineTableManager(TableManager):
         return self._recovery
 
 
-def new_transport(app: faust.App) -> PipelineTransport:
-    """For ``App._new_transport``: Faust's, for our consumer's transport class."""
-    urls: Any = app.conf.broker_consumer
-    return PipelineTransport(urls, app)
+class FixedFaustApp(faust.App):
+    """A Faust app with both fixes: pass ``TableManager=PipelineTableManager``."""
+
+    def _new_transport(self) -> TransportT:
+        # Faust's, for our consumer's transport class: never fetches with an empty
+        # partition set.
+        urls: Any = self.conf.broker_consumer
+        return PipelineTransport(urls, self)
+
+
+def bind_event(event: EventT[Any]) -> None:
+    """Make ``event`` Faust's current event. Tables take the partition of a read or
+    write (which RocksDB database, which changelog partition) from the current
+    event; in a batch, each row is read and written under the event that changed it.
+    """
+    _current_event.set(weakref.ref(event))
+
+
+def partition_db(store: Any, partition: int) -> Rdict:
+    """The RocksDB database of one partition of a table's store (opened if need be)."""
+    return cast(Rdict, store._db_for_partition(partition))
+
+
+def aiohttp_app(app: AppT) -> web.Application:
+    """The aiohttp application of the app's web server (the only driver Faust ships)."""
+    return cast(web.Application, app.web.web_app)  # type: ignore[attr-defined]

@@ -42,20 +42,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
-from faust.streams import Stream, _current_event
+from faust.streams import Stream
 from faust.types import TP, EventT, Message, StoreT, StreamT, TableT
 
 from pipeline.domain.encoding import EncodingError
 from pipeline.serde.errors import PipelineCodecError, RegistryUnavailable
 from pipeline.streaming.dead_letters import DeadLetters, error_class_of
+from pipeline.streaming.faust_internals import bind_event
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.producer import Delivered, Outgoing
+from pipeline.streaming.topology import UndeclaredTopic
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,6 @@ Event = EventT[Any]
 # Bounds the work redone after a crash and the time a rebalance waits for the
 # batch in hand.
 MAX_BATCH = 500
-
-
-def bind_event(event: Event) -> None:
-    """Make ``event`` Faust's current event. Tables take the partition of a read or
-    write (which RocksDB database, which changelog partition) from the current
-    event; in a batch, each row is read and written under the event that changed it.
-    """
-    _current_event.set(weakref.ref(event))
 
 
 Row = TypeVar("Row")
@@ -182,9 +175,9 @@ BatchHandler = Callable[[Sequence[Event], Prepared | None], Awaitable[Prepared]]
 
 
 def is_permanent(error: BaseException) -> bool:
-    """Errors that retrying cannot fix: bad bytes, unknown schemas, invalid records."""
-    # A key that is not UTF-8 (agents decode keys as text) fails the same way every time.
-    if isinstance(error, EncodingError | UnicodeDecodeError):
+    """Errors that retrying cannot fix: bad bytes, unknown schemas, invalid records, a rule
+    emitting to a topic it does not declare."""
+    if isinstance(error, EncodingError | UndeclaredTopic):
         return True
     return isinstance(error, PipelineCodecError) and not isinstance(error, RegistryUnavailable)
 

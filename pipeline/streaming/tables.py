@@ -1,16 +1,16 @@
-"""The two tables: user order stats (keyed by user_id) and stock (keyed by SKU).
+"""Faust tables for the tables a topology declares.
 
 Keys and values are raw bytes on purpose (``bytes`` types select Faust's raw serializer):
 - keys are the UTF-8 bytes the source topics carry, so the changelog partition and
   the web router hash exactly the bytes the producer hashed (Faust's default json
   key serializer would hash ``b'"u1"'`` instead of ``b'u1'``);
-- values are the compact rows of ``pipeline.domain.encoding``, encoded once per write
-  instead of json on every get and set.
+- values are the rows as the table declares them, framed with the positions they
+  applied (pipeline.streaming.positions), encoded once per write instead of json on
+  every get and set.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -18,7 +18,7 @@ from faust.types import EventT, TableT
 
 from pipeline.settings import Settings
 from pipeline.streaming.metrics import Metrics
-from pipeline.topics import STOCK_TABLE, USER_STATS_TABLE
+from pipeline.streaming.topology import TableSpec
 
 # RocksDB's default block cache is 2 GiB for each partition's database; with
 # 8 partitions and 2 tables per worker that is far beyond what the rows need.
@@ -30,42 +30,23 @@ ROCKSDB_OPTIONS: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class Tables:
-    user_stats: TableT[bytes, bytes]
-    stock: TableT[bytes, bytes]
-
-
-def _table(
-    app: faust.App, settings: Settings, metrics: Metrics, name: str, help: str
+def faust_table(
+    app: faust.App, settings: Settings, metrics: Metrics, spec: TableSpec[Any]
 ) -> TableT[bytes, bytes]:
     rocksdb = settings.store.startswith("rocksdb://")
-    recovered = metrics.changelog_events_recovered.labels(name)
+    recovered = metrics.changelog_events_recovered.labels(spec.name)
 
     async def count_recovered(event: EventT[bytes]) -> None:
         # Shows how much of the changelog a (re)started worker had to read.
         recovered.inc()
 
     return app.Table(
-        name,
+        spec.name,
         key_type=bytes,
         value_type=bytes,
         partitions=settings.partitions,
-        help=help,
+        help=spec.help,
         # A fresh dict per table: Faust's RocksDB store pops keys from it.
         options=dict(ROCKSDB_OPTIONS) if rocksdb else None,
         on_changelog_event=count_recovered,
-    )
-
-
-def define_tables(app: faust.App, settings: Settings, metrics: Metrics) -> Tables:
-    return Tables(
-        user_stats=_table(
-            app,
-            settings,
-            metrics,
-            USER_STATS_TABLE,
-            "Order count, total spent and last order per user.",
-        ),
-        stock=_table(app, settings, metrics, STOCK_TABLE, "Units available per SKU."),
     )

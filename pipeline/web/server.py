@@ -1,58 +1,53 @@
-"""The worker's HTTP side (the contract's HTTP table), on Faust's aiohttp web server:
-table views (pipeline.web.views), ingest (pipeline.web.ingest), health and metrics.
+"""The worker's HTTP side, on Faust's aiohttp web server: the topology's table views
+(pipeline.web.views), its ingest routes (pipeline.web.ingest), ``/health`` and
+``/metrics``. Every error is JSON (pipeline.web.http).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
-from faust.types import AppT
+from faust.types import AppT, TableT
 
-from pipeline.domain.encoding import decode_stock_row, decode_user_stats
 from pipeline.serde.codec import Codecs
-from pipeline.settings import Settings
+from pipeline.streaming.faust_internals import aiohttp_app
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.tables import Tables
-from pipeline.topics import TopicNames
-from pipeline.web.http import json_errors
+from pipeline.streaming.positions import TrackedCodec
+from pipeline.streaming.topology import IngestRoute, Topology, View
+from pipeline.web.http import Handler, json_errors
 from pipeline.web.ingest import Ingest
 from pipeline.web.views import TableQuery
 
 
-def render_stock(sku: str) -> Callable[[bytes], dict[str, Any]]:
-    def render(stored: bytes) -> dict[str, Any]:
-        return {"sku": sku, "available": decode_stock_row(stored).available}
+def view_handler(query: TableQuery, view: View[Any]) -> Handler:
+    codec = TrackedCodec(view.table.encode, view.table.decode)
 
-    return render
+    async def answer(request: web.Request) -> web.Response:
+        key = request.match_info[view.parameter]
+        return await query.answer(
+            request, key, lambda stored: dict(view.render(key, codec.decode(stored).row))
+        )
+
+    return answer
 
 
-def render_user_stats(user_id: str) -> Callable[[bytes], dict[str, Any]]:
-    def render(stored: bytes) -> dict[str, Any]:
-        stats = decode_user_stats(stored)
-        return {
-            "user_id": user_id,
-            "order_count": stats.order_count,
-            "total_spent_cents": stats.total_spent_cents,
-            "last_order_id": stats.last_order_id,
-        }
+def ingest_handler(ingest: Ingest, route: IngestRoute) -> Handler:
+    async def produce(request: web.Request) -> web.Response:
+        return await ingest.produce(request, route.topic, route.key_field)
 
-    return render
+    return produce
 
 
 def register(
     app: AppT,
-    *,
-    tables: Tables,
-    names: TopicNames,
+    topology: Topology,
+    tables: Mapping[str, TableT[bytes, bytes]],
     codecs: Codecs,
     metrics: Metrics,
-    partitions: int,
-    settings: Settings,
 ) -> None:
-    stock = TableQuery(app, tables.stock, partitions, metrics)
-    user_stats = TableQuery(app, tables.user_stats, partitions, metrics)
+    settings = topology.settings
     ingest = Ingest(
         app,
         codecs,
@@ -61,21 +56,14 @@ def register(
         max_body_bytes=settings.web_max_body_bytes,
     )
 
-    async def get_stock(request: web.Request) -> web.Response:
-        sku = request.match_info["sku"]
-        return await stock.answer(request, sku, render_stock(sku))
-
-    async def get_user_orders(request: web.Request) -> web.Response:
-        user_id = request.match_info["user_id"]
-        return await user_stats.answer(request, user_id, render_user_stats(user_id))
-
     def assigned_partitions() -> int:
         return len(app.consumer.assignment())
 
     async def health(request: web.Request) -> web.Response:
         # Consuming means: the group assigned partitions (the web server starts
         # before the first assignment), no rebalance and no table recovery running.
-        if not app.router.tables_metadata():
+        assigned = app.router.tables_metadata() if tables else app.consumer.assignment()
+        if not assigned:
             return web.json_response({"status": "waiting for assignment"}, status=503)
         if app.rebalancing or app.in_recovery:
             return web.json_response({"status": "rebalancing"}, status=503)
@@ -88,23 +76,13 @@ def register(
         response.headers["Content-Type"] = content_type
         return response
 
-    async def post_user(request: web.Request) -> web.Response:
-        return await ingest.produce(request, names.user_registered, "user_id")
-
-    async def post_order(request: web.Request) -> web.Response:
-        return await ingest.produce(request, names.order_created, "user_id")
-
-    async def post_stock(request: web.Request) -> web.Response:
-        return await ingest.produce(request, names.stock_adjusted, "sku")
-
-    # The aiohttp driver (the only one Faust ships) exposes its Application.
-    web_app: web.Application = app.web.web_app  # type: ignore[attr-defined]
+    web_app = aiohttp_app(app)
     web_app.middlewares.append(json_errors)
     router = web_app.router
-    router.add_get("/stock/{sku}", get_stock)
-    router.add_get("/users/{user_id}/orders", get_user_orders)
+    for view in topology.views:
+        query = TableQuery(app, tables[view.table.name], settings.partitions, metrics)
+        router.add_get(view.path, view_handler(query, view))
     router.add_get("/health", health)
     router.add_get("/metrics", metrics_view)
-    router.add_post("/users", post_user)
-    router.add_post("/orders", post_order)
-    router.add_post("/stock", post_stock)
+    for route in topology.ingest_routes:
+        router.add_post(route.path, ingest_handler(ingest, route))

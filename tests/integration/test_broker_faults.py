@@ -22,6 +22,7 @@ from pipeline.admin.offsets import record_count
 from pipeline.dev.loadgen import LoadConfig, SendReport, ShopEvent, generate, send
 from pipeline.dev.stack.launcher import Stack
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
+from pipeline.services import shop as shop_topology
 from pipeline.settings import read_env_file
 from tests.integration.harness import views_match
 
@@ -66,7 +67,7 @@ def assert_nothing_lost_or_doubled(
     assert worker.running()
     consumer = Consumer({**shop.settings.kafka_client_config(), "group.id": "fault-check"})
     try:
-        for source in shop.names.consumed:
+        for source in shop_topology(shop.settings).sources:
             assert record_count(consumer, shop.names.dead_letters(source)) == 0, source
     finally:
         consumer.close()

@@ -31,6 +31,7 @@ from pipeline.admin.offsets import committed_offsets, record_count, watermarks
 from pipeline.admin.topics import ensure_topics
 from pipeline.dev.loadgen import ORDER_CREATED, LoadConfig, ShopEvent, generate, send
 from pipeline.dev.workers import WorkerProcess, wait_for
+from pipeline.services import shop as shop_topology
 from tests.integration import expected
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import deployment, views_match
@@ -82,7 +83,7 @@ def test_repeated_worker_kills_lose_and_double_nothing(stack: StackInfo, tmp_pat
     shop = deployment(stack, f"it-soak-{uuid.uuid4().hex[:8]}", tmp_path)
     settings, names = shop.settings, shop.names
     events = list(generate(LoadConfig(users=max(ORDERS // 50, 10), orders=ORDERS, skus=200)))
-    ensure_topics(settings)
+    ensure_topics(settings, shop_topology(settings).specs())
     report = send(events, settings, progress=False)  # the whole stream waits on the broker
     assert report.failed == 0
     # Everything the group commits once: the input and one re-keyed record per order line
@@ -93,7 +94,7 @@ def test_repeated_worker_kills_lose_and_double_nothing(stack: StackInfo, tmp_pat
 
     admin = AdminClient(dict(settings.kafka_client_config()))
     consumer = Consumer({**settings.kafka_client_config(), "group.id": "soak-progress"})
-    group, consumed = settings.app_id, names.consumed
+    group, consumed = settings.app_id, shop_topology(settings).sources
 
     def done() -> int:
         return sum(

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.agents.orders import USER_STATS
+from pipeline.agents.stock import STOCK
 from pipeline.dev.loadgen import LoadConfig, generate, send
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
-from pipeline.topics import STOCK_TABLE, USER_STATS_TABLE
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import deployment, read_topic, views_match
 
@@ -22,7 +23,7 @@ def changelog_read(worker: WorkerProcess, metric: str) -> float:
     (pipeline.streaming.restore), ``recovered`` by Faust's recovery after it."""
     return sum(
         worker.metric(f"pipeline_changelog_{metric}_total", table=table)
-        for table in (USER_STATS_TABLE, STOCK_TABLE)
+        for table in (USER_STATS.name, STOCK.name)
     )
 
 
@@ -45,7 +46,7 @@ def test_restart_resumes_from_its_state_dir_and_an_empty_one_rebuilds(
     names = shop.names
     changelog_records = sum(
         len(read_topic(shop.settings, names.changelog(table)))
-        for table in (USER_STATS_TABLE, STOCK_TABLE)
+        for table in (USER_STATS.name, STOCK.name)
     )
     assert changelog_records > 0
 

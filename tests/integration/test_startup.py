@@ -11,6 +11,7 @@ from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from pipeline.admin.topics import admin_client, ensure_topics, existing_partition_counts
 from pipeline.cli import main
+from pipeline.services import shop
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import deployment
 
@@ -20,11 +21,11 @@ pytestmark = pytest.mark.integration
 def test_missing_topics_are_created_with_the_configured_counts(stack: StackInfo) -> None:
     name = f"it-topics-{uuid.uuid4().hex[:8]}"
     settings = stack.settings(app_id=name, topic_prefix=f"{name}.", partitions=3)
-    created = ensure_topics(settings)
+    created = ensure_topics(settings, shop(settings).specs())
     assert f"{name}.order_created" in created and f"{name}-stock-changelog" in created
     counts = existing_partition_counts(admin_client(settings))
     assert {counts[topic] for topic in created} == {3}
-    assert ensure_topics(settings) == []  # idempotent
+    assert ensure_topics(settings, shop(settings).specs()) == []  # idempotent
 
     env = {
         "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,

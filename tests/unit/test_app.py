@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.app import UnsupportedGuarantee, create_app
+from pipeline.services import loyalty_points, points_settings, shop
 from pipeline.settings import Settings
+from pipeline.streaming.app import UnsupportedGuarantee, create_app
 
 
-def test_topology_and_raw_table_keys() -> None:
-    app = create_app(Settings(app_id="unit", topic_prefix="unit."))
+def test_the_shop_app_runs_its_agents_on_raw_tables() -> None:
+    app = create_app(shop(Settings(app_id="unit", topic_prefix="unit.")))
     assert sorted(agent.name for agent in app.agents.values()) == [
         "notifications",
         "orders",
@@ -19,6 +20,13 @@ def test_topology_and_raw_table_keys() -> None:
         assert table.partitions == 8
 
 
+def test_the_points_app_is_a_consumer_group_of_its_own() -> None:
+    app = create_app(loyalty_points(points_settings(Settings(app_id="unit"))))
+    assert app.conf.id == "unit-points"
+    assert [agent.name for agent in app.agents.values()] == ["points"]
+    assert [table.name for table in app.tables.values()] == ["points"]
+
+
 def test_exactly_once_is_refused_with_a_reason() -> None:
     with pytest.raises(UnsupportedGuarantee, match="idempotent"):
-        create_app(Settings(processing_guarantee="exactly_once"))
+        create_app(shop(Settings(processing_guarantee="exactly_once")))

@@ -17,6 +17,7 @@ CONTRACT_TOPICS = {
     "stock_levels": "shop.StockLevel",
     "low_stock_alerts": "shop.LowStockAlert",
     "notifications": "shop.NotificationRequested",
+    "user_points": "shop.UserPoints",
 }
 
 

@@ -14,8 +14,9 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.types import TP
 
-from pipeline.app import create_app
+from pipeline.services import shop
 from pipeline.settings import Settings
+from pipeline.streaming.app import create_app
 from pipeline.streaming.faust_internals import (
     FAUST_VERSION,
     PipelineConsumer,
@@ -40,7 +41,7 @@ UPSTREAM: dict[Callable[..., Any], str] = {
 
 
 def test_the_app_uses_the_fixes() -> None:
-    app = create_app(Settings(app_id="unit", topic_prefix="unit."))
+    app = create_app(shop(Settings(app_id="unit", topic_prefix="unit.")))
     assert isinstance(cast(Any, app.tables).recovery, PipelineRecovery)
     assert isinstance(app.transport, PipelineTransport)
     assert app.transport.Consumer is PipelineConsumer

@@ -1,0 +1,170 @@
+"""A Faust app that runs a topology (pipeline.streaming.topology).
+
+Before consuming, the app creates its topics (the broker does not), resolves the
+schema ids of what it encodes (encoding is synchronous) and bulk-restores its
+RocksDB tables from their changelogs (pipeline.streaming.restore). Each agent of
+the topology becomes a Faust agent over its source topics, read as raw bytes and
+handled in batches (pipeline.streaming.processing); each table a Faust table of
+raw bytes (pipeline.streaming.tables); the views and ingest routes are served by
+the app's web server (pipeline.web.server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any, cast
+
+import faust
+from faust.types import StreamT, TableT
+from faust.types.auth import CredentialsT
+
+from pipeline.admin.topics import ensure_topics
+from pipeline.serde.codec import Codecs
+from pipeline.settings import KafkaSecurity, Settings
+from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
+from pipeline.streaming.dead_letters import DeadLetters
+from pipeline.streaming.faust_internals import FixedFaustApp, PipelineTableManager
+from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.processing import EventRunner
+from pipeline.streaming.producer import BatchProducer, producer_config
+from pipeline.streaming.restore import ChangelogStore, restore
+from pipeline.streaming.tables import faust_table
+from pipeline.streaming.topology import Agent, Topology
+from pipeline.web import server
+
+
+class PipelineApp(FixedFaustApp):
+    """A Faust app that, before consuming, creates its topics, resolves its schema ids
+    and bulk-restores its tables."""
+
+    topology: Topology
+    codecs: Codecs
+    pipeline_metrics: Metrics
+    batch_producer: BatchProducer
+    pipeline_tables: dict[str, TableT[bytes, bytes]]
+
+    @property
+    def pipeline_settings(self) -> Settings:
+        return self.topology.settings
+
+    async def on_first_start(self) -> None:
+        # Blocking admin calls, once per process, before any consumer or producer runs.
+        topology = self.topology
+        await asyncio.to_thread(ensure_topics, topology.settings, topology.specs())
+        await self.codecs.prepare_async(topology.encoded_topics)
+        if topology.settings.store.startswith("rocksdb://"):
+            await self.restore_tables()
+        await super().on_first_start()
+
+    async def on_shutdown(self) -> None:
+        # After the agents stopped: deliver what their last batches queued.
+        await asyncio.to_thread(self.batch_producer.close)
+        await super().on_shutdown()
+
+    async def restore_tables(self) -> None:
+        # The stores are created here, on the loop; the bulk reads and writes run off it.
+        tables = {table.changelog_topic.get_topic_name(): table for table in self.tables.values()}
+        stores = {topic: cast(ChangelogStore, table.data) for topic, table in tables.items()}
+        report = await asyncio.to_thread(restore, self.pipeline_settings, stores)
+        restored = self.pipeline_metrics.changelog_records_restored
+        for topic, records in report.records.items():
+            restored.labels(tables[topic].name).inc(records)
+
+
+def broker_credentials(security: KafkaSecurity) -> CredentialsT | ssl.SSLContext | None:
+    if security.protocol == "PLAINTEXT":
+        return None
+    context = None
+    if security.protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=security.ssl_cafile)
+    if security.protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=security.sasl_username,
+            password=security.sasl_password,
+            mechanism=security.sasl_mechanism,
+            ssl_context=context,
+        )
+    return context
+
+
+class UnsupportedGuarantee(ValueError):
+    pass
+
+
+def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
+    """The Faust app of ``topology``; nothing is started until a worker runs it."""
+    settings = topology.settings
+    if settings.processing_guarantee != "at_least_once":
+        # Faust's exactly_once derives each transactional id from the destination
+        # topic's partition and fails for topics the app does not consume (all our
+        # derived topics). The tables are exact without it: every row remembers the
+        # positions it applied (pipeline.streaming.positions), so a redelivery is a no-op.
+        raise UnsupportedGuarantee(
+            f"PIPELINE_PROCESSING_GUARANTEE={settings.processing_guarantee!r} is not supported: "
+            "use at_least_once; table updates are idempotent, so replays never double-count"
+        )
+    topology.check()
+    brokers = [
+        f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")
+    ]
+    app = PipelineApp(
+        settings.app_id,
+        broker=brokers,
+        broker_credentials=broker_credentials(settings.kafka_security),
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=settings.standby_replicas,
+        processing_guarantee=settings.processing_guarantee,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        canonical_url=settings.web_url,
+        # Faust's own /router and /table views: queries route through our views instead,
+        # and /table would expose raw rows.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        # A crashed worker's partitions wait for its session to expire before they
+        # move (Faust's default: 60 s).
+        broker_session_timeout=15.0,
+        producer_acks=-1,
+        # Resumes the streams after a rebalance without dropping fetched events
+        # (pipeline.streaming.faust_internals: Faust's own order loses some and stops
+        # committing).
+        TableManager=PipelineTableManager,
+        autodiscover=False,
+    )
+    app.topology = topology
+    app.codecs = codecs if codecs is not None else Codecs.from_settings(settings)
+    metrics = app.pipeline_metrics = Metrics()
+    app.batch_producer = BatchProducer(producer_config(settings))
+    app.pipeline_tables = {
+        spec.name: faust_table(app, settings, metrics, spec) for spec in topology.tables
+    }
+    serdes = Serdes(records=app.codecs, internal=topology.internal, topology=topology)
+    outputs = Outputs(producer=app.batch_producer, metrics=metrics)
+    runner = EventRunner(dead_letters=DeadLetters(app), metrics=metrics)
+    for agent in topology.agents:
+        table = app.pipeline_tables[agent.table.name] if agent.table is not None else None
+        handler = AgentHandler(agent, table, serdes, outputs, metrics)
+        _run_agent(app, agent, handler, runner)
+    server.register(app, topology, app.pipeline_tables, app.codecs, metrics)
+    return app
+
+
+def _run_agent(app: faust.App, agent: Agent, handler: AgentHandler, runner: EventRunner) -> None:
+    source = app.topic(
+        *agent.rules,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    async def process(stream: StreamT[Any]) -> None:
+        await runner.consume(stream, handler)
+
+    app.agent(source, name=agent.name)(process)

@@ -1,0 +1,154 @@
+"""Source positions: how a table row tells a replayed event from a new one.
+
+Each row remembers, per source partition (``"<topic>:<partition>"``), the position
+of the last event it applied; an event at or before that position is a replay
+(at-least-once delivery after a crash or rebalance) and changes nothing. That is
+what makes table updates exact without Kafka transactions. The runtime keeps the
+positions beside the row (``Tracked``), so a rule never sees them.
+
+An event re-keyed through an internal topic keeps the position of the event that
+emitted it (``Origin``, framed in front of the value), with an index among that
+event's re-keyed events: a replayed order re-sends its lines, and the stock rows
+recognise each line by the order's position, not by the line's new offset.
+
+Layouts (big-endian):
+- position list: u16 count, then per entry: u8 source length, source UTF-8,
+  i64 offset, i32 index
+- tracked row: u8 version=1, position list, then the row's own encoding to the end
+- origin frame: u8 version=1, u8 source length, source UTF-8, i64 offset, i32 index,
+  then the value's own encoding to the end
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from pipeline.domain.encoding import EncodingError
+
+VERSION = 1
+_COUNT = struct.Struct(">H")
+_SOURCE_LEN = struct.Struct(">B")
+_POSITION = struct.Struct(">qi")
+
+Row = TypeVar("Row")
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where in a source partition an event stands: its offset, and an index among
+    the several events one source event re-keys (the lines of one order)."""
+
+    offset: int
+    index: int = 0
+
+
+# Keyed by source, e.g. ``"order_created:3"``.
+AppliedPositions = Mapping[str, Position]
+
+
+def source_id(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The source event a table change comes from."""
+
+    source: str
+    position: Position
+
+
+def is_new(applied: AppliedPositions, origin: Origin) -> bool:
+    """True unless the row already applied this event (or a later one of the same source)."""
+    last = applied.get(origin.source)
+    return last is None or origin.position > last
+
+
+def advance(applied: AppliedPositions, origin: Origin) -> dict[str, Position]:
+    return {**applied, origin.source: origin.position}
+
+
+@dataclass(frozen=True)
+class Tracked(Generic[Row]):
+    """A table row and the positions of the events it applied."""
+
+    row: Row
+    applied: AppliedPositions = field(default_factory=dict)
+
+
+def _check_version(data: bytes, what: str) -> None:
+    if not data or data[0] != VERSION:
+        raise EncodingError(f"{what}: unknown encoding version {data[:1]!r}")
+
+
+def _encode_source(source: str) -> bytes:
+    raw = source.encode()
+    return _SOURCE_LEN.pack(len(raw)) + raw
+
+
+def _decode_source(data: bytes, cursor: int) -> tuple[str, int]:
+    (length,) = _SOURCE_LEN.unpack_from(data, cursor)
+    cursor += _SOURCE_LEN.size
+    return data[cursor : cursor + length].decode(), cursor + length
+
+
+def encode_positions(applied: AppliedPositions) -> bytes:
+    parts = [_COUNT.pack(len(applied))]
+    for source, position in applied.items():
+        parts += [_encode_source(source), _POSITION.pack(position.offset, position.index)]
+    return b"".join(parts)
+
+
+def decode_positions(data: bytes, start: int) -> tuple[dict[str, Position], int]:
+    (count,) = _COUNT.unpack_from(data, start)
+    cursor = start + _COUNT.size
+    applied: dict[str, Position] = {}
+    for _ in range(count):
+        source, cursor = _decode_source(data, cursor)
+        offset, index = _POSITION.unpack_from(data, cursor)
+        cursor += _POSITION.size
+        applied[source] = Position(offset, index)
+    return applied, cursor
+
+
+@dataclass(frozen=True)
+class TrackedCodec(Generic[Row]):
+    """Stored bytes of a tracked row: its positions, then the row's own encoding."""
+
+    encode_row: Callable[[Row], bytes]
+    decode_row: Callable[[bytes], Row]
+
+    def encode(self, tracked: Tracked[Row]) -> bytes:
+        return b"".join(
+            [bytes((VERSION,)), encode_positions(tracked.applied), self.encode_row(tracked.row)]
+        )
+
+    def decode(self, data: bytes) -> Tracked[Row]:
+        _check_version(data, "tracked row")
+        applied, cursor = decode_positions(data, 1)
+        return Tracked(self.decode_row(data[cursor:]), applied)
+
+
+def frame_origin(origin: Origin, payload: bytes) -> bytes:
+    return b"".join(
+        [
+            bytes((VERSION,)),
+            _encode_source(origin.source),
+            _POSITION.pack(origin.position.offset, origin.position.index),
+            payload,
+        ]
+    )
+
+
+def unframe_origin(data: bytes) -> tuple[Origin, bytes]:
+    """The origin in front of a re-keyed value, and the value's own bytes."""
+    _check_version(data, "re-keyed event")
+    try:
+        source, cursor = _decode_source(data, 1)
+        offset, index = _POSITION.unpack_from(data, cursor)
+    except (struct.error, UnicodeDecodeError) as error:
+        raise EncodingError(f"re-keyed event: no origin in front of the value ({error})") from None
+    return Origin(source, Position(offset, index)), data[cursor + _POSITION.size :]

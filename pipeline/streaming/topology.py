@@ -1,0 +1,224 @@
+"""The agent API: what a service declares, and nothing of how it is run.
+
+An agent module says which topics its agent reads, which table it keeps, the pure
+rule it applies to each source topic's events and which topics it emits to::
+
+    orders = topology.agent("orders", table=USER_STATS, emits=[topics.user_order_stats])
+
+    @orders.on(topics.order_created)
+    def order(user_id: str, order: dict[str, Any], stats: UserOrderStats | None) -> Update:
+        updated = apply_order(stats, order_id=order["order_id"], total_cents=...)
+        return Update(updated, emit=[Emit(topics.user_order_stats, user_id, {...})])
+
+A rule gets the event's key (text), its decoded value and, for an agent with a
+table, the key's row (None when the table has none); it returns the new row and
+the events to emit (``Update``), or, without a table, only the events. The runtime
+(pipeline.streaming.agents) does the rest: decoding (awaiting unknown schema ids),
+batches, binding each row to its partition, skipping replays, sending derived
+events before the changelog and the changelog before the store, retries and dead
+letters, and each emitted value's serde, chosen by its topic: Avro in Confluent
+wire format for a topic with a schema, the topic's own encoding for an internal
+one (``repartition``).
+
+One agent may read several topics (the stock agent reads order lines and
+adjustments): they share one batch pipeline, so every change of a row goes through
+the same in-flight state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pipeline.settings import Settings
+from pipeline.topics import TopicNames, TopicSpec
+
+Row = TypeVar("Row")
+Value = TypeVar("Value")
+
+
+class UndeclaredTopic(ValueError):
+    """A rule emitted to a topic its agent does not declare (a bug in the rule)."""
+
+
+@dataclass(frozen=True)
+class Emit:
+    """An event to emit: its topic, its key (text; the partition follows from it) and
+    its value (a record of the topic's schema, or what an internal topic encodes)."""
+
+    topic: str
+    key: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class Update(Generic[Row]):
+    """What a rule makes of one event: the key's new row, and the events it emits."""
+
+    row: Row
+    emit: Sequence[Emit] = ()
+
+
+@dataclass(frozen=True)
+class TableSpec(Generic[Row]):
+    """A table keyed by the source events' keys, with rows stored as ``encode`` makes them."""
+
+    name: str
+    encode: Callable[[Row], bytes]
+    decode: Callable[[bytes], Row]
+    help: str
+
+
+@dataclass(frozen=True)
+class InternalTopic(Generic[Value]):
+    """A topic only this service writes and reads: events re-keyed from one agent to
+    another, encoded without a registry. ``decode`` gets the record key too."""
+
+    name: str
+    encode: Callable[[Value], bytes]
+    decode: Callable[[str, bytes], Value]
+
+
+# With a table: (key, value, row or None) -> Update; without: (key, value) -> events.
+Rule = Callable[..., Any]
+
+
+@dataclass
+class Agent:
+    """One agent: its source topics with a rule each, its table, the topics it emits to."""
+
+    name: str
+    table: TableSpec[Any] | None
+    emits: frozenset[str]
+    rules: dict[str, Rule] = field(default_factory=dict)
+
+    def on(self, topic: str) -> Callable[[Rule], Rule]:
+        """Apply the decorated rule to every event of ``topic``."""
+
+        def register(rule: Rule) -> Rule:
+            if topic in self.rules:
+                raise ValueError(f"agent {self.name!r} already has a rule for topic {topic!r}")
+            self.rules[topic] = rule
+            return rule
+
+        return register
+
+
+@dataclass(frozen=True)
+class View(Generic[Row]):
+    """``GET path`` answers the row of the key in the path's one ``{parameter}``."""
+
+    path: str
+    table: TableSpec[Row]
+    render: Callable[[str, Row], Mapping[str, Any]]
+
+    @property
+    def parameter(self) -> str:
+        return self.path[self.path.index("{") + 1 : self.path.index("}")]
+
+
+@dataclass(frozen=True)
+class IngestRoute:
+    """``POST path`` produces its JSON body to ``topic``, keyed by the body's ``key_field``."""
+
+    path: str
+    topic: str
+    key_field: str
+
+
+class Topology:
+    """Everything one service (one Faust app, one consumer group) declares."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = TopicNames.from_settings(settings)
+        self.agents: list[Agent] = []
+        self.internal: dict[str, InternalTopic[Any]] = {}
+        self.views: list[View[Any]] = []
+        self.ingest_routes: list[IngestRoute] = []
+
+    def agent(
+        self, name: str, *, table: TableSpec[Any] | None = None, emits: Iterable[str] = ()
+    ) -> Agent:
+        agent = Agent(name, table, frozenset(emits))
+        self.agents.append(agent)
+        return agent
+
+    def repartition(
+        self, name: str, encode: Callable[[Value], bytes], decode: Callable[[str, bytes], Value]
+    ) -> InternalTopic[Value]:
+        """Declare an internal topic ``<app id>-<name>`` and how its values are encoded."""
+        topic = InternalTopic(self.topics.internal(name), encode, decode)
+        self.internal[topic.name] = topic
+        return topic
+
+    def view(
+        self, path: str, table: TableSpec[Row], render: Callable[[str, Row], Mapping[str, Any]]
+    ) -> None:
+        self.views.append(View(path, table, render))
+
+    def ingest(self, path: str, topic: str, key_field: str) -> None:
+        self.ingest_routes.append(IngestRoute(path, topic, key_field))
+
+    @property
+    def tables(self) -> list[TableSpec[Any]]:
+        return [agent.table for agent in self.agents if agent.table is not None]
+
+    @property
+    def encoded_topics(self) -> list[str]:
+        """Topics this service writes Avro records to (emitted or ingested)."""
+        emitted = {topic for agent in self.agents for topic in agent.emits}
+        emitted |= {route.topic for route in self.ingest_routes}
+        return sorted(emitted - self.internal.keys())
+
+    @property
+    def sources(self) -> list[str]:
+        """Every topic an agent reads; each has a dead-letter topic."""
+        return [topic for agent in self.agents for topic in agent.rules]
+
+    def check(self) -> None:
+        """Refuse a topology the runtime cannot run correctly, naming what is wrong."""
+        for agent in self.agents:
+            if not agent.rules:
+                raise ValueError(f"agent {agent.name!r} has no rule: add one with @agent.on(topic)")
+            # A re-keyed event carries its origin's position; re-keying it again would
+            # need a position made of both, which nothing here keeps.
+            rekeyed = [topic for topic in agent.rules if topic in self.internal]
+            rekeying = [topic for topic in agent.emits if topic in self.internal]
+            if rekeyed and rekeying:
+                raise ValueError(
+                    f"agent {agent.name!r} reads the internal topic {rekeyed[0]!r} and emits to "
+                    f"the internal topic {rekeying[0]!r}: one re-keying hop is supported"
+                )
+            for topic in agent.rules:
+                if topic.startswith(f"{self.settings.app_id}-") and topic not in self.internal:
+                    raise ValueError(
+                        f"agent {agent.name!r} reads {topic!r}, which no repartition() declares"
+                    )
+
+    def specs(self) -> list[TopicSpec]:
+        """Every topic the service needs: sources, emitted topics, changelogs, dead letters.
+
+        A table's changelog and the topics its agent reads are co-partitioned: a row's
+        changelog record goes to the partition of the event that changed it.
+        """
+        specs: dict[str, TopicSpec] = {}
+
+        def add(spec: TopicSpec) -> None:
+            known = specs.get(spec.name)
+            if known is None or known.copartition_group is None:
+                specs[spec.name] = spec
+
+        for agent in self.agents:
+            group = agent.table.name if agent.table is not None else None
+            for topic in agent.rules:
+                add(TopicSpec(topic, group))
+                add(TopicSpec(self.topics.dead_letters(topic)))
+            for topic in agent.emits:
+                add(TopicSpec(topic))
+            if agent.table is not None:
+                add(TopicSpec(self.topics.changelog(agent.table.name), group, compacted=True))
+        for route in self.ingest_routes:
+            add(TopicSpec(route.topic))
+        return list(specs.values())

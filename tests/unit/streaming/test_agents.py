@@ -1,0 +1,231 @@
+"""The agents of the shop and points services, run by the runtime's handler without a broker:
+records are JSON (a stand-in for the registry codec), the table is a dict, and every send is
+acknowledged at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+
+from pipeline.agents.orders import USER_STATS
+from pipeline.agents.stock import STOCK
+from pipeline.domain.encoding import decode_order_line
+from pipeline.domain.rules import StockRow, UserOrderStats
+from pipeline.serde.errors import UndecodableKey
+from pipeline.services import loyalty_points, points_settings, shop
+from pipeline.settings import Settings
+from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
+from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.positions import Origin, Position, TrackedCodec, unframe_origin
+from pipeline.streaming.processing import Event
+from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing
+from pipeline.streaming.topology import Agent, Emit, Topology, UndeclaredTopic
+
+SETTINGS = Settings(app_id="unit", low_stock_threshold=10)
+
+
+class JsonRecords:
+    async def decode(self, topic: str, data: bytes | None) -> dict[str, Any]:
+        return cast(dict[str, Any], json.loads(data or b""))
+
+    def encode(self, topic: str, record: Mapping[str, Any]) -> bytes:
+        return json.dumps(record).encode()
+
+
+class FakeStore(dict[bytes, bytes]):
+    def set_persisted_offset(self, tp: Any, offset: int) -> None:
+        pass
+
+
+@dataclass
+class FakeTopic:
+    name: str
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+@dataclass
+class FakeTable:
+    changelog_topic: FakeTopic
+    data: FakeStore = field(default_factory=FakeStore)
+
+
+class Broker:
+    """Acknowledges every send at once, and keeps what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[Outgoing] = []
+
+    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+        self.sent += messages
+        delivery: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        delivery.set_result({})
+        return delivery
+
+
+@dataclass
+class FakeMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass
+class FakeEvent:
+    message: FakeMessage
+
+
+class Harness:
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.broker = Broker()
+        self.metrics = Metrics()
+        self.tables = {
+            spec.name: FakeTable(FakeTopic(topology.topics.changelog(spec.name)))
+            for spec in topology.tables
+        }
+        self.serdes = Serdes(JsonRecords(), topology.internal, topology)
+
+    def handler(self, agent: Agent) -> AgentHandler:
+        table = self.tables[agent.table.name] if agent.table is not None else None
+        outputs = Outputs(cast(BatchProducer, self.broker), self.metrics)
+        return AgentHandler(agent, cast(Any, table), self.serdes, outputs, self.metrics)
+
+    def run(self, agent_name: str, *messages: FakeMessage) -> list[Outgoing]:
+        """Handle ``messages`` as one batch; what the batch sent (derived, then changelog)."""
+        (agent,) = [agent for agent in self.topology.agents if agent.name == agent_name]
+        before = len(self.broker.sent)
+        batch = [cast(Event, FakeEvent(message)) for message in messages]
+
+        async def handle() -> None:
+            prepared = await self.handler(agent)(batch, None)
+            await prepared.complete()
+
+        asyncio.run(handle())
+        return self.broker.sent[before:]
+
+    def row(self, table: str, key: str) -> Any:
+        spec = USER_STATS if table == USER_STATS.name else STOCK
+        stored = self.tables[table].data[key.encode()]
+        return TrackedCodec(spec.encode, spec.decode).decode(stored)
+
+
+def order(offset: int, user: str, items: list[tuple[str, int]], partition: int = 3) -> FakeMessage:
+    value = {
+        "order_id": f"{user}-o{offset}",
+        "user_id": user,
+        "items": [{"sku": sku, "quantity": qty, "unit_price_cents": 100} for sku, qty in items],
+        "total_cents": 100 * sum(qty for _, qty in items),
+        "created_at": 1_700_000_000_000 + offset,
+    }
+    return FakeMessage(
+        "order_created", partition, offset, user.encode(), json.dumps(value).encode()
+    )
+
+
+def test_an_order_updates_the_user_row_and_re_keys_its_lines_with_the_order_s_position() -> None:
+    shop_run = Harness(shop(SETTINGS))
+    sent = shop_run.run("orders", order(7, "u1", [("A", 2), ("B", 1)]))
+    lines = [message for message in sent if message.topic == "unit-order_lines_by_sku"]
+    assert [message.key for message in lines] == [b"A", b"B"]
+    origins = [unframe_origin(message.value)[0] for message in lines]
+    assert origins == [
+        Origin("order_created:3", Position(7, 0)),
+        Origin("order_created:3", Position(7, 1)),
+    ]
+    assert decode_order_line("A", unframe_origin(lines[0].value)[1]).quantity == 2
+    (stats,) = [json.loads(m.value) for m in sent if m.topic == "user_order_stats"]
+    assert stats == {
+        "user_id": "u1",
+        "order_count": 1,
+        "total_spent_cents": 300,
+        "last_order_id": "u1-o7",
+        "updated_at": 1_700_000_000_007,
+    }
+    tracked = shop_run.row("user_order_stats", "u1")
+    assert tracked.row == UserOrderStats(1, 300, "u1-o7")
+    assert tracked.applied == {"order_created:3": Position(7)}
+
+
+def test_a_replayed_order_changes_nothing_and_emits_nothing() -> None:
+    shop_run = Harness(shop(SETTINGS))
+    shop_run.run("orders", order(7, "u1", [("A", 2)]))
+    assert shop_run.run("orders", order(7, "u1", [("A", 2)]), order(6, "u1", [("A", 1)])) == []
+    assert shop_run.row("user_order_stats", "u1").row.order_count == 1
+    skipped = shop_run.metrics.replays_skipped.labels("user_order_stats")._value.get()
+    assert skipped == 2
+
+
+def test_re_keyed_lines_apply_once_each_even_when_the_order_is_replayed() -> None:
+    shop_run = Harness(shop(SETTINGS))
+    lines = [
+        message
+        for message in shop_run.run("orders", order(7, "u1", [("A", 2), ("A", 5)]))
+        if message.topic == "unit-order_lines_by_sku"
+    ]
+    as_consumed = [
+        FakeMessage(line.topic, 0, offset, line.key, line.value)
+        for offset, line in enumerate(lines + lines)  # the order's lines, then their replay
+    ]
+    sent = shop_run.run("stock", *as_consumed)
+    assert [json.loads(m.value)["available"] for m in sent if m.topic == "stock_levels"] == [-2, -7]
+    assert shop_run.row("stock", "A").row == StockRow(-7)
+
+
+def test_an_adjustment_crossing_the_threshold_raises_one_alert() -> None:
+    shop_run = Harness(shop(SETTINGS))
+
+    def adjustment(offset: int, delta: int) -> FakeMessage:
+        value = {"sku": "A", "delta": delta, "reason": "r", "adjusted_at": offset}
+        return FakeMessage("stock_adjusted", 1, offset, b"A", json.dumps(value).encode())
+
+    sent = shop_run.run("stock", adjustment(0, 12), adjustment(1, -3), adjustment(2, -1))
+    alerts = [json.loads(m.value) for m in sent if m.topic == "low_stock_alerts"]
+    assert alerts == [{"sku": "A", "available": 9, "threshold": 10, "at": 1}]
+    assert shop_run.row("stock", "A").row == StockRow(8)
+
+
+def test_a_registration_requests_the_welcome_email() -> None:
+    user = {"user_id": "u1", "email": "u1@shop.example", "name": "U", "registered_at": 5}
+    message = FakeMessage("user_registered", 0, 0, b"u1", json.dumps(user).encode())
+    (sent,) = Harness(shop(SETTINGS)).run("notifications", message)
+    assert (sent.topic, sent.key, json.loads(sent.value)["address"]) == (
+        "notifications",
+        b"u1",
+        "u1@shop.example",
+    )
+
+
+def test_the_points_service_counts_a_point_per_whole_currency_unit() -> None:
+    points_run = Harness(loyalty_points(points_settings(SETTINGS)))
+    sent = points_run.run("points", order(1, "u1", [("A", 3)]), order(2, "u1", [("B", 1)]))
+    records = [json.loads(m.value) for m in sent if m.topic == "user_points"]
+    assert [(r["points"], r["last_order_id"]) for r in records] == [(3, "u1-o1"), (4, "u1-o2")]
+
+
+def test_a_table_event_without_a_key_is_refused_with_the_typed_error() -> None:
+    keyless = order(1, "u1", [("A", 1)])
+    keyless.key = None
+    with pytest.raises(UndecodableKey, match="no key"):
+        Harness(shop(SETTINGS)).run("orders", keyless)
+
+
+def test_emitting_to_an_undeclared_topic_is_a_permanent_error_naming_it() -> None:
+    topology = Topology(SETTINGS)
+    agent = topology.agent("careless", emits=[topology.topics.notifications])
+
+    @agent.on(topology.topics.user_registered)
+    def emit_elsewhere(user_id: str, user: dict[str, Any]) -> list[Emit]:
+        return [Emit(topology.topics.stock_levels, user_id, {})]
+
+    message = FakeMessage("user_registered", 0, 0, b"u1", b"{}")
+    with pytest.raises(UndeclaredTopic, match="'stock_levels'"):
+        Harness(topology).run("careless", message)
