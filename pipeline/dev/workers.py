@@ -64,6 +64,10 @@ def http_json(
     return status, json.loads(payload) if payload else None
 
 
+SHOP_APP = "pipeline.app"
+POINTS_APP = "pipeline.points_app"
+
+
 @dataclass
 class WorkerProcess:
     label: str
@@ -71,6 +75,7 @@ class WorkerProcess:
     data_dir: Path
     port: int
     log: Path
+    app: str = SHOP_APP  # the Faust app module (-A)
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0  # time.monotonic() at start
 
@@ -95,7 +100,7 @@ class WorkerProcess:
         with self.log.open("ab") as log:
             self.started_at = time.monotonic()
             self.process = subprocess.Popen(
-                [FAUST, "-A", "pipeline.app", "worker", "-l", "info"],
+                [FAUST, "-A", self.app, "worker", "-l", "info"],
                 cwd=self.log.parent,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -195,8 +200,11 @@ class Deployment:
     def names(self) -> TopicNames:
         return TopicNames.from_settings(self.settings)
 
-    def worker(self, label: str, data_dir: Path | None = None) -> WorkerProcess:
-        """A worker of this deployment; pass another worker's ``data_dir`` to restart on it."""
+    def worker(
+        self, label: str, data_dir: Path | None = None, app: str = SHOP_APP
+    ) -> WorkerProcess:
+        """A worker of this deployment (of the shop pipeline, unless ``app`` names the
+        points service's module); pass another worker's ``data_dir`` to restart on it."""
         (port,) = free_ports(1)
         return WorkerProcess(
             label=label,
@@ -204,4 +212,5 @@ class Deployment:
             data_dir=data_dir or self.root / label,
             port=port,
             log=self.root / f"{label}.log",
+            app=app,
         )

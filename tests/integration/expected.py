@@ -54,6 +54,15 @@ def stock_changes(events: Iterable[ShopEvent]) -> int:
     return count
 
 
+def points(events: Iterable[ShopEvent]) -> dict[str, int]:
+    """user_id → loyalty points: one per whole currency unit of each order's total."""
+    earned: dict[str, int] = defaultdict(int)
+    for event in events:
+        if event.stream == ORDER_CREATED:
+            earned[event.key] += event.record["total_cents"] // 100
+    return dict(earned)
+
+
 def registered(events: Iterable[ShopEvent]) -> dict[str, str]:
     """user_id → email of every registration."""
     return {event.key: event.record["email"] for event in events if event.stream == USER_REGISTERED}

@@ -108,3 +108,12 @@ def views_match(worker: WorkerProcess, events: list[ShopEvent]) -> bool:
         if status != 200 or body["available"] != available:
             return False
     return True
+
+
+def points_match(worker: WorkerProcess, events: list[ShopEvent]) -> bool:
+    """Every user's points, as the points service answers them, equal what the orders imply."""
+    for user_id, points in expected.points(events).items():
+        status, body = worker.get(f"/users/{user_id}/points")
+        if status != 200 or body["points"] != points:
+            return False
+    return True
