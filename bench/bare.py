@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import time
 from dataclasses import replace
 from typing import Any
@@ -25,11 +24,9 @@ import click
 from confluent_kafka import Consumer, Producer
 from fastavro import schemaless_reader, schemaless_writer
 
-from pipeline.serde.codec import Codecs
+from pipeline.serde.codec import Codecs, header
 from pipeline.settings import Settings
 from pipeline.streaming.producer import producer_config
-
-HEADER = struct.Struct(">bI")
 
 
 @click.command()
@@ -44,8 +41,8 @@ def main(input_topic: str, output_prefix: str, group: str, count: int) -> None:
     levels_topic = f"{output_prefix}stock_levels"
     # Schema ids and parsed schemas once, up front; the loop below is bare fastavro.
     stats_codec, levels_codec = codecs[stats_topic], codecs[levels_topic]
-    stats_header = HEADER.pack(0, stats_codec.prepare())
-    levels_header = HEADER.pack(0, levels_codec.prepare())
+    stats_header = header(stats_codec.prepare())
+    levels_header = header(levels_codec.prepare())
     stats_schema = stats_codec.topic_schema.parsed
     levels_schema = levels_codec.topic_schema.parsed
     input_prefix = input_topic.removesuffix("order_created")

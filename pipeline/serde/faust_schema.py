@@ -38,7 +38,6 @@ from faust.types import AppT, Message
 
 from pipeline.serde.codec import TopicCodec
 from pipeline.serde.errors import (
-    NotConfluentFraming,
     PipelineCodecError,
     SchemaNotCached,
     UndecodableKey,
@@ -117,8 +116,6 @@ class AvroValueSchema(faust.Schema[str, dict[str, Any]]):
             raise UndecodableKey(f"key is not UTF-8 text: {exc}") from exc
 
     async def _value(self, message: Message) -> dict[str, Any]:
-        if message.value is None:
-            raise NotConfluentFraming(f"message on {message.topic!r} has no value (a tombstone)")
         try:
             return self.codec.decode(message.value)  # no I/O once the writer schema is cached
         except SchemaNotCached:

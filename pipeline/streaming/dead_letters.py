@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from faust.types import AppT, Message
 
-from pipeline.serde.errors import PipelineCodecError
+from pipeline.serde.codec import schema_id_of as framed_schema_id
+from pipeline.serde.errors import NotConfluentFraming, PipelineCodecError
 from pipeline.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,12 @@ def schema_id_of(value: bytes | None, error: BaseException) -> int | None:
     """The writer schema id: from the codec error, else from the Confluent framing."""
     if isinstance(error, PipelineCodecError) and error.schema_id is not None:
         return error.schema_id
-    if value is not None and len(value) >= 5 and value[0] == 0:
-        return int.from_bytes(value[1:5], "big")
-    return None
+    if value is None:
+        return None
+    try:
+        return framed_schema_id(value)
+    except NotConfluentFraming:
+        return None
 
 
 def error_class_of(error: BaseException) -> str:
