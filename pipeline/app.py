@@ -147,7 +147,7 @@ def create_app(settings: Settings, codecs: Codecs | None = None) -> PipelineApp:
     tables = define_tables(app, settings, metrics)
     app.batch_producer = BatchProducer(producer_config(settings))
     outputs = Outputs(producer=app.batch_producer, codec=app.codecs, names=names, metrics=metrics)
-    runner = EventRunner(dead_letters=DeadLetters(app), metrics=metrics)
+    runner = EventRunner(dead_letters=DeadLetters(app.batch_producer), metrics=metrics)
 
     notifications.register(app, outputs, runner)
     orders.register(app, outputs, tables, runner)

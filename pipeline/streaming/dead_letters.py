@@ -13,10 +13,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from faust.types import AppT, Message
+from faust.types import Message
 
 from pipeline.serde.codec import schema_id_of as framed_schema_id
 from pipeline.serde.errors import NotConfluentFraming, PipelineCodecError
+from pipeline.streaming.producer import BatchProducer, ProducerRecord
 from pipeline.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class DeadLetters:
     so a message is only acknowledged (and its offset committed) once its dead letter
     is stored."""
 
-    app: AppT
+    producer: BatchProducer
 
     async def send(self, message: Message, error: BaseException, attempts: int) -> None:
         headers = dead_letter_headers(
@@ -112,8 +113,8 @@ class DeadLetters:
             failed_at_ms=int(time.time() * 1000),
         )
         target = TopicNames.dead_letters(message.topic)
-        await self.app.producer.send_and_wait(
-            target, message.key, message.value, partition=None, timestamp=None, headers=headers
+        await self.producer.send_and_wait(
+            ProducerRecord(target, message.key, message.value, headers=headers)
         )
         log.warning(
             "dead-lettered %s[%d]@%d to %s after %d attempt(s): %s: %s",

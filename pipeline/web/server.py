@@ -54,7 +54,7 @@ def register(
     stock = TableQuery(app, tables.stock, partitions, metrics)
     user_stats = TableQuery(app, tables.user_stats, partitions, metrics)
     ingest = Ingest(
-        app,
+        app.batch_producer,  # type: ignore[attr-defined]  # app is a PipelineApp
         codecs,
         enabled=settings.ingest_enabled,
         token=settings.ingest_token,
