@@ -56,7 +56,7 @@ from pipeline.serde.errors import (
     UndecodableRecord,
     UnknownTopic,
 )
-from pipeline.serde.registry import ConfluentSchemaSource, SchemaSource
+from pipeline.serde.registry import SchemaRegistry, SchemaSource
 from pipeline.serde.validation import encode_guard, record_problems
 from pipeline.settings import Settings
 
@@ -309,7 +309,7 @@ class Codecs:
             catalog
             if catalog is not None
             else Catalog.load(settings.schema_dir, topic_prefix=settings.topic_prefix),
-            ConfluentSchemaSource.from_settings(settings),
+            SchemaRegistry.from_settings(settings),
             auto_register=settings.auto_register_schemas,
         )
 
