@@ -1,4 +1,10 @@
-"""A ``faust.Schema`` whose values are our Avro codec and whose keys are UTF-8 text.
+"""An optional adapter: a ``faust.Schema`` whose values are our Avro codec and whose
+keys are UTF-8 text, for Faust users who write agents of their own.
+
+The pipeline's agents do not use it: their topics are raw bytes, each agent
+decodes with ``Codecs.decode`` inside ``pipeline.streaming.processing``'s runner,
+which retries and dead-letters what fails. Nothing in the pipeline imports this
+module.
 
 Use it on a topic, and agents receive decoded dicts::
 
@@ -69,7 +75,10 @@ class DecodeErrorLog:
 
 
 class AvroValueSchema(faust.Schema[str, dict[str, Any]]):
-    """Keys as UTF-8 ``str``, values through ``TopicCodec`` (Confluent wire format)."""
+    """Keys as UTF-8 ``str``, values through ``TopicCodec`` (Confluent wire format).
+
+    For agents of your own; the pipeline's agents decode through ``Codecs`` instead.
+    """
 
     def __init__(
         self, codec: TopicCodec, *, on_decode_error: DecodeErrorHook | None = None
