@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import time
 from dataclasses import replace
 from typing import Any
@@ -25,11 +24,11 @@ import click
 from confluent_kafka import Consumer, Producer
 from fastavro import schemaless_reader, schemaless_writer
 
-from pipeline.serde.codec import Codecs
+from pipeline.dev.loadgen import CONTRACT
+from pipeline.serde.codec import Codecs, header
 from pipeline.settings import Settings
 from pipeline.streaming.producer import producer_config
-
-HEADER = struct.Struct(">bI")
+from pipeline.topics import TopicNames
 
 
 @click.command()
@@ -40,15 +39,15 @@ HEADER = struct.Struct(">bI")
 def main(input_topic: str, output_prefix: str, group: str, count: int) -> None:
     settings = replace(Settings.from_env(), topic_prefix=output_prefix, auto_register_schemas=True)
     codecs = Codecs.from_settings(settings)
-    stats_topic = f"{output_prefix}user_order_stats"
-    levels_topic = f"{output_prefix}stock_levels"
+    outputs = TopicNames(prefix=output_prefix, app_id="")
+    stats_topic, levels_topic = outputs.user_order_stats, outputs.stock_levels
     # Schema ids and parsed schemas once, up front; the loop below is bare fastavro.
     stats_codec, levels_codec = codecs[stats_topic], codecs[levels_topic]
-    stats_header = HEADER.pack(0, stats_codec.prepare())
-    levels_header = HEADER.pack(0, levels_codec.prepare())
+    stats_header = header(stats_codec.prepare())
+    levels_header = header(levels_codec.prepare())
     stats_schema = stats_codec.topic_schema.parsed
     levels_schema = levels_codec.topic_schema.parsed
-    input_prefix = input_topic.removesuffix("order_created")
+    input_prefix = input_topic.removesuffix(CONTRACT.order_created)
     # The orders were written with the catalog's OrderCreated schema: read with it as is.
     input_settings = replace(settings, topic_prefix=input_prefix)
     writer_schema = Codecs.from_settings(input_settings)[input_topic].topic_schema.parsed

@@ -27,9 +27,10 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from pipeline.serde.codec import Codecs
 from pipeline.settings import Settings
+from pipeline.topics import TopicNames
 
 PREFIX = "bench-"
-TOPIC = f"{PREFIX}order_created"
+TOPIC = TopicNames(prefix=PREFIX, app_id="").order_created
 RECORD: dict[str, Any] = {
     "order_id": "order-000123",
     "user_id": "user-42",

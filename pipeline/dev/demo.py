@@ -23,8 +23,7 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline.admin.offsets import group_lag, record_count
 from pipeline.dev.loadgen import (
-    ORDER_CREATED,
-    STOCK_ADJUSTED,
+    CONTRACT,
     LoadConfig,
     ShopEvent,
     generate,
@@ -69,11 +68,11 @@ def expected_state(events: list[ShopEvent]) -> tuple[Counter[str], Counter[str]]
     orders: Counter[str] = Counter()
     stock: Counter[str] = Counter()
     for event in events:
-        if event.stream == ORDER_CREATED:
+        if event.stream == CONTRACT.order_created:
             orders[event.key] += 1
             for item in event.record["items"]:
                 stock[item["sku"]] -= item["quantity"]
-        elif event.stream == STOCK_ADJUSTED:
+        elif event.stream == CONTRACT.stock_adjusted:
             stock[event.key] += event.record["delta"]
     return orders, stock
 

@@ -27,9 +27,9 @@ from pipeline.settings import Settings
 from pipeline.streaming.producer import producer_config
 from pipeline.topics import TopicNames
 
-USER_REGISTERED = "user_registered"
-ORDER_CREATED = "order_created"
-STOCK_ADJUSTED = "stock_adjusted"
+# The contract's topic names, without a deployment prefix: what ``ShopEvent.stream``
+# holds. The app id names only internal topics, which no event goes to.
+CONTRACT = TopicNames(prefix="", app_id="")
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def generate(config: LoadConfig) -> Iterator[ShopEvent]:
 
 def registration(user: str, at_ms: int) -> ShopEvent:
     return ShopEvent(
-        USER_REGISTERED,
+        CONTRACT.user_registered,
         user,
         {
             "user_id": user,
@@ -117,7 +117,7 @@ def registration(user: str, at_ms: int) -> ShopEvent:
 def order(user: str, order_id: str, lines: list[dict[str, Any]], at_ms: int) -> ShopEvent:
     total = sum(line["quantity"] * line["unit_price_cents"] for line in lines)
     return ShopEvent(
-        ORDER_CREATED,
+        CONTRACT.order_created,
         user,
         {
             "order_id": order_id,
@@ -131,10 +131,19 @@ def order(user: str, order_id: str, lines: list[dict[str, Any]], at_ms: int) -> 
 
 def adjustment(item: str, delta: int, reason: str, at_ms: int) -> ShopEvent:
     return ShopEvent(
-        STOCK_ADJUSTED,
+        CONTRACT.stock_adjusted,
         item,
         {"sku": item, "delta": delta, "reason": reason, "adjusted_at": at_ms},
     )
+
+
+def deployed_topics(names: TopicNames) -> dict[str, str]:
+    """Each ``ShopEvent.stream`` and its topic in the deployment ``names`` describes."""
+    return {
+        CONTRACT.user_registered: names.user_registered,
+        CONTRACT.order_created: names.order_created,
+        CONTRACT.stock_adjusted: names.stock_adjusted,
+    }
 
 
 @dataclass
@@ -156,12 +165,7 @@ def send(
     and wait until the broker acknowledged every one."""
     codecs = Codecs.from_settings(settings)
     codecs.prepare()
-    names = TopicNames.from_settings(settings)
-    topics = {
-        USER_REGISTERED: names.user_registered,
-        ORDER_CREATED: names.order_created,
-        STOCK_ADJUSTED: names.stock_adjusted,
-    }
+    topics = deployed_topics(TopicNames.from_settings(settings))
     producer = Producer(producer_config(settings))
     sent: Counter[str] = Counter()
     failures: list[str] = []

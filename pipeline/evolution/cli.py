@@ -11,11 +11,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
-from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
 
-from pipeline.evolution.workflow import CheckResult, RegistryError, SchemaWorkflow, SubjectState
+from pipeline.evolution.workflow import CheckResult, SchemaWorkflow, SubjectState
 from pipeline.serde.catalog import Catalog, CatalogError, TopicSchema
-from pipeline.serde.registry import HTTP_FORBIDDEN, LOGIN_REFUSED
+from pipeline.serde.errors import RegistryUnavailable
+from pipeline.serde.registry import SchemaRegistry
 from pipeline.settings import Settings
 
 
@@ -24,25 +24,6 @@ class Context:
     catalog: Catalog
     workflow: SchemaWorkflow
     topics: tuple[str, ...]
-    registry_url: str = ""
-    # Whether PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH gave a login (never the login itself).
-    has_login: bool = False
-
-    def failure(self, exc: RegistryError) -> click.ClickException:
-        """The error to exit with; a refused login says so, and which setting to fix."""
-        cause = exc.__cause__
-        if isinstance(cause, SchemaRegistryError) and cause.http_status_code in LOGIN_REFUSED:
-            if cause.http_status_code == HTTP_FORBIDDEN:
-                what = "refused this request to the login in PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"
-            elif self.has_login:
-                what = "refused the login in PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH"
-            else:
-                what = "wants a login: set PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH=user:password"
-            return click.ClickException(
-                f"the registry at {self.registry_url} {what} "
-                f"(HTTP {cause.http_status_code}: {cause.error_message})"
-            )
-        return click.ClickException(str(exc))
 
     def selected(self) -> Iterator[TopicSchema]:
         """The catalog's entries, in mapping order, limited to ``--topic`` if given."""
@@ -57,8 +38,8 @@ class Context:
         for entry in self.selected():
             try:
                 yield self.workflow.state(entry)
-            except RegistryError as exc:
-                raise self.failure(exc) from exc
+            except RegistryUnavailable as exc:
+                raise click.ClickException(exc.reason) from exc
 
 
 @click.group()
@@ -96,15 +77,9 @@ def schemas(
         catalog = Catalog.load(schemas_dir or settings.schema_dir, topic_prefix=prefix)
     except CatalogError as exc:
         raise click.ClickException(str(exc)) from exc
-    client = SchemaRegistryClient(settings.registry_client_config())
-    ctx.obj = Context(
-        catalog,
-        SchemaWorkflow(client),
-        tuple(prefix + t for t in topics),
-        registry_url=settings.schema_registry_url,
-        has_login=bool(settings.schema_registry_basic_auth),
-    )
-    ctx.call_on_close(client.close)
+    registry = SchemaRegistry.from_settings(settings)
+    ctx.obj = Context(catalog, SchemaWorkflow(registry), tuple(prefix + t for t in topics))
+    ctx.call_on_close(registry.close)
 
 
 @schemas.command("list")
@@ -168,8 +143,8 @@ def check(ctx: click.Context) -> None:
     for state in context.states():
         try:
             result = context.workflow.check(state)
-        except RegistryError as exc:
-            raise context.failure(exc) from exc
+        except RegistryUnavailable as exc:
+            raise click.ClickException(exc.reason) from exc
         _echo_check(result)
         failed += not result.ok
     if failed:
@@ -189,8 +164,8 @@ def register(ctx: click.Context) -> None:
         subject = state.topic_schema.subject
         try:
             result = context.workflow.register(state)
-        except RegistryError as exc:
-            raise context.failure(exc) from exc
+        except RegistryUnavailable as exc:
+            raise click.ClickException(exc.reason) from exc
         if result.level_change is not None:
             before, after = result.level_change
             click.echo(f"{subject}: compatibility {before} -> {after}")
@@ -233,8 +208,8 @@ def compat(context: Context, apply: bool) -> None:
                     click.echo(f"{entry.subject}: {change[0]} -> {change[1]}")
                 continue
             level = context.workflow.registry_level(entry.subject)
-        except RegistryError as exc:
-            raise context.failure(exc) from exc
+        except RegistryUnavailable as exc:
+            raise click.ClickException(exc.reason) from exc
         status = "" if level == entry.compatibility else "   (differs: run compat --set)"
         click.echo(
             f"{entry.subject:<28} subjects.yaml {entry.compatibility:<20} registry {level}{status}"

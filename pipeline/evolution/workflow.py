@@ -2,7 +2,9 @@
 
 Compares the local schemas (``schemas/``, through the Catalog) with what the
 registry holds under each subject. The click layer is ``pipeline.evolution.cli``;
-this module only computes and talks to the registry.
+this module only computes, and asks the registry through
+``pipeline.serde.registry.SchemaRegistry`` (whose failures are
+``RegistryUnavailable``, already naming the subject and the cause).
 
 The registry is the authority on compatibility: ``check`` asks its compatibility
 endpoint. Because a registry may give no reasons (Apicurio answers a bare
@@ -19,17 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
-
 from pipeline.evolution.avro_compat import compatibility_problems
 from pipeline.evolution.schema_diff import FieldChange, field_changes
 from pipeline.serde.catalog import TopicSchema
-
-HTTP_NOT_FOUND = 404
-
-
-class RegistryError(RuntimeError):
-    """The registry could not answer; the message names the subject and the cause."""
+from pipeline.serde.errors import SchemaRejected
+from pipeline.serde.registry import SchemaRegistry
 
 
 @dataclass(frozen=True)
@@ -79,49 +75,24 @@ class RegisterResult:
 
 
 class SchemaWorkflow:
-    """The workflow over one registry client; every method handles one subject."""
+    """The workflow over one registry; every method handles one subject."""
 
-    def __init__(self, client: SchemaRegistryClient) -> None:
-        self.client = client
+    def __init__(self, registry: SchemaRegistry) -> None:
+        self.registry = registry
 
     def state(self, topic_schema: TopicSchema) -> SubjectState:
         subject = topic_schema.subject
-        try:
-            numbers = self.client.get_versions(subject)
-        except SchemaRegistryError as exc:
-            if exc.http_status_code != HTTP_NOT_FOUND:
-                raise RegistryError(f"{subject}: cannot list versions: {exc}") from exc
-            numbers = []
-        except Exception as exc:
-            raise RegistryError(f"{subject}: registry unreachable: {exc!r}") from exc
-        versions = [self._version(subject, number) for number in sorted(numbers)]
+        versions = [self._version(subject, number) for number in self.registry.versions(subject)]
         return SubjectState(topic_schema, versions, self.registry_level(subject))
 
     def _version(self, subject: str, number: int) -> RegisteredVersion:
-        try:
-            registered = self.client.get_version(subject, number)
-        except Exception as exc:
-            raise RegistryError(f"{subject}: cannot read version {number}: {exc}") from exc
-        text = registered.schema.schema_str if registered.schema else None
-        if text is None or registered.schema_id is None:
-            raise RegistryError(f"{subject}: version {number} came back without a schema")
-        return RegisteredVersion(number, int(registered.schema_id), json.loads(text))
+        schema_id, text = self.registry.version(subject, number)
+        return RegisteredVersion(number, schema_id, json.loads(text))
 
     def registry_level(self, subject: str) -> str:
         """The level the registry applies to ``subject``: its own, else the global one."""
-        try:
-            return str(self.client.get_compatibility(subject)).upper()
-        except SchemaRegistryError as exc:
-            # Confluent answers 404 for a subject without its own level (Apicurio
-            # answers with the global level instead).
-            if exc.http_status_code != HTTP_NOT_FOUND:
-                raise RegistryError(f"{subject}: cannot read compatibility: {exc}") from exc
-        except Exception as exc:
-            raise RegistryError(f"{subject}: registry unreachable: {exc!r}") from exc
-        try:
-            return str(self.client.get_compatibility()).upper()
-        except Exception as exc:
-            raise RegistryError(f"cannot read the global compatibility level: {exc}") from exc
+        own = self.registry.level(subject)
+        return own if own is not None else self.registry.global_level()
 
     def diff(self, state: SubjectState) -> list[FieldChange]:
         """Local schema against the registry's latest version ([] when equal or unregistered)."""
@@ -147,12 +118,7 @@ class SchemaWorkflow:
             entry.schema,
             [(version.version, version.schema) for version in state.versions],
         )
-        try:
-            registry_says = self.client.test_compatibility(
-                entry.subject, Schema(entry.schema_str, schema_type="AVRO"), verbose=True
-            )
-        except Exception as exc:
-            raise RegistryError(f"{entry.subject}: compatibility test failed: {exc}") from exc
+        registry_says = self.registry.is_compatible(entry.subject, entry.schema_str)
         if not registry_says and not problems:
             problems.append(
                 f"the registry refuses it under {state.registry_level} (it gave no reason)"
@@ -166,10 +132,7 @@ class SchemaWorkflow:
         before = self.registry_level(subject)
         if before == level:
             return None
-        try:
-            self.client.set_compatibility(subject_name=subject, level=level)
-        except Exception as exc:
-            raise RegistryError(f"{subject}: cannot set compatibility {level}: {exc}") from exc
+        self.registry.set_level(subject, level)
         return before, level
 
     def register(self, state: SubjectState) -> RegisterResult:
@@ -182,13 +145,9 @@ class SchemaWorkflow:
         if state.local_version is not None:
             return RegisterResult(result, "unchanged", state.local_version, level_change)
         try:
-            self.client.register_schema(entry.subject, Schema(entry.schema_str, schema_type="AVRO"))
-        except SchemaRegistryError as exc:
-            refused = CheckResult(
-                state, "incompatible", [f"the registry refused it: {exc.error_message}"]
-            )
+            self.registry.register(entry.subject, entry.schema_str)
+        except SchemaRejected as exc:
+            refused = CheckResult(state, "incompatible", [exc.reason])
             return RegisterResult(refused, "refused", None, level_change)
-        except Exception as exc:
-            raise RegistryError(f"{entry.subject}: cannot register: {exc!r}") from exc
         registered = self.state(entry).local_version
         return RegisterResult(result, "registered", registered, level_change)

@@ -56,7 +56,7 @@ from pipeline.serde.errors import (
     UndecodableRecord,
     UnknownTopic,
 )
-from pipeline.serde.registry import ConfluentSchemaSource, SchemaSource
+from pipeline.serde.registry import SchemaRegistry, SchemaSource
 from pipeline.serde.validation import encode_guard, record_problems
 from pipeline.settings import Settings
 
@@ -71,9 +71,14 @@ class CodecNotPrepared(RuntimeError):
     """``encode`` ran before the topic's schema id was resolved: call ``prepare()`` at start-up."""
 
 
+def header(schema_id: int) -> bytes:
+    """The 5 bytes that start every message written under ``schema_id``."""
+    return HEADER.pack(MAGIC_BYTE, schema_id)
+
+
 def frame(schema_id: int, payload: bytes) -> bytes:
     """Confluent framing around Avro binary ``payload``."""
-    return HEADER.pack(MAGIC_BYTE, schema_id) + payload
+    return header(schema_id) + payload
 
 
 def schema_id_of(data: bytes) -> int:
@@ -172,7 +177,7 @@ class TopicCodec:
             )
             # Our own schema is also a writer schema: our messages never need a fetch.
             self.writers.remember(schema_id, entry.schema_str)
-            self._header = HEADER.pack(MAGIC_BYTE, schema_id)
+            self._header = header(schema_id)
             self.schema_id = schema_id
         return self.schema_id
 
@@ -215,12 +220,15 @@ class TopicCodec:
             self.topic_schema.record_name, problems, schema_id=self.schema_id
         )
 
-    def decode(self, data: bytes) -> dict[str, Any]:
+    def decode(self, data: bytes | None) -> dict[str, Any]:
         """The record in ``data``, resolved into this code's reader schema.
 
-        Raises NotConfluentFraming, SchemaNotCached (writer id not fetched yet: use
-        ``decode_async``), UndecodableRecord or IncompatibleWriterSchema.
+        Raises NotConfluentFraming (also for no value at all: a tombstone),
+        SchemaNotCached (writer id not fetched yet: use ``decode_async``),
+        UndecodableRecord or IncompatibleWriterSchema.
         """
+        if data is None:
+            raise NotConfluentFraming(f"message on {self.topic!r} has no value (a tombstone)")
         schema_id = schema_id_of(data)
         reader = self._readers.get(schema_id)
         if reader is None:
@@ -232,7 +240,7 @@ class TopicCodec:
             reader = self._readers[schema_id] = self._reader_for(writer)
         return reader(data)
 
-    async def decode_async(self, data: bytes) -> dict[str, Any]:
+    async def decode_async(self, data: bytes | None) -> dict[str, Any]:
         """``decode``, fetching an unseen writer schema in a thread instead of raising.
 
         Raises UnknownSchemaId (not in the registry), RegistryUnavailable, and the
@@ -301,7 +309,7 @@ class Codecs:
             catalog
             if catalog is not None
             else Catalog.load(settings.schema_dir, topic_prefix=settings.topic_prefix),
-            ConfluentSchemaSource.from_settings(settings),
+            SchemaRegistry.from_settings(settings),
             auto_register=settings.auto_register_schemas,
         )
 
@@ -321,9 +329,7 @@ class Codecs:
         return self[topic].encode(record)
 
     async def decode(self, topic: str, data: bytes | None) -> dict[str, Any]:
-        """``self[topic].decode_async(data)``; no value (a tombstone) is NotConfluentFraming."""
-        if data is None:
-            raise NotConfluentFraming(f"message on {topic!r} has no value (a tombstone)")
+        """``self[topic].decode_async(data)``."""
         return await self[topic].decode_async(data)
 
     def prepare(self, topics: Iterable[str] | None = None) -> dict[str, int]:

@@ -36,6 +36,14 @@ class RegistryUnavailable(PipelineCodecError):
     """The registry could not be reached (or refused us) and nothing usable is cached."""
 
 
+class NotInRegistry(RegistryUnavailable):
+    """The registry has no such subject, version or level (HTTP 404) where one was expected."""
+
+
+class SchemaRejected(RegistryUnavailable):
+    """The registry will not register the schema (incompatible, or not a valid schema)."""
+
+
 class UndecodableRecord(PipelineCodecError):
     """The Avro bytes do not decode under the writer schema the message names."""
 

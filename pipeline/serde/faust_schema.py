@@ -1,4 +1,10 @@
-"""A ``faust.Schema`` whose values are our Avro codec and whose keys are UTF-8 text.
+"""An optional adapter: a ``faust.Schema`` whose values are our Avro codec and whose
+keys are UTF-8 text, for Faust users who write agents of their own.
+
+The pipeline's agents do not use it: their topics are raw bytes, each agent
+decodes with ``Codecs.decode`` inside ``pipeline.streaming.processing``'s runner,
+which retries and dead-letters what fails. Nothing in the pipeline imports this
+module.
 
 Use it on a topic, and agents receive decoded dicts::
 
@@ -38,7 +44,6 @@ from faust.types import AppT, Message
 
 from pipeline.serde.codec import TopicCodec
 from pipeline.serde.errors import (
-    NotConfluentFraming,
     PipelineCodecError,
     SchemaNotCached,
     UndecodableKey,
@@ -70,7 +75,10 @@ class DecodeErrorLog:
 
 
 class AvroValueSchema(faust.Schema[str, dict[str, Any]]):
-    """Keys as UTF-8 ``str``, values through ``TopicCodec`` (Confluent wire format)."""
+    """Keys as UTF-8 ``str``, values through ``TopicCodec`` (Confluent wire format).
+
+    For agents of your own; the pipeline's agents decode through ``Codecs`` instead.
+    """
 
     def __init__(
         self, codec: TopicCodec, *, on_decode_error: DecodeErrorHook | None = None
@@ -117,8 +125,6 @@ class AvroValueSchema(faust.Schema[str, dict[str, Any]]):
             raise UndecodableKey(f"key is not UTF-8 text: {exc}") from exc
 
     async def _value(self, message: Message) -> dict[str, Any]:
-        if message.value is None:
-            raise NotConfluentFraming(f"message on {message.topic!r} has no value (a tombstone)")
         try:
             return self.codec.decode(message.value)  # no I/O once the writer schema is cached
         except SchemaNotCached:

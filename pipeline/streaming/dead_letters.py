@@ -13,9 +13,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from faust.types import AppT, Message
+from faust.types import Message
 
-from pipeline.serde.errors import PipelineCodecError
+from pipeline.serde.codec import schema_id_of as framed_schema_id
+from pipeline.serde.errors import NotConfluentFraming, PipelineCodecError
+from pipeline.streaming.producer import BatchProducer, ProducerRecord
 from pipeline.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,12 @@ def schema_id_of(value: bytes | None, error: BaseException) -> int | None:
     """The writer schema id: from the codec error, else from the Confluent framing."""
     if isinstance(error, PipelineCodecError) and error.schema_id is not None:
         return error.schema_id
-    if value is not None and len(value) >= 5 and value[0] == 0:
-        return int.from_bytes(value[1:5], "big")
-    return None
+    if value is None:
+        return None
+    try:
+        return framed_schema_id(value)
+    except NotConfluentFraming:
+        return None
 
 
 def error_class_of(error: BaseException) -> str:
@@ -94,7 +99,7 @@ class DeadLetters:
     so a message is only acknowledged (and its offset committed) once its dead letter
     is stored."""
 
-    app: AppT
+    producer: BatchProducer
 
     async def send(self, message: Message, error: BaseException, attempts: int) -> None:
         headers = dead_letter_headers(
@@ -108,8 +113,8 @@ class DeadLetters:
             failed_at_ms=int(time.time() * 1000),
         )
         target = TopicNames.dead_letters(message.topic)
-        await self.app.producer.send_and_wait(
-            target, message.key, message.value, partition=None, timestamp=None, headers=headers
+        await self.producer.send_and_wait(
+            ProducerRecord(target, message.key, message.value, headers=headers)
         )
         log.warning(
             "dead-lettered %s[%d]@%d to %s after %d attempt(s): %s: %s",

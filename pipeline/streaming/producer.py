@@ -1,12 +1,18 @@
-"""The agents' producer: confluent-kafka (librdkafka), a batch at a time.
+"""The worker's producer: confluent-kafka (librdkafka), a batch at a time.
 
-Derived events and changelog records go through librdkafka rather than Faust's
-aiokafka producer: a produce call costs a few microseconds of Python instead of
-a chain of futures and callbacks per message on the event loop, which was most of
-a worker's time. A batch is sent, then awaited as a whole: one future resolves
-when the broker acknowledged every message (or any failed), with the offsets the
-messages got, which the tables record as their changelog positions. Sending does
-not wait: an agent prepares its next batch while one is on its way.
+Derived events, changelog records, dead letters and ingested events go through
+librdkafka rather than Faust's aiokafka producer: a produce call costs a few
+microseconds of Python instead of a chain of futures and callbacks per message on
+the event loop, which was most of a worker's time. A batch is sent, then awaited
+as a whole: one future resolves when the broker acknowledged every message (or
+any failed), with the offsets the messages got, which the tables record as their
+changelog positions. Sending does not wait: an agent prepares its next batch
+while one is on its way.
+
+One message can also be sent and awaited (``send_and_wait``), which answers
+where it was stored: a dead letter, before its source event is acknowledged; an
+ingested event, before the HTTP answer. The broker acknowledges a message only
+once every in-sync replica has it (idempotence implies acks=all).
 
 Faust still consumes, commits, rebalances and recovers; events are acknowledged
 to it only after their batch was delivered, so a commit never covers a message
@@ -44,16 +50,41 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Outgoing:
+class ProducerRecord:
+    """One message to send. Key and value may be absent: a dead letter copies its
+    source message as it was."""
+
     topic: str
-    key: bytes
-    value: bytes
+    key: bytes | None
+    value: bytes | None
     # None: by the key (murmur2); a changelog record names its partition.
     partition: int | None = None
+    headers: Sequence[tuple[str, bytes]] | None = None
+
+
+@dataclass(frozen=True)
+class Outgoing(ProducerRecord):
+    """What the agents and ingest send: always a key and a value."""
+
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the broker stored one message."""
+
+    topic: str
+    partition: int
+    offset: int
 
 
 # The last offset delivered per (topic, partition) in one batch.
 Delivered = dict[tuple[str, int], int]
+
+
+class ProducerClosed(RuntimeError):
+    """A send after ``close``: nothing would serve its delivery report."""
 
 
 class DeliveryFailed(Exception):
@@ -115,9 +146,11 @@ class BatchProducer:
         while not self._stopping.is_set():
             producer.poll(POLL_SECONDS)
 
-    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+    async def send(self, messages: Sequence[ProducerRecord]) -> asyncio.Future[Delivered]:
         """Hand ``messages`` to librdkafka; the future resolves once the broker
         acknowledged them all (or fails with DeliveryFailed)."""
+        if self._stopping.is_set():
+            raise ProducerClosed("the batch producer is closed: the worker is shutting down")
         loop = asyncio.get_running_loop()
         if not messages:
             done: asyncio.Future[Delivered] = loop.create_future()
@@ -134,12 +167,19 @@ class BatchProducer:
                         message.key,
                         UNASSIGNED if message.partition is None else message.partition,
                         on_delivery=batch.on_delivery,
+                        headers=None if message.headers is None else list(message.headers),
                     )
                     break
                 except BufferError:
                     # librdkafka's queue is full: let the poll thread drain it.
                     await asyncio.sleep(POLL_SECONDS)
         return batch.future
+
+    async def send_and_wait(self, message: ProducerRecord) -> Placement:
+        """Send one message and wait until the broker acknowledged it (or DeliveryFailed)."""
+        delivered = await (await self.send([message]))
+        ((topic, partition), offset) = next(iter(delivered.items()))
+        return Placement(topic, partition, offset)
 
     def close(self, timeout: float = 10.0) -> int:
         """Deliver what is queued (up to ``timeout``); the messages still queued. What

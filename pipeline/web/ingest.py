@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
-from faust.types import AppT
 
 from pipeline.serde.codec import Codecs
 from pipeline.serde.errors import PipelineCodecError, RecordValidationError
+from pipeline.streaming.producer import BatchProducer, Outgoing
 from pipeline.web.http import error_response, key_problem
 
 
@@ -51,7 +51,7 @@ class Ingest:
     """POST endpoints: validate the JSON body against the topic's schema, produce, wait
     for the broker's acknowledgement."""
 
-    app: AppT
+    producer: BatchProducer
     codecs: Codecs
     enabled: bool
     token: str | None
@@ -102,10 +102,8 @@ class Ingest:
         if problem is not None:
             return error_response(400, "malformed key", {key_field: problem})
         key = str(body[key_field]).encode()
-        metadata = await self.app.producer.send_and_wait(
-            topic, key, value, partition=None, timestamp=None, headers=None
-        )
+        stored = await self.producer.send_and_wait(Outgoing(topic, key, value))
         return web.json_response(
-            {"topic": metadata.topic, "partition": metadata.partition, "offset": metadata.offset},
+            {"topic": stored.topic, "partition": stored.partition, "offset": stored.offset},
             status=202,
         )

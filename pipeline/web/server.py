@@ -15,6 +15,7 @@ from pipeline.serde.codec import Codecs
 from pipeline.streaming.faust_internals import aiohttp_app
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.positions import TrackedCodec
+from pipeline.streaming.producer import BatchProducer
 from pipeline.streaming.topology import IngestRoute, Topology, View
 from pipeline.web.http import Handler, json_errors
 from pipeline.web.ingest import Ingest
@@ -46,10 +47,11 @@ def register(
     tables: Mapping[str, TableT[bytes, bytes]],
     codecs: Codecs,
     metrics: Metrics,
+    producer: BatchProducer,
 ) -> None:
     settings = topology.settings
     ingest = Ingest(
-        app,
+        producer,
         codecs,
         enabled=settings.ingest_enabled,
         token=settings.ingest_token,

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pipeline.dev.loadgen import ORDER_CREATED, STOCK_ADJUSTED, USER_REGISTERED, ShopEvent
+from pipeline.dev.loadgen import CONTRACT, ShopEvent
 
 
 @dataclass
@@ -22,7 +22,7 @@ class ExpectedUser:
 def user_stats(events: Iterable[ShopEvent]) -> dict[str, ExpectedUser]:
     users: dict[str, ExpectedUser] = {}
     for event in events:
-        if event.stream != ORDER_CREATED:
+        if event.stream != CONTRACT.order_created:
             continue
         user = users.setdefault(event.key, ExpectedUser(order_ids=[]))
         user.order_count += 1
@@ -35,9 +35,9 @@ def user_stats(events: Iterable[ShopEvent]) -> dict[str, ExpectedUser]:
 def stock(events: Iterable[ShopEvent]) -> dict[str, int]:
     available: dict[str, int] = defaultdict(int)
     for event in events:
-        if event.stream == STOCK_ADJUSTED:
+        if event.stream == CONTRACT.stock_adjusted:
             available[event.key] += event.record["delta"]
-        elif event.stream == ORDER_CREATED:
+        elif event.stream == CONTRACT.order_created:
             for item in event.record["items"]:
                 available[item["sku"]] -= item["quantity"]
     return dict(available)
@@ -47,9 +47,9 @@ def stock_changes(events: Iterable[ShopEvent]) -> int:
     """Each adjustment and each order line changes one SKU's stock once."""
     count = 0
     for event in events:
-        if event.stream == STOCK_ADJUSTED:
+        if event.stream == CONTRACT.stock_adjusted:
             count += 1
-        elif event.stream == ORDER_CREATED:
+        elif event.stream == CONTRACT.order_created:
             count += len(event.record["items"])
     return count
 
@@ -58,14 +58,18 @@ def points(events: Iterable[ShopEvent]) -> dict[str, int]:
     """user_id → loyalty points: one per whole currency unit of each order's total."""
     earned: dict[str, int] = defaultdict(int)
     for event in events:
-        if event.stream == ORDER_CREATED:
+        if event.stream == CONTRACT.order_created:
             earned[event.key] += event.record["total_cents"] // 100
     return dict(earned)
 
 
 def registered(events: Iterable[ShopEvent]) -> dict[str, str]:
     """user_id → email of every registration."""
-    return {event.key: event.record["email"] for event in events if event.stream == USER_REGISTERED}
+    return {
+        event.key: event.record["email"]
+        for event in events
+        if event.stream == CONTRACT.user_registered
+    }
 
 
 def crossings(levels: Sequence[int], threshold: int) -> list[int]:

@@ -29,7 +29,7 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline.admin.offsets import committed_offsets, record_count, watermarks
 from pipeline.admin.topics import ensure_topics
-from pipeline.dev.loadgen import ORDER_CREATED, LoadConfig, ShopEvent, generate, send
+from pipeline.dev.loadgen import CONTRACT, LoadConfig, ShopEvent, generate, send
 from pipeline.dev.workers import WorkerProcess, wait_for
 from pipeline.services import shop as shop_topology
 from tests.integration import expected
@@ -89,7 +89,7 @@ def test_repeated_worker_kills_lose_and_double_nothing(stack: StackInfo, tmp_pat
     # Everything the group commits once: the input and one re-keyed record per order line
     # (replays after a kill add a few more).
     work = len(events) + sum(
-        len(event.record["items"]) for event in events if event.stream == ORDER_CREATED
+        len(event.record["items"]) for event in events if event.stream == CONTRACT.order_created
     )
 
     admin = AdminClient(dict(settings.kafka_client_config()))

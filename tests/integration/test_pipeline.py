@@ -18,7 +18,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient, topic_subject_
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from pipeline.dev.loadgen import LoadConfig, ShopEvent, adjustment, generate, order, send
+from pipeline.dev.loadgen import CONTRACT, LoadConfig, ShopEvent, adjustment, generate, order, send
 from pipeline.dev.workers import Deployment, WorkerProcess, http_json, wait_for
 from pipeline.serde.codec import Codecs
 from pipeline.streaming.dead_letters import (
@@ -201,7 +201,7 @@ def test_views_answer_404_and_400_as_json(shop: Shop, worker_index: int) -> None
 
 def test_metrics_count_the_stream(shop: Shop) -> None:
     topic = shop.deployment.names.order_created
-    orders = sum(1 for e in shop.events if e.stream == "order_created")
+    orders = sum(1 for e in shop.events if e.stream == CONTRACT.order_created)
     wait_for(
         "every order counted once across the workers",
         lambda: (

@@ -26,11 +26,10 @@ from hypothesis import strategies as st
 
 from pipeline.admin.offsets import watermarks
 from pipeline.dev.loadgen import (
-    ORDER_CREATED,
-    STOCK_ADJUSTED,
-    USER_REGISTERED,
+    CONTRACT,
     LoadConfig,
     ShopEvent,
+    deployed_topics,
     generate,
 )
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
@@ -44,17 +43,17 @@ from tests.integration.harness import deployment, views_match
 pytestmark = pytest.mark.integration
 
 BAD_MESSAGES = 2000
-STREAMS = (USER_REGISTERED, ORDER_CREATED, STOCK_ADJUSTED)
+STREAMS = (CONTRACT.user_registered, CONTRACT.order_created, CONTRACT.stock_adjusted)
 
 TEXT = st.text(max_size=12)
 MILLIS = st.integers(0, 2**41)
 INT32 = st.integers(-(2**31), 2**31 - 1)
 INT64 = st.integers(-(2**63), 2**63 - 1)
 RECORDS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
-    USER_REGISTERED: st.fixed_dictionaries(
+    CONTRACT.user_registered: st.fixed_dictionaries(
         {"user_id": TEXT, "email": TEXT, "name": TEXT, "registered_at": MILLIS}
     ),
-    ORDER_CREATED: st.fixed_dictionaries(
+    CONTRACT.order_created: st.fixed_dictionaries(
         {
             "order_id": TEXT,
             "user_id": TEXT,
@@ -66,7 +65,7 @@ RECORDS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             "created_at": MILLIS,
         }
     ),
-    STOCK_ADJUSTED: st.fixed_dictionaries(
+    CONTRACT.stock_adjusted: st.fixed_dictionaries(
         {"sku": TEXT, "delta": INT32, "reason": TEXT, "adjusted_at": MILLIS}
     ),
 }
@@ -131,7 +130,7 @@ def poison_strategy(codecs: Codecs, topic_of: dict[str, str]) -> st.SearchStrate
     values = st.sampled_from(kinds).flatmap(lambda kind: kind)
     bad_values = st.tuples(streams, values, st.none())
     # Agents decode keys as text: a good order or adjustment under a key that is not UTF-8.
-    bad_keys = st.sampled_from((ORDER_CREATED, STOCK_ADJUSTED)).flatmap(
+    bad_keys = st.sampled_from((CONTRACT.order_created, CONTRACT.stock_adjusted)).flatmap(
         lambda stream: st.tuples(
             st.just(stream), RECORDS[stream].map(lambda r: encoded(stream, r)), NOT_UTF8_KEYS
         )
@@ -203,7 +202,7 @@ def thrown(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         codecs = Codecs.from_settings(deployed.settings)
         codecs.prepare()
         names = deployed.names
-        topic_of = {stream: getattr(names, stream) for stream in STREAMS}
+        topic_of = deployed_topics(names)
         began = time.monotonic()
         poison = generate_poison(codecs, topic_of, BAD_MESSAGES)
         print(f"\ngenerated in {time.monotonic() - began:.1f} s")
@@ -236,7 +235,8 @@ def dead_letters(thrown: Thrown) -> list[Letter]:
     """Every record of the three dead-letter topics, read with one consumer (quick for
     thousands of records)."""
     names, settings = thrown.deployment.names, thrown.deployment.settings
-    topics = [names.dead_letters(getattr(names, stream)) for stream in STREAMS]
+    topic_of = deployed_topics(names)
+    topics = [names.dead_letters(topic_of[stream]) for stream in STREAMS]
     consumer = Consumer(
         {**settings.kafka_client_config(), "group.id": "poison-reader", "enable.auto.commit": False}
     )
@@ -279,10 +279,10 @@ def record_count(thrown: Thrown, topic: str) -> int:
 
 def dead_lettered(thrown: Thrown) -> float:
     """The worker's count of dead letters, over every (topic, reason) thrown."""
-    names = thrown.deployment.names
+    topic_of = deployed_topics(thrown.deployment.names)
     return sum(
         thrown.worker.metric(
-            "pipeline_dead_letters_total", topic=getattr(names, stream), error_class=reason
+            "pipeline_dead_letters_total", topic=topic_of[stream], error_class=reason
         )
         for stream, reason in {(bad.stream, bad.reason) for bad in thrown.poison}
     )
@@ -309,10 +309,8 @@ def test_every_poison_message_is_dead_lettered_unchanged_with_its_reason(
     )
     print(f"\ndead-lettered {time.monotonic() - thrown.seconds:.1f} s after the first was sent")
     letters = dead_letters(thrown)
-    names = thrown.deployment.names
-    sent = Counter(
-        (getattr(names, bad.stream), bad.key, bad.value, bad.reason) for bad in thrown.poison
-    )
+    topic_of = deployed_topics(thrown.deployment.names)
+    sent = Counter((topic_of[bad.stream], bad.key, bad.value, bad.reason) for bad in thrown.poison)
     received: Counter[tuple[str, bytes | None, bytes | None, str]] = Counter()
     for letter in letters:
         headers = letter.headers

@@ -39,7 +39,7 @@ from pipeline.dev.loadgen import order
 from pipeline.dev.stack.config import free_ports
 from pipeline.dev.workers import Deployment, WorkerProcess, http_json, wait_for
 from pipeline.serde.codec import Codecs, frame
-from pipeline.serde.registry import ConfluentSchemaSource
+from pipeline.serde.registry import SchemaRegistry
 from pipeline.streaming.dead_letters import ATTEMPTS, ERROR_CLASS, SCHEMA_ID
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import Record, read_topic
@@ -163,7 +163,7 @@ def outage(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         direct = replace(deployed.settings, schema_registry_url=stack.registry_url)
         codecs = Codecs.from_settings(direct)
         codecs.prepare()
-        source = ConfluentSchemaSource.from_settings(direct)
+        source = SchemaRegistry.from_settings(direct)
         unseen: dict[int, str] = {}
         for field in ("coupon_code", "gift_note"):
             text = order_v2(field)

@@ -23,7 +23,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
 
-from pipeline.dev.loadgen import ORDER_CREATED, LoadConfig, generate, send
+from pipeline.dev.loadgen import CONTRACT, LoadConfig, generate, send
 from pipeline.dev.stack.launcher import Stack
 from pipeline.dev.workers import Deployment, wait_for
 from pipeline.serde.codec import Codecs
@@ -196,7 +196,7 @@ def test_a_worker_processes_orders_through_both_logins_without_showing_the_secre
     assert "registered version 1" in registered.stdout
     assert registry_secret not in registered.stdout + registered.stderr
     events = list(generate(LoadConfig(users=5, orders=40, skus=4, seed=3)))
-    orders = Counter(event.key for event in events if event.stream == ORDER_CREATED)
+    orders = Counter(event.key for event in events if event.stream == CONTRACT.order_created)
     worker = shop.worker("w").start()
     try:
         worker.wait_healthy()

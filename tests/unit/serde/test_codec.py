@@ -24,7 +24,7 @@ from pipeline.serde.errors import (
     UnknownSchemaId,
     UnknownTopic,
 )
-from pipeline.serde.registry import ConfluentSchemaSource, InMemorySchemaSource
+from pipeline.serde.registry import InMemorySchemaSource, SchemaRegistry
 from pipeline.settings import Settings
 
 CREATED_AT = datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.UTC)
@@ -257,7 +257,7 @@ def test_an_unreachable_registry_with_nothing_cached_is_registry_unavailable() -
     settings = Settings(schema_registry_url="http://127.0.0.1:9/apis/ccompat/v7")
     codecs = Codecs(
         Catalog.load(),
-        ConfluentSchemaSource(
+        SchemaRegistry(
             SchemaRegistryClient({**settings.registry_client_config(), "max.retries": 0})
         ),
         auto_register=False,

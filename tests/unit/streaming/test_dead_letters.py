@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import asyncio
+from typing import cast
+
+from faust.types import Message
+
 from pipeline.serde.errors import UnknownSchemaId
 from pipeline.streaming.dead_letters import (
+    DeadLetters,
     dead_letter_headers,
     schema_id_of,
     without_dead_letter_headers,
 )
+from pipeline.streaming.producer import BatchProducer, Placement, ProducerRecord
 
 
 def test_headers_say_why_and_keep_the_originals() -> None:
@@ -34,3 +41,28 @@ def test_schema_id_from_framing_when_the_error_has_none() -> None:
     assert schema_id_of(b"\x00\x00\x00\x01\x00payload", ValueError("x")) == 256
     assert schema_id_of(b"plain text", ValueError("x")) is None
     assert schema_id_of(None, ValueError("x")) is None
+
+
+class RecordingProducer:
+    def __init__(self) -> None:
+        self.sent: list[ProducerRecord] = []
+
+    async def send_and_wait(self, record: ProducerRecord) -> Placement:
+        self.sent.append(record)
+        return Placement(record.topic, 0, 41)
+
+
+def test_a_dead_letter_is_the_original_message_sent_to_the_dead_letter_topic() -> None:
+    producer = RecordingProducer()
+    message = Message(
+        "order_created", 2, 17, 0.0, 0, [("trace", b"t1")], None, b"\x01garbage", None
+    )
+    asyncio.run(
+        DeadLetters(cast(BatchProducer, producer)).send(message, ValueError("bad"), attempts=1)
+    )
+    (letter,) = producer.sent
+    assert (letter.topic, letter.key, letter.value) == ("order_created.dlq", None, b"\x01garbage")
+    assert letter.partition is None  # by the key, as the source was
+    headers = dict(letter.headers or [])
+    assert headers["trace"] == b"t1"
+    assert headers["dlq.error.class"] == b"ValueError"
