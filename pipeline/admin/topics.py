@@ -10,6 +10,7 @@ from __future__ import annotations
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from pipeline.admin.clients import logging_to_python
 from pipeline.settings import Settings
 from pipeline.topics import TopicNames, copartitioning_problems
 
@@ -19,8 +20,7 @@ class TopicLayoutError(RuntimeError):
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    config: dict[str, str | int | float | bool] = dict(settings.kafka_client_config())
-    return AdminClient(config)
+    return AdminClient(logging_to_python(settings.kafka_client_config()))
 
 
 def existing_partition_counts(admin: AdminClient, timeout: float = 30.0) -> dict[str, int]:
