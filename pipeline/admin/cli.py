@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from confluent_kafka import Consumer
 
+from pipeline.admin.clients import logging_to_python
 from pipeline.admin.offsets import record_count
 from pipeline.admin.topics import ensure_topics
 from pipeline.services import every_service
@@ -36,7 +37,8 @@ def create() -> None:
 def list_topics() -> None:
     """Each topic with its partition count and the records it holds now."""
     settings = Settings.from_env()
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"{settings.app_id}-topics"})
+    config = {**settings.kafka_client_config(), "group.id": f"{settings.app_id}-topics"}
+    consumer = Consumer(logging_to_python(config))
     try:
         existing = consumer.list_topics(timeout=TIMEOUT).topics
         specs = {spec.name: spec for service in every_service(settings) for spec in service.specs()}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import click
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
+from pipeline.admin.clients import logging_to_python
 from pipeline.services import every_service
 from pipeline.settings import Settings
 from pipeline.streaming.dead_letters import (
@@ -108,12 +109,14 @@ def _topics(settings: Settings, sources: Sequence[str]) -> list[str]:
 
 def _consumer(settings: Settings, group: str) -> Consumer:
     return Consumer(
-        {
-            **settings.kafka_client_config(),
-            "group.id": group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
+        logging_to_python(
+            {
+                **settings.kafka_client_config(),
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
     )
 
 
@@ -151,7 +154,7 @@ def replay(sources: tuple[str, ...], dry_run: bool) -> None:
     """Send dead letters of SOURCES back to their source topic (each one once)."""
     settings = Settings.from_env()
     consumer = _consumer(settings, f"{settings.app_id}-dlq-replay")
-    producer = Producer(producer_config(settings))
+    producer = Producer(logging_to_python(producer_config(settings)))
     failures: list[str] = []
 
     def delivered(error: object, message: object) -> None:

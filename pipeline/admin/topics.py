@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from pipeline.admin.clients import logging_to_python
 from pipeline.settings import Settings
 from pipeline.topics import TopicSpec, copartitioning_problems
 
@@ -21,8 +22,7 @@ class TopicLayoutError(RuntimeError):
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    config: dict[str, str | int | float | bool] = dict(settings.kafka_client_config())
-    return AdminClient(config)
+    return AdminClient(logging_to_python(settings.kafka_client_config()))
 
 
 def existing_partition_counts(admin: AdminClient, timeout: float = 30.0) -> dict[str, int]:

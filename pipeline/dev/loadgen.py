@@ -21,7 +21,9 @@ from typing import Any
 import click
 from confluent_kafka import Producer
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from pipeline.admin.clients import LIBRDKAFKA_LOGGER, logging_to_python
 from pipeline.serde.codec import Codecs
 from pipeline.settings import Settings
 from pipeline.streaming.producer import producer_config
@@ -166,7 +168,7 @@ def send(
     codecs = Codecs.from_settings(settings)
     codecs.prepare()
     topics = deployed_topics(TopicNames.from_settings(settings))
-    producer = Producer(producer_config(settings))
+    producer = Producer(logging_to_python(producer_config(settings)))
     sent: Counter[str] = Counter()
     failures: list[str] = []
 
@@ -175,7 +177,11 @@ def send(
             failures.append(str(error))
 
     started = time.monotonic()
-    with tqdm(total=total, unit="ev", disable=not progress) as bar:
+    # librdkafka's log lines, served by poll() below, are printed above the bar, not through it.
+    with (
+        logging_redirect_tqdm(loggers=[LIBRDKAFKA_LOGGER]),
+        tqdm(total=total, unit="ev", disable=not progress) as bar,
+    ):
         for count, event in enumerate(events, start=1):
             topic = topics[event.stream]
             value = codecs.encode(topic, event.record)
