@@ -30,9 +30,10 @@ from pipeline.dev.loadgen import (
     send,
 )
 from pipeline.dev.stack.config import free_ports
-from pipeline.dev.workers import WorkerFailed, WorkerProcess
-from pipeline.services import shop
+from pipeline.dev.workers import POINTS_APP, WorkerFailed, WorkerProcess
+from pipeline.services import loyalty_points, points_settings, shop
 from pipeline.settings import Settings
+from pipeline.streaming.topology import Topology
 from pipeline.topics import TopicNames
 
 BIN = Path(sys.executable).parent  # the venv's scripts: `pipeline`
@@ -42,16 +43,17 @@ def step(text: str) -> None:
     click.secho(f"\n==> {text}", bold=True)
 
 
-def wait_caught_up(settings: Settings, names: TopicNames, timeout: float = 600.0) -> None:
-    """Until the workers' consumer group has committed every message of every input topic
-    (the order-line repartition topic included), twice in a row."""
+def wait_caught_up(service: Topology, timeout: float = 600.0) -> None:
+    """Until the service's consumer group has committed every message of every topic it
+    reads (the order-line repartition topic included), twice in a row."""
+    settings = service.settings
     admin = AdminClient(dict(settings.kafka_client_config()))
     consumer = Consumer({**settings.kafka_client_config(), "group.id": "pipeline-demo-lag"})
     deadline = time.monotonic() + timeout
     quiet = 0
     try:
         while time.monotonic() < deadline:
-            behind = group_lag(admin, consumer, settings.app_id, shop(settings).sources)
+            behind = group_lag(admin, consumer, settings.app_id, service.sources)
             quiet = quiet + 1 if behind == 0 else 0
             if quiet >= 2:
                 return
@@ -75,6 +77,15 @@ def expected_state(events: list[ShopEvent]) -> tuple[Counter[str], Counter[str]]
         elif event.stream == CONTRACT.stock_adjusted:
             stock[event.key] += event.record["delta"]
     return orders, stock
+
+
+def expected_points(events: list[ShopEvent]) -> Counter[str]:
+    """Points per user: one per whole currency unit of each order's total."""
+    points: Counter[str] = Counter()
+    for event in events:
+        if event.stream == CONTRACT.order_created:
+            points[event.key] += event.record["total_cents"] // 100
+    return points
 
 
 def show_views(workers: list[WorkerProcess], users: list[str], skus: list[str]) -> None:
@@ -105,6 +116,49 @@ def verify_tables(
         if worker.get(f"/stock/{sku}")[1].get("available") == available
     )
     return users_ok, skus_ok
+
+
+def add_points_service(
+    settings: Settings,
+    root: Path,
+    events: list[ShopEvent],
+    fresh: bool,
+    workers: list[WorkerProcess],
+) -> None:
+    """Start the loyalty-points service after the fact (added to ``workers``): a consumer
+    group of its own that reads order_created from the beginning, while the shop pipeline
+    runs on unchanged."""
+    step("adding the loyalty-points service: its own app and consumer group, started now")
+    (port,) = free_ports(1)
+    worker = WorkerProcess(
+        "points-1", os.environ, root / "points-1", port, root / "points-1.log", app=POINTS_APP
+    )
+    workers.append(worker)
+    started = time.monotonic()
+    worker.start()
+    try:
+        worker.wait_healthy()
+    except WorkerFailed as failure:
+        raise click.ClickException(str(failure)) from None
+    service = loyalty_points(points_settings(settings))
+    wait_caught_up(service)
+    click.echo(
+        f"    {worker.label} ({service.settings.app_id}) read order_created from the beginning "
+        f"in {time.monotonic() - started:.1f} s, start-up included"
+    )
+    points = expected_points(events)
+    for user in sorted(points)[:3]:
+        status, body = worker.get(f"/users/{user}/points")
+        click.echo(f"    GET {f'/users/{user}/points':<28} {status} {json.dumps(body)}")
+    if fresh:
+        right = sum(
+            1
+            for user, expected in points.items()
+            if worker.get(f"/users/{user}/points")[1].get("points") == expected
+        )
+        click.echo(f"    users with the right points:      {right}/{len(points)}")
+        if right != len(points):
+            raise click.ClickException("the points do not match the input")
 
 
 @click.command()
@@ -156,7 +210,7 @@ def demo(users: int, orders: int, skus: int, rate: float, keep_running: bool) ->
         started = time.monotonic()
         report = send(events, settings, rate=rate, total=len(events))
         step("waiting for the workers to process everything")
-        wait_caught_up(settings, names)
+        wait_caught_up(shop(settings))
         seconds = time.monotonic() - started
         click.echo(
             f"    {len(events)} events fed and processed in {seconds:.1f} s "
@@ -191,6 +245,8 @@ def demo(users: int, orders: int, skus: int, rate: float, keep_running: bool) ->
                 raise click.ClickException("the tables do not match the input")
         else:
             click.echo("    skipped: the topics held events of an earlier run before this one")
+
+        add_points_service(settings, root, events, fresh, workers)
     finally:
         if keep_running:
             for worker in workers:
