@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.domain.records import millis, welcome_notification
+from pipeline.domain.records import welcome_notification
+from pipeline.domain.rules import millis
 from pipeline.streaming.topology import Emit, Topology
 
 

@@ -7,50 +7,31 @@ are applied in the order they were placed.
 
 from __future__ import annotations
 
-from typing import Any
-
-from pipeline.domain.encoding import (
-    decode_order_line,
-    decode_user_stats,
-    encode_order_line,
-    encode_user_stats,
-)
-from pipeline.domain.records import millis, user_order_stats, user_stats_view
-from pipeline.domain.rules import UserOrderStats, apply_order, order_lines
+from pipeline.domain import encoding
+from pipeline.domain.records import user_order_stats, user_stats_view
+from pipeline.domain.rules import Order, UserOrderStats, apply_order, millis, order_lines
 from pipeline.streaming.topology import Emit, TableSpec, Topology, Update
 
 USER_STATS = TableSpec(
     "user_order_stats",
-    encode_user_stats,
-    decode_user_stats,
+    encoding.encode_user_stats,
+    encoding.decode_user_stats,
     help="Order count, total spent and last order per user.",
 )
 
 
 def register(topology: Topology) -> None:
     topics = topology.topics
-    lines = topology.repartition("order_lines_by_sku", encode_order_line, decode_order_line)
+    lines = topology.repartition(
+        "order_lines_by_sku", encoding.encode_order_line, encoding.decode_order_line
+    )
     orders = topology.agent("orders", table=USER_STATS, emits=[topics.user_order_stats, lines.name])
 
     @orders.on(topics.order_created)
-    def order(
-        user_id: str, order: dict[str, Any], stats: UserOrderStats | None
-    ) -> Update[UserOrderStats]:
-        created_at_ms = millis(order["created_at"])
-        updated = apply_order(stats, order_id=order["order_id"], total_cents=order["total_cents"])
-        by_sku = order_lines(
-            order_id=order["order_id"], items=order["items"], created_at_ms=created_at_ms
-        )
-        return Update(
-            updated,
-            emit=[
-                *(Emit(lines.name, line.sku, line) for line in by_sku),
-                Emit(
-                    topics.user_order_stats,
-                    user_id,
-                    user_order_stats(user_id, updated, created_at_ms),
-                ),
-            ],
-        )
+    def order(user_id: str, order: Order, stats: UserOrderStats | None) -> Update[UserOrderStats]:
+        updated = apply_order(stats, order)
+        record = user_order_stats(user_id, updated, millis(order["created_at"]))
+        emit = [Emit(lines.name, line.sku, line) for line in order_lines(order)]
+        return Update(updated, [*emit, Emit(topics.user_order_stats, user_id, record)])
 
     topology.view("/users/{user_id}/orders", USER_STATS, user_stats_view)

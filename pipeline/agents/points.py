@@ -6,11 +6,9 @@ reading the same orders as the shop pipeline without the shop pipeline knowing.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipeline.domain.encoding import decode_points, encode_points
-from pipeline.domain.records import millis, points_view, user_points
-from pipeline.domain.rules import UserPoints, apply_points
+from pipeline.domain.records import points_view, user_points
+from pipeline.domain.rules import Order, UserPoints, apply_points, millis
 from pipeline.streaming.topology import Emit, TableSpec, Topology, Update
 
 POINTS = TableSpec("points", encode_points, decode_points, help="Loyalty points per user.")
@@ -21,8 +19,8 @@ def register(topology: Topology) -> None:
     points = topology.agent("points", table=POINTS, emits=[topics.user_points])
 
     @points.on(topics.order_created)
-    def order(user_id: str, order: dict[str, Any], row: UserPoints | None) -> Update[UserPoints]:
-        updated = apply_points(row, order_id=order["order_id"], total_cents=order["total_cents"])
+    def order(user_id: str, order: Order, row: UserPoints | None) -> Update[UserPoints]:
+        updated = apply_points(row, order)
         record = user_points(user_id, updated, millis(order["created_at"]))
         return Update(updated, [Emit(topics.user_points, user_id, record)])
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.domain.encoding import decode_stock_row, encode_stock_row
-from pipeline.domain.records import low_stock_alert, millis, stock_level, stock_view
-from pipeline.domain.rules import OrderLine, StockRow, apply_stock_delta
+from pipeline.domain.records import low_stock_alert, stock_level, stock_view
+from pipeline.domain.rules import OrderLine, StockRow, apply_stock_delta, millis
 from pipeline.streaming.topology import Emit, TableSpec, Topology, Update
 
 STOCK = TableSpec("stock", encode_stock_row, decode_stock_row, help="Units available per SKU.")

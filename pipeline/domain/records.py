@@ -6,17 +6,9 @@ topic and the HTTP answer never drift apart.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pipeline.domain.rules import StockRow, UserOrderStats, UserPoints
-
-
-def millis(value: datetime | int) -> int:
-    """A timestamp-millis field as decoded (datetime) or as given (int), in ms."""
-    if isinstance(value, datetime):
-        return int(value.timestamp() * 1000)
-    return int(value)
 
 
 def user_stats_view(user_id: str, stats: UserOrderStats) -> dict[str, Any]:

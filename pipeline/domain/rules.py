@@ -7,8 +7,9 @@ not their concern: the runtime applies each source event to a row at most once
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -19,13 +20,17 @@ class UserOrderStats:
     last_order_id: str = ""
 
 
-def apply_order(stats: UserOrderStats | None, *, order_id: str, total_cents: int) -> UserOrderStats:
+# A decoded shop.OrderCreated record.
+Order = Mapping[str, Any]
+
+
+def apply_order(stats: UserOrderStats | None, order: Order) -> UserOrderStats:
     """The user's stats after this order."""
     current = stats or UserOrderStats()
     return UserOrderStats(
         order_count=current.order_count + 1,
-        total_spent_cents=current.total_spent_cents + total_cents,
-        last_order_id=order_id,
+        total_spent_cents=current.total_spent_cents + order["total_cents"],
+        last_order_id=order["order_id"],
     )
 
 
@@ -69,18 +74,17 @@ class OrderLine:
     created_at_ms: int
 
 
-def order_lines(
-    *, order_id: str, items: Sequence[Mapping[str, Any]], created_at_ms: int
-) -> list[OrderLine]:
+def order_lines(order: Order) -> list[OrderLine]:
     """The order's lines, in order."""
+    created_at_ms = millis(order["created_at"])
     return [
         OrderLine(
             sku=str(item["sku"]),
             quantity=int(item["quantity"]),
-            order_id=order_id,
+            order_id=order["order_id"],
             created_at_ms=created_at_ms,
         )
-        for item in items
+        for item in order["items"]
     ]
 
 
@@ -95,7 +99,15 @@ def points_for(total_cents: int) -> int:
     return total_cents // 100
 
 
-def apply_points(points: UserPoints | None, *, order_id: str, total_cents: int) -> UserPoints:
+def apply_points(points: UserPoints | None, order: Order) -> UserPoints:
     """The user's points after this order."""
     current = points or UserPoints()
-    return UserPoints(points=current.points + points_for(total_cents), last_order_id=order_id)
+    earned = points_for(order["total_cents"])
+    return UserPoints(points=current.points + earned, last_order_id=order["order_id"])
+
+
+def millis(value: datetime | int) -> int:
+    """A timestamp-millis field as decoded (datetime) or as given (int), in ms."""
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)

@@ -4,7 +4,6 @@ from datetime import UTC, datetime
 
 from pipeline.domain.records import (
     low_stock_alert,
-    millis,
     points_view,
     stock_level,
     stock_view,
@@ -13,7 +12,7 @@ from pipeline.domain.records import (
     user_stats_view,
     welcome_notification,
 )
-from pipeline.domain.rules import StockRow, UserOrderStats, UserPoints
+from pipeline.domain.rules import StockRow, UserOrderStats, UserPoints, millis
 
 
 def test_a_record_is_its_view_plus_the_update_time() -> None:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pipeline.domain.rules import (
+    Order,
     StockRow,
     UserOrderStats,
     UserPoints,
@@ -13,13 +16,21 @@ from pipeline.domain.rules import (
 )
 
 
+def order(order_id: str, total_cents: int, items: Sequence[tuple[str, int]] = ()) -> Order:
+    return {
+        "order_id": order_id,
+        "total_cents": total_cents,
+        "items": [{"sku": sku, "quantity": qty, "unit_price_cents": 100} for sku, qty in items],
+        "created_at": 1700000000000,
+    }
+
+
 def test_first_order_creates_stats() -> None:
-    assert apply_order(None, order_id="o1", total_cents=250) == UserOrderStats(1, 250, "o1")
+    assert apply_order(None, order("o1", 250)) == UserOrderStats(1, 250, "o1")
 
 
 def test_orders_add_up() -> None:
-    stats = apply_order(UserOrderStats(2, 100, "o2"), order_id="o3", total_cents=5)
-    assert stats == UserOrderStats(3, 105, "o3")
+    assert apply_order(UserOrderStats(2, 100, "o2"), order("o3", 5)) == UserOrderStats(3, 105, "o3")
 
 
 def test_low_stock_crossing_is_downward_only() -> None:
@@ -49,14 +60,7 @@ def test_unknown_sku_starts_at_zero_and_may_go_negative() -> None:
 
 
 def test_order_lines_keep_the_order_of_the_items() -> None:
-    lines = order_lines(
-        order_id="o9",
-        items=[
-            {"sku": "A", "quantity": 2, "unit_price_cents": 100},
-            {"sku": "B", "quantity": 1, "unit_price_cents": 5},
-        ],
-        created_at_ms=1700000000000,
-    )
+    lines = order_lines(order("o9", 205, [("A", 2), ("B", 1)]))
     assert [(line.sku, line.quantity) for line in lines] == [("A", 2), ("B", 1)]
     assert {(line.order_id, line.created_at_ms) for line in lines} == {("o9", 1700000000000)}
 
@@ -66,5 +70,5 @@ def test_a_point_per_whole_currency_unit() -> None:
 
 
 def test_points_add_up_per_order() -> None:
-    points = apply_points(None, order_id="o1", total_cents=250)
-    assert apply_points(points, order_id="o2", total_cents=1_099) == UserPoints(12, "o2")
+    points = apply_points(None, order("o1", 250))
+    assert apply_points(points, order("o2", 1_099)) == UserPoints(12, "o2")
