@@ -19,9 +19,11 @@ from pipeline.admin.clients import logging_to_python
 from pipeline.services import every_service
 from pipeline.settings import Settings
 from pipeline.streaming.dead_letters import (
+    APP_ID,
     ATTEMPTS,
     ERROR_CLASS,
     ERROR_MESSAGE,
+    REPLAY_FOR,
     SOURCE_OFFSET,
     SOURCE_PARTITION,
     SOURCE_TOPIC,
@@ -172,6 +174,9 @@ def replay(sources: tuple[str, ...], dry_run: bool) -> None:
                     original: list[tuple[str, str | bytes | None]] = list(
                         without_dead_letter_headers(letter.headers)
                     )
+                    # Only the service that could not process it takes it again.
+                    if letter.header(APP_ID):
+                        original.append((REPLAY_FOR, letter.header(APP_ID)))
                     producer.produce(
                         target,
                         key=letter.key,

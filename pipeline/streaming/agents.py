@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from faust.types import Message, TableT
 
 from pipeline.serde.errors import UndecodableKey
+from pipeline.streaming.dead_letters import is_replay_for_another
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.positions import (
     Origin,
@@ -128,6 +129,14 @@ class AgentHandler:
         self.serdes = serdes
         self.outputs = outputs
         self.replays = metrics.replays_skipped.labels(agent.table.name if agent.table else "")
+        self.foreign_replays = metrics.foreign_replays
+        self.app_id = serdes.topology.settings.app_id
+
+    def _foreign(self, message: Message) -> bool:
+        if is_replay_for_another(message, self.app_id):
+            self.foreign_replays.labels(message.topic).inc()
+            return True
+        return False
 
     def _encode(self, emitted: Sequence[Emit], origin: Origin) -> list[Outgoing]:
         internal = self.serdes.internal
@@ -153,6 +162,8 @@ class AgentHandler:
         derived: list[Outgoing] = []
         for event in events:
             message = event.message
+            if self._foreign(message):
+                continue
             key = decode_key(message)
             if not key:
                 raise UndecodableKey("the message has no key: a table row needs one")
@@ -175,6 +186,8 @@ class AgentHandler:
         derived: list[Outgoing] = []
         for event in events:
             message = event.message
+            if self._foreign(message):
+                continue
             key = decode_key(message)
             value, origin = await self.serdes.decode(message, key)
             derived += self._encode(rules[message.topic](key, value), origin)

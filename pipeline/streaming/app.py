@@ -146,7 +146,9 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
     }
     serdes = Serdes(records=app.codecs, internal=topology.internal, topology=topology)
     outputs = Outputs(producer=app.batch_producer, metrics=metrics)
-    runner = EventRunner(dead_letters=DeadLetters(app.batch_producer), metrics=metrics)
+    runner = EventRunner(
+        dead_letters=DeadLetters(app.batch_producer, settings.app_id), metrics=metrics
+    )
     for agent in topology.agents:
         table = app.pipeline_tables[agent.table.name] if agent.table is not None else None
         handler = AgentHandler(agent, table, serdes, outputs, metrics)

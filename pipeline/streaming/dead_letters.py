@@ -1,9 +1,12 @@
 """The dead-letter path: what the pipeline could not process goes to ``<topic>.dlq``.
 
 A dead letter is the original message, unchanged: the same key bytes and value
-bytes, the original headers, plus ``dlq.*`` headers saying why. After a fix,
-``pipeline dlq replay`` sends the original key, value and headers back to the
-source topic named in ``dlq.source.topic``.
+bytes, the original headers, plus ``dlq.*`` headers saying why and which service
+(``dlq.app.id``) could not process it. After a fix, ``pipeline dlq replay`` sends
+the original key, value and headers back to the source topic named in
+``dlq.source.topic``, marked ``dlq.replay.for`` that service: every other service
+reading the topic processed the original already and skips the replay
+(``is_replay_for_another``), so a replay never doubles an event elsewhere.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ SOURCE_OFFSET = "dlq.source.offset"
 SCHEMA_ID = "dlq.schema.id"
 ATTEMPTS = "dlq.attempts"
 FAILED_AT = "dlq.failed.at"  # milliseconds since the epoch
+APP_ID = "dlq.app.id"  # the service (Faust app id, consumer group) that dead-lettered it
+REPLAY_FOR = "dlq.replay.for"  # on a replayed message: the one service it is meant for
 
 Headers = list[tuple[str, bytes]]
 
@@ -63,6 +68,7 @@ def dead_letter_headers(
     error: BaseException,
     attempts: int,
     failed_at_ms: int,
+    app_id: str,
 ) -> Headers:
     """The original headers (minus any earlier ``dlq.*`` ones) and why this message failed."""
     schema_id = schema_id_of(value, error)
@@ -75,6 +81,7 @@ def dead_letter_headers(
         (SCHEMA_ID, b"" if schema_id is None else str(schema_id).encode()),
         (ATTEMPTS, str(attempts).encode()),
         (FAILED_AT, str(failed_at_ms).encode()),
+        (APP_ID, app_id.encode()),
     ]
     kept = [(name, value) for name, value in original if not name.startswith(HEADER_PREFIX)]
     return kept + reason
@@ -93,6 +100,16 @@ def _header_pairs(headers: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | N
     return list(headers)
 
 
+def is_replay_for_another(message: Message, app_id: str) -> bool:
+    """A replayed dead letter of another service: this one processed the original."""
+    if not message.headers:
+        return False
+    for name, value in _header_pairs(message.headers):
+        if name == REPLAY_FOR:
+            return bool(value != app_id.encode())
+    return False
+
+
 @dataclass
 class DeadLetters:
     """Sends dead letters through the worker's producer and waits for the broker's ack,
@@ -100,6 +117,7 @@ class DeadLetters:
     is stored."""
 
     producer: BatchProducer
+    app_id: str
 
     async def send(self, message: Message, error: BaseException, attempts: int) -> None:
         headers = dead_letter_headers(
@@ -111,6 +129,7 @@ class DeadLetters:
             error=error,
             attempts=attempts,
             failed_at_ms=int(time.time() * 1000),
+            app_id=self.app_id,
         )
         target = TopicNames.dead_letters(message.topic)
         await self.producer.send_and_wait(

@@ -41,6 +41,12 @@ class Metrics:
             ["table"],
             registry=self.registry,
         )
+        self.foreign_replays = Counter(
+            "pipeline_foreign_replays_skipped",
+            "Replayed dead letters meant for another service reading the same topic.",
+            ["topic"],
+            registry=self.registry,
+        )
         self.derived_events = Counter(
             "pipeline_derived_events",
             "Records the agents produced, by topic: derived events and table changelog records.",

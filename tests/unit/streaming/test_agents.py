@@ -76,6 +76,7 @@ class FakeMessage:
     offset: int
     key: bytes | None
     value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -229,3 +230,13 @@ def test_emitting_to_an_undeclared_topic_is_a_permanent_error_naming_it() -> Non
     message = FakeMessage("user_registered", 0, 0, b"u1", b"{}")
     with pytest.raises(UndeclaredTopic, match="'stock_levels'"):
         Harness(topology).run("careless", message)
+
+
+def test_a_dead_letter_replayed_for_the_shop_is_skipped_by_the_points_service() -> None:
+    points_run = Harness(loyalty_points(points_settings(SETTINGS)))
+    replay = order(9, "u1", [("A", 3)])
+    replay.headers = [("dlq.replay.for", b"unit")]
+    assert points_run.run("points", replay) == []
+    assert points_run.metrics.foreign_replays.labels("order_created")._value.get() == 1
+    shop_run = Harness(shop(SETTINGS))
+    assert [m.topic for m in shop_run.run("orders", replay)][-1] == "user_order_stats"

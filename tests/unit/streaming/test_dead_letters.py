@@ -7,8 +7,10 @@ from faust.types import Message
 
 from pipeline.serde.errors import UnknownSchemaId
 from pipeline.streaming.dead_letters import (
+    REPLAY_FOR,
     DeadLetters,
     dead_letter_headers,
+    is_replay_for_another,
     schema_id_of,
     without_dead_letter_headers,
 )
@@ -25,6 +27,7 @@ def test_headers_say_why_and_keep_the_originals() -> None:
         error=UnknownSchemaId("schema id 7 is not in the registry", schema_id=7),
         attempts=1,
         failed_at_ms=123,
+        app_id="shop-pipeline",
     )
     as_dict = dict(headers)
     assert as_dict["dlq.error.class"] == b"UnknownSchemaId"
@@ -32,6 +35,7 @@ def test_headers_say_why_and_keep_the_originals() -> None:
     assert as_dict["dlq.source.topic"] == b"order_created"
     assert (as_dict["dlq.source.partition"], as_dict["dlq.source.offset"]) == (b"2", b"17")
     assert (as_dict["dlq.schema.id"], as_dict["dlq.attempts"]) == (b"7", b"1")
+    assert as_dict["dlq.app.id"] == b"shop-pipeline"
     # An earlier dead letter's reasons are replaced, not accumulated.
     assert [name for name, _ in headers].count("dlq.attempts") == 1
     assert without_dead_letter_headers(headers) == [("trace", b"t1")]
@@ -58,7 +62,9 @@ def test_a_dead_letter_is_the_original_message_sent_to_the_dead_letter_topic() -
         "order_created", 2, 17, 0.0, 0, [("trace", b"t1")], None, b"\x01garbage", None
     )
     asyncio.run(
-        DeadLetters(cast(BatchProducer, producer)).send(message, ValueError("bad"), attempts=1)
+        DeadLetters(cast(BatchProducer, producer), "shop-pipeline").send(
+            message, ValueError("bad"), attempts=1
+        )
     )
     (letter,) = producer.sent
     assert (letter.topic, letter.key, letter.value) == ("order_created.dlq", None, b"\x01garbage")
@@ -66,3 +72,14 @@ def test_a_dead_letter_is_the_original_message_sent_to_the_dead_letter_topic() -
     headers = dict(letter.headers or [])
     assert headers["trace"] == b"t1"
     assert headers["dlq.error.class"] == b"ValueError"
+
+
+def test_a_replay_is_taken_only_by_the_service_that_dead_lettered_it() -> None:
+    def message(headers: list[tuple[str, bytes]] | None) -> Message:
+        return Message("order_created", 0, 5, 0.0, 0, headers, b"u1", b"v", None)
+
+    replay = message([("trace", b"t1"), (REPLAY_FOR, b"shop-pipeline")])
+    assert not is_replay_for_another(replay, "shop-pipeline")
+    assert is_replay_for_another(replay, "shop-pipeline-points")
+    assert not is_replay_for_another(message(None), "shop-pipeline-points")
+    assert not is_replay_for_another(message([("trace", b"t1")]), "shop-pipeline-points")
