@@ -239,4 +239,4 @@ def test_a_dead_letter_replayed_for_the_shop_is_skipped_by_the_points_service() 
     assert points_run.run("points", replay) == []
     assert points_run.metrics.foreign_replays.labels("order_created")._value.get() == 1
     shop_run = Harness(shop(SETTINGS))
-    assert [m.topic for m in shop_run.run("orders", replay)][-1] == "user_order_stats"
+    assert "user_order_stats" in [m.topic for m in shop_run.run("orders", replay)]
