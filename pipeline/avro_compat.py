@@ -353,9 +353,9 @@ class _Resolver:
                 sources.setdefault(hits[0], []).append(each)
             elif not each.has_default:
                 problems.append(
-                    f"field {field_path} of record {reader.full_name} is missing from the "
-                    "writer's schema and has no default (add a default, or an alias naming the "
-                    "old field)"
+                    f"field {field_path} is missing from the writer's schema and has no default "
+                    f"(add a default to field {each.name} of record {reader.full_name}, or an "
+                    "alias naming the old field)"
                 )
         for source, readers in sources.items():
             if len(readers) > 1:
