@@ -4,14 +4,21 @@ The registry is the authority on compatibility, but Apicurio's compatibility
 endpoint answers only true or false (``verbose=true`` adds no messages), so
 ``pipeline schemas check`` explains a refusal with these rules: can a reader
 with one schema read data written with another (Avro spec, "Schema Resolution")?
+
+The rules agree with Apache Avro Java's ``SchemaCompatibility`` (the differential
+test in ``tests/unit/test_avro_compat_oracle.py`` holds them to it), except where
+the spec is silent and Avro's checker accepts what its own decoder or fastavro
+cannot read; ``docs/schema-compatibility.md`` lists those cases.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 PRIMITIVES = frozenset(("null", "boolean", "int", "long", "float", "double", "bytes", "string"))
+NAMED_KINDS = frozenset(("record", "error", "enum", "fixed"))
 # Writer type -> reader types it may be read as.
 PROMOTIONS = {
     "int": {"long", "float", "double"},
@@ -24,9 +31,9 @@ PROMOTIONS = {
 
 def read_problems(reader: Any, writer: Any) -> list[str]:
     """Why data written with ``writer`` cannot be read with ``reader``; [] if it can."""
-    resolver = _Resolver(_named_types(reader), _named_types(writer))
-    resolver.resolve(reader, writer, "")
-    return resolver.problems
+    resolver = _Resolver()
+    problems = resolver.resolve(_Parsed(reader).root, _Parsed(writer).root, "")
+    return list(dict.fromkeys(problems))  # a type pair met twice is reported once
 
 
 def compatibility_problems(
@@ -63,152 +70,304 @@ def compatibility_problems(
 
 
 def _full_name(name: str, namespace: str | None) -> str:
+    """A dotted name is already full; otherwise it takes ``namespace`` ("" or None: none)."""
     return name if "." in name or not namespace else f"{namespace}.{name}"
 
 
-def _short(name: str) -> str:
-    return name.rpartition(".")[2]
+def _short(full_name: str) -> str:
+    return full_name.rpartition(".")[2]
 
 
-def _named_types(schema: Any) -> dict[str, Mapping[str, Any]]:
-    found: dict[str, Mapping[str, Any]] = {}
+def _namespace_of(full_name: str) -> str | None:
+    return full_name.rpartition(".")[0] or None
 
-    def walk(node: Any, namespace: str | None) -> None:
+
+@dataclass(eq=False)
+class _Field:
+    name: str
+    aliases: tuple[str, ...]
+    type: _Type
+    has_default: bool
+
+
+@dataclass(eq=False)
+class _Named:
+    """A record, enum or fixed, by its full name; references to it are this same object."""
+
+    kind: str  # record | enum | fixed
+    full_name: str
+    aliases: frozenset[str]  # full names: a dotless alias takes the type's namespace
+    fields: list[_Field] = field(default_factory=list)
+    symbols: tuple[str, ...] = ()
+    has_enum_default: bool = False
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class _Array:
+    items: _Type
+
+
+@dataclass(frozen=True)
+class _Map:
+    values: _Type
+
+
+@dataclass(frozen=True)
+class _Union:
+    branches: tuple[_Type, ...]
+
+
+_Type = str | _Named | _Array | _Map | _Union
+
+
+class _Parsed:
+    """A JSON schema as a graph: every name resolved the way Avro's parser resolves it.
+
+    A dotless reference is looked up in the namespace of the enclosing named type, then (as
+    Apache Avro Java and fastavro do) in the null namespace; a nested definition without a
+    namespace inherits the enclosing one.
+    """
+
+    def __init__(self, schema: Any) -> None:
+        self._definitions: dict[str, tuple[Mapping[str, Any], str | None]] = {}
+        self._collect(schema, None)
+        self._converted: dict[str, _Named] = {}
+        self.root = self._convert(schema, None)
+
+    def _collect(self, node: Any, namespace: str | None) -> None:
         if isinstance(node, list):
             for branch in node:
-                walk(branch, namespace)
+                self._collect(branch, namespace)
         elif isinstance(node, Mapping):
             kind = node.get("type")
-            if kind in ("record", "error", "enum", "fixed"):
+            if kind in NAMED_KINDS:
                 full = _full_name(str(node["name"]), node.get("namespace", namespace))
-                found[full] = node
-                found.setdefault(_short(full), node)
-                namespace = full.rpartition(".")[0] or None
-            for field in node.get("fields", []):
-                walk(field["type"], namespace)
+                self._definitions.setdefault(full, (node, namespace))
+                namespace = _namespace_of(full)
+            for each in node.get("fields", []):
+                self._collect(each["type"], namespace)
             for key in ("items", "values"):
                 if key in node:
-                    walk(node[key], namespace)
+                    self._collect(node[key], namespace)
             if isinstance(kind, list | Mapping):
-                walk(kind, namespace)
+                self._collect(kind, namespace)
 
-    walk(schema, None)
-    return found
+    def _lookup(self, reference: str, namespace: str | None) -> str | None:
+        qualified = _full_name(reference, namespace)
+        if qualified in self._definitions:
+            return qualified
+        return reference if "." not in reference and reference in self._definitions else None
+
+    def _convert(self, node: Any, namespace: str | None) -> _Type:
+        if isinstance(node, list):
+            return _Union(tuple(self._convert(branch, namespace) for branch in node))
+        if isinstance(node, str):
+            if node in PRIMITIVES:
+                return node
+            full = self._lookup(node, namespace)
+            return node if full is None else self._named(full)  # unknown: compared as a name
+        kind = node["type"]
+        if kind in NAMED_KINDS:
+            return self._named(_full_name(str(node["name"]), node.get("namespace", namespace)))
+        if kind == "array":
+            return _Array(self._convert(node["items"], namespace))
+        if kind == "map":
+            return _Map(self._convert(node["values"], namespace))
+        # {"type": "int", "logicalType": ...}, {"type": [...]}, {"type": "SomeName"}
+        return self._convert(kind, namespace)
+
+    def _named(self, full: str) -> _Named:
+        if full in self._converted:
+            return self._converted[full]
+        node, _ = self._definitions[full]
+        namespace = _namespace_of(full)
+        kind = "record" if node["type"] == "error" else str(node["type"])
+        aliases = frozenset(_full_name(str(alias), namespace) for alias in node.get("aliases", []))
+        named = _Named(kind, full, aliases)
+        self._converted[full] = named  # before the fields: a recursive field finds it
+        if kind == "record":
+            named.fields = [
+                _Field(
+                    str(each["name"]),
+                    tuple(str(alias) for alias in each.get("aliases", [])),
+                    self._convert(each["type"], namespace),
+                    "default" in each,
+                )
+                for each in node["fields"]
+            ]
+        elif kind == "enum":
+            named.symbols = tuple(str(symbol) for symbol in node["symbols"])
+            named.has_enum_default = "default" in node
+        else:
+            named.size = int(node["size"])
+        return named
+
+
+def _label(schema: _Type) -> str:
+    if isinstance(schema, _Named):
+        return f"{schema.kind} {schema.full_name}"
+    if isinstance(schema, _Array):
+        return f"array<{_label(schema.items)}>"
+    if isinstance(schema, _Map):
+        return f"map<{_label(schema.values)}>"
+    if isinstance(schema, _Union):
+        return "union [" + ", ".join(_label(branch) for branch in schema.branches) + "]"
+    return schema
+
+
+def _same_name(reader: _Named, writer: _Named) -> bool:
+    """Avro's rule: the unqualified names are equal, or a reader alias is the writer's full name."""
+    return (
+        _short(reader.full_name) == _short(writer.full_name) or writer.full_name in reader.aliases
+    )
+
+
+def _matches(reader: _Type, writer: _Type) -> bool:
+    """The spec's "match" that picks a reader union's branch: shallow for named types."""
+    if isinstance(reader, _Union) or isinstance(writer, _Union):
+        return True
+    if isinstance(reader, _Array) and isinstance(writer, _Array):
+        return _matches(reader.items, writer.items)
+    if isinstance(reader, _Map) and isinstance(writer, _Map):
+        return _matches(reader.values, writer.values)
+    if isinstance(reader, _Named) and isinstance(writer, _Named):
+        return (
+            reader.kind == writer.kind
+            and _same_name(reader, writer)
+            and (reader.kind != "fixed" or reader.size == writer.size)
+        )
+    if isinstance(reader, str) and isinstance(writer, str):
+        return reader == writer or reader in PROMOTIONS.get(writer, set())
+    return False
 
 
 class _Resolver:
-    def __init__(
-        self, reader_names: dict[str, Mapping[str, Any]], writer_names: dict[str, Mapping[str, Any]]
-    ) -> None:
-        self.reader_names = reader_names
-        self.writer_names = writer_names
-        self.problems: list[str] = []
-        self._seen: set[tuple[str, str]] = set()
+    def __init__(self) -> None:
+        # Problems of each named pair already resolved; None while it is being resolved (a
+        # recursive type meets itself: assume it resolves, as Avro does, until shown otherwise).
+        self._named_results: dict[tuple[str, str], list[str] | None] = {}
 
-    def _normal(self, schema: Any, names: dict[str, Mapping[str, Any]]) -> Any:
-        """Named references replaced by their definition; ``{"type": "int"}`` by ``"int"``."""
-        while True:
-            if isinstance(schema, str):
-                if schema in PRIMITIVES:
-                    return schema
-                named = names.get(schema) or names.get(_short(schema))
-                if named is None:
-                    return schema
-                schema = named
-            elif isinstance(schema, Mapping) and (
-                schema.get("type") in PRIMITIVES or isinstance(schema.get("type"), list | Mapping)
-            ):
-                schema = schema["type"]
-            else:
-                return schema
-
-    @staticmethod
-    def _kind(schema: Any) -> str:
-        if isinstance(schema, str):
-            return schema
-        if isinstance(schema, list):
-            return "union"
-        return str(schema["type"])
-
-    def _label(self, schema: Any) -> str:
-        if isinstance(schema, Mapping) and "name" in schema:
-            return str(schema["name"])
-        if isinstance(schema, list):
-            return "union [" + ", ".join(self._label(b) for b in schema) + "]"
-        return self._kind(schema)
-
-    def _readable(self, reader: Any, writer: Any) -> bool:
-        trial = _Resolver(self.reader_names, self.writer_names)
-        trial._seen = set(self._seen)
-        trial.resolve(reader, writer, "")
-        return not trial.problems
-
-    def resolve(self, reader: Any, writer: Any, path: str) -> None:
-        reader = self._normal(reader, self.reader_names)
-        writer = self._normal(writer, self.writer_names)
+    def resolve(self, reader: _Type, writer: _Type, path: str) -> list[str]:
         where = path or "the record"
-        if isinstance(writer, list):
-            for branch in writer:
-                if not self._readable(reader, branch):
-                    self.problems.append(
-                        f"{where}: the writer's union branch {self._label(branch)} "
-                        f"cannot be read as {self._label(reader)}"
+        if isinstance(writer, _Union):
+            problems = []
+            for branch in writer.branches:
+                branch_problems = self.resolve(reader, branch, path)
+                if (
+                    branch_problems
+                    and not isinstance(reader, _Union)
+                    and not _matches(reader, branch)
+                ):
+                    problems.append(
+                        f"{where}: the writer's union branch {_label(branch)} "
+                        f"cannot be read as {_label(reader)}"
                     )
-            return
-        if isinstance(reader, list):
-            if not any(self._readable(branch, writer) for branch in reader):
-                self.problems.append(
-                    f"{where}: {self._label(writer)} matches no branch of {self._label(reader)}"
-                )
-            return
-        reader_kind, writer_kind = self._kind(reader), self._kind(writer)
-        if reader_kind != writer_kind:
-            if reader_kind not in PROMOTIONS.get(writer_kind, set()):
-                self.problems.append(
-                    f"{where}: type changed from {self._label(writer)} to {self._label(reader)}"
-                )
-            return
-        if reader_kind == "record":
-            self._resolve_record(reader, writer, path)
-        elif reader_kind == "array":
-            self.resolve(reader["items"], writer["items"], f"{path}[]")
-        elif reader_kind == "map":
-            self.resolve(reader["values"], writer["values"], f"{path}{{}}")
-        elif reader_kind == "enum":
-            missing = [s for s in writer["symbols"] if s not in reader["symbols"]]
-            if missing and "default" not in reader:
-                self.problems.append(
-                    f"{where}: enum symbols {missing} were removed and the enum has no default"
-                )
-        elif reader_kind == "fixed" and reader.get("size") != writer.get("size"):
-            self.problems.append(
-                f"{where}: fixed size changed from {writer.get('size')} to {reader.get('size')}"
-            )
+                else:
+                    problems.extend(branch_problems)
+            return problems
+        if isinstance(reader, _Union):
+            return self._resolve_union(reader, writer, path)
+        if isinstance(reader, _Named) and isinstance(writer, _Named) and reader.kind == writer.kind:
+            return self._resolve_named(reader, writer, path)
+        if isinstance(reader, _Array) and isinstance(writer, _Array):
+            return self.resolve(reader.items, writer.items, f"{path}[]")
+        if isinstance(reader, _Map) and isinstance(writer, _Map):
+            return self.resolve(reader.values, writer.values, f"{path}{{}}")
+        if isinstance(reader, str) and isinstance(writer, str) and _matches(reader, writer):
+            return []
+        return [f"{where}: type changed from {_label(writer)} to {_label(reader)}"]
 
-    def _resolve_record(
-        self, reader: Mapping[str, Any], writer: Mapping[str, Any], path: str
-    ) -> None:
-        reader_name, writer_name = _short(str(reader["name"])), _short(str(writer["name"]))
-        aliases = {_short(str(alias)) for alias in reader.get("aliases", [])}
-        if writer_name != reader_name and writer_name not in aliases:
-            self.problems.append(
-                f"{path or 'the record'}: record name changed from {writer_name} to {reader_name} "
-                "without an alias"
+    def _resolve_union(self, reader: _Union, writer: _Type, path: str) -> list[str]:
+        """The spec: the first branch that matches the writer is resolved, the others unused.
+
+        Avro's checker accepts a union if *any* branch can read the writer; its decoder and
+        fastavro pick one branch and fail if it cannot (docs/schema-compatibility.md).
+        """
+        where = path or "the record"
+        matching = [branch for branch in reader.branches if _matches(branch, writer)]
+        if not matching:
+            return [f"{where}: {_label(writer)} matches no branch of {_label(reader)}"]
+        first, *later = matching
+        problems = self.resolve(first, writer, path)
+        if not problems:
+            return []
+        readable = next((b for b in later if not self.resolve(b, writer, path)), None)
+        if readable is not None:
+            return [
+                f"{where}: {_label(writer)} is read as {_label(first)}, the first branch of "
+                f"the reader's union that matches it, which cannot read it "
+                f"({'; '.join(problems)}); a later branch, {_label(readable)}, could "
+                f"(move it before {_label(first)})"
+            ]
+        return problems
+
+    def _resolve_named(self, reader: _Named, writer: _Named, path: str) -> list[str]:
+        key = (reader.full_name, writer.full_name)
+        if key in self._named_results:
+            return self._named_results[key] or []
+        self._named_results[key] = None
+        where = path or "the record"
+        problems: list[str] = []
+        if not _same_name(reader, writer):
+            problems.append(
+                f"{where}: {reader.kind} name changed from {writer.full_name} to "
+                f'{reader.full_name} without an alias (add the alias "{writer.full_name}" '
+                f"to {reader.full_name})"
             )
-            return
-        if (reader_name, writer_name) in self._seen:
-            return  # recursive record: already being resolved further up
-        self._seen.add((reader_name, writer_name))
-        writer_fields = {field["name"]: field for field in writer["fields"]}
-        for field in reader["fields"]:
-            name = field["name"]
-            field_path = f"{path}.{name}" if path else name
-            candidates = [name, *field.get("aliases", [])]
-            match = next((writer_fields[c] for c in candidates if c in writer_fields), None)
-            if match is not None:
-                self.resolve(field["type"], match["type"], field_path)
-            elif "default" not in field:
-                self.problems.append(
-                    f"field {field_path} is missing from the writer's schema and has no default "
-                    "(add a default, or an alias naming the old field)"
+        elif reader.kind == "record":
+            problems = self._resolve_fields(reader, writer, path)
+        elif reader.kind == "enum":
+            missing = [s for s in writer.symbols if s not in reader.symbols]
+            if missing and not reader.has_enum_default:
+                problems.append(
+                    f"{where}: enum {reader.full_name} lost the writer's symbols {missing} "
+                    "and has no default (keep them, or give the enum a default symbol)"
                 )
+        elif reader.size != writer.size:
+            problems.append(
+                f"{where}: size of fixed {reader.full_name} changed from "
+                f"{writer.size} to {reader.size}"
+            )
+        self._named_results[key] = problems
+        return problems
+
+    def _resolve_fields(self, reader: _Named, writer: _Named, path: str) -> list[str]:
+        """Each reader field reads the writer field of its name, else of one of its aliases.
+
+        Where that is ambiguous (the spec is silent, decoders differ) the schema is refused.
+        """
+        writer_fields = {each.name: each for each in writer.fields}
+        problems: list[str] = []
+        sources: dict[str, list[_Field]] = {}  # writer field -> the reader fields it would feed
+        for each in reader.fields:
+            field_path = f"{path}.{each.name}" if path else each.name
+            hits = list(dict.fromkeys(n for n in (each.name, *each.aliases) if n in writer_fields))
+            if len(hits) > 1:
+                problems.append(
+                    f"field {field_path} of record {reader.full_name} names several fields of "
+                    f"the writer's record {writer.full_name} ({', '.join(hits)}) by its name and "
+                    "aliases (keep one)"
+                )
+            elif hits:
+                sources.setdefault(hits[0], []).append(each)
+            elif not each.has_default:
+                problems.append(
+                    f"field {field_path} is missing from the writer's schema and has no default "
+                    f"(add a default to field {each.name} of record {reader.full_name}, or an "
+                    "alias naming the old field)"
+                )
+        for source, readers in sources.items():
+            if len(readers) > 1:
+                names = ", ".join(each.name for each in readers)
+                problems.append(
+                    f"{path or 'the record'}: field {source} of the writer's record "
+                    f"{writer.full_name} is read by more than one field of record "
+                    f"{reader.full_name} ({names}) through a name or alias; decoders disagree "
+                    "on which gets it (drop the alias)"
+                )
+                continue
+            (each,) = readers
+            field_path = f"{path}.{each.name}" if path else each.name
+            problems.extend(self.resolve(each.type, writer_fields[source].type, field_path))
+        return problems

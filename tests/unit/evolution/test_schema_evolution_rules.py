@@ -35,7 +35,10 @@ def test_a_required_field_without_default_breaks_backward_naming_the_field() -> 
     problems = compatibility_problems("BACKWARD", v2, [(1, order_v1())])
     assert len(problems) == 1
     assert "version 1" in problems[0]
-    assert "field currency is missing from the writer's schema and has no default" in problems[0]
+    assert problems[0].endswith(
+        "field currency is missing from the writer's schema and has no default (add a default "
+        "to field currency of record shop.OrderCreated, or an alias naming the old field)"
+    )
     # Old readers simply ignore the new field.
     assert compatibility_problems("FORWARD", v2, [(1, order_v1())]) == []
 
@@ -120,3 +123,107 @@ def test_a_changed_doc_is_not_a_change() -> None:
     new = order_v1()
     new["fields"][0]["doc"] = "Something else."
     assert field_changes(order_v1(), new) == []
+
+
+def test_enum_and_fixed_names_are_compared() -> None:
+    reader = {"type": "enum", "name": "E2", "symbols": ["A"]}
+    writer = {"type": "enum", "name": "E1", "symbols": ["A"]}
+    assert read_problems(reader, writer) == [
+        'the record: enum name changed from E1 to E2 without an alias (add the alias "E1" to E2)'
+    ]
+    fixed = {"type": "fixed", "name": "F", "size": 4}
+    assert read_problems({**fixed, "name": "G", "aliases": ["F"]}, fixed) == []
+
+
+def test_records_of_one_short_name_in_two_namespaces_are_each_checked() -> None:
+    def outer(inner_fields: list[dict[str, Any]]) -> dict[str, Any]:
+        inner = {"type": "record", "name": "a.E", "fields": inner_fields}
+        return {"type": "record", "name": "E", "fields": [{"name": "b", "type": inner}]}
+
+    assert read_problems(outer([{"name": "c", "type": "int"}]), outer([])) == [
+        "field b.c is missing from the writer's schema and has no default "
+        "(add a default to field c of record a.E, or an alias naming the old field)"
+    ]
+
+
+def test_a_dotless_reference_means_the_type_of_the_enclosing_namespace() -> None:
+    def schema(inner_field: str) -> dict[str, Any]:
+        other = {"type": "record", "name": "R", "fields": [{"name": "x", "type": "int"}]}
+        mine = {"type": "record", "name": "R", "fields": [{"name": inner_field, "type": "int"}]}
+        return {
+            "type": "record",
+            "name": "Top",
+            "fields": [
+                {"name": "other", "type": other},  # R, no namespace
+                {
+                    "name": "box",
+                    "type": {
+                        "type": "record",
+                        "name": "n.Box",
+                        "fields": [
+                            {"name": "mine", "type": mine},  # n.R
+                            {"name": "again", "type": "R"},  # n.R, not R
+                        ],
+                    },
+                },
+            ],
+        }
+
+    assert read_problems(schema("y"), schema("y")) == []
+    assert read_problems(schema("y"), schema("z")) == [
+        "field box.mine.y is missing from the writer's schema and has no default "
+        "(add a default to field y of record n.R, or an alias naming the old field)"
+    ]
+
+
+def test_reader_aliases_are_full_names() -> None:
+    writer = {"type": "record", "name": "b.Old", "fields": []}
+    relative = {"type": "record", "name": "a.New", "aliases": ["Old"], "fields": []}
+    assert read_problems(relative, writer) == [
+        "the record: record name changed from b.Old to a.New without an alias "
+        '(add the alias "b.Old" to a.New)'
+    ]
+    assert read_problems({**relative, "aliases": ["b.Old"]}, writer) == []
+    assert read_problems(relative, {**writer, "name": "a.Old"}) == []
+
+
+def test_a_reader_union_reads_with_its_first_matching_branch() -> None:
+    def record(namespace: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"type": "record", "name": "R", "namespace": namespace, "fields": fields}
+
+    needs_y = record("a", [{"name": "y", "type": "int"}])
+    has_x = record("b", [{"name": "x", "type": "int"}])
+    (problem,) = read_problems([needs_y, has_x], record("c", [{"name": "x", "type": "int"}]))
+    assert "is read as record a.R, the first branch of the reader's union" in problem
+    assert "a later branch, record b.R, could (move it before record a.R)" in problem
+    assert read_problems([has_x, needs_y], record("c", [{"name": "x", "type": "int"}])) == []
+
+
+def test_a_record_and_a_fixed_of_one_name_say_which_is_which() -> None:
+    record = {"type": "record", "name": "a.F", "fields": []}
+    fixed = {"type": "fixed", "name": "a.F", "size": 2}
+    assert read_problems(record, fixed) == ["the record: type changed from fixed a.F to record a.F"]
+
+
+def test_ambiguous_field_aliases_are_refused() -> None:
+    writer = {
+        "type": "record",
+        "name": "R",
+        "fields": [{"name": "x", "type": "int"}, {"name": "y", "type": "int"}],
+    }
+    both = {
+        "type": "record",
+        "name": "R",
+        "fields": [{"name": "x", "aliases": ["y"], "type": "int"}],
+    }
+    assert "names several fields of the writer's record R (x, y)" in read_problems(both, writer)[0]
+    shared = {
+        "type": "record",
+        "name": "R",
+        "fields": [
+            {"name": "z", "aliases": ["y"], "type": "int"},
+            {"name": "y", "type": "int"},
+        ],
+    }
+    (problem,) = read_problems(shared, writer)
+    assert "field y of the writer's record R is read by more than one field" in problem
