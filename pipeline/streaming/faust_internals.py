@@ -37,9 +37,9 @@ and the group had nothing left to read (or stopped committing a partition).
    seek the fetcher already delivers events; agents handle a few, the rest are thrown away.
    They are never acknowledged and never fetched again, so Faust never commits that
    partition again (it commits only up to the first gap), and after a restart they are read
-   again but look like replays to the rows (``pipeline.domain.rules.is_new``): lost. Seen as: order
-   lines at offsets 3-6 never applied and the partition's committed offset stuck at 3 until
-   the worker was killed. faust-streaming issue 596 describes the same race.
+   again but look like replays to the rows (``pipeline.streaming.positions.is_new``): lost.
+   Seen as: order lines at offsets 3-6 never applied and the partition's committed offset
+   stuck at 3 until the worker was killed. faust-streaming issue 596 describes the same race.
    Here the stream partitions stay paused until the seek is done and the queues are
    emptied (they can only hold stale events then); only then are they resumed.
 

@@ -14,9 +14,12 @@ recognise each line by the order's position, not by the line's new offset.
 Layouts (big-endian):
 - position list: u16 count, then per entry: u8 source length, source UTF-8,
   i64 offset, i32 index
-- tracked row: u8 version=1, position list, then the row's own encoding to the end
-- origin frame: u8 version=1, u8 source length, source UTF-8, i64 offset, i32 index,
+- tracked row: u8 version=2, position list, then the row's own encoding to the end
+- origin frame: u8 version=2, u8 source length, source UTF-8, i64 offset, i32 index,
   then the value's own encoding to the end
+
+Version 1 was the layout before the runtime kept positions apart from the rows (each row
+type held its own positions); such bytes are refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Generic, TypeVar
 
 from pipeline.domain.encoding import EncodingError
 
-VERSION = 1
+VERSION = 2
+OLDER_LAYOUT = 1
 _COUNT = struct.Struct(">H")
 _SOURCE_LEN = struct.Struct(">B")
 _POSITION = struct.Struct(">qi")
@@ -80,6 +84,11 @@ class Tracked(Generic[Row]):
 
 
 def _check_version(data: bytes, what: str) -> None:
+    if data[:1] == bytes((OLDER_LAYOUT,)):
+        raise EncodingError(
+            f"{what}: written by an earlier version of the pipeline (layout 1): rebuild the "
+            "table state (new PIPELINE_APP_ID, or empty data dirs and changelog topics)"
+        )
     if not data or data[0] != VERSION:
         raise EncodingError(f"{what}: unknown encoding version {data[:1]!r}")
 

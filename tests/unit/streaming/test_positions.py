@@ -71,7 +71,13 @@ def test_origin_frame_round_trip(source: str, offset: int, index: int, payload: 
     assert unframe_origin(frame_origin(origin, payload)) == (origin, payload)
 
 
-@pytest.mark.parametrize("data", [b"", b"\x02", b"\x01\x05ab"])
+@pytest.mark.parametrize("data", [b"", b"\x03", b"\x02", b"\x02\x05ab"])
 def test_bytes_without_an_origin_are_an_encoding_error(data: bytes) -> None:
     with pytest.raises(EncodingError):
         unframe_origin(data)
+
+
+def test_rows_of_the_earlier_layout_are_refused_with_what_to_do() -> None:
+    codec = TrackedCodec(encode_stock_row, decode_stock_row)
+    with pytest.raises(EncodingError, match="earlier version .* rebuild"):
+        codec.decode(b"\x01" + bytes(10))
