@@ -79,5 +79,5 @@ def test_bytes_without_an_origin_are_an_encoding_error(data: bytes) -> None:
 
 def test_rows_of_the_earlier_layout_are_refused_with_what_to_do() -> None:
     codec = TrackedCodec(encode_stock_row, decode_stock_row)
-    with pytest.raises(EncodingError, match="earlier version .* rebuild"):
+    with pytest.raises(EncodingError, match=r"earlier version .* rebuild"):
         codec.decode(b"\x01" + bytes(10))
