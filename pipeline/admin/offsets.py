@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from confluent_kafka import (
     Consumer,
@@ -68,3 +70,42 @@ def group_lag(admin: AdminClient, consumer: Consumer, group: str, topics: Iterab
         for partition, (_, end) in watermarks(consumer, topic).items():
             behind += end - committed.get((topic, partition), 0)
     return behind
+
+
+class EndOffsets:
+    """Partition end offsets (high watermarks), asked of the broker and kept for ``ttl``
+    seconds: what a table view compares a local copy's offset with to say how far behind
+    it is. Blocking: call it from a thread."""
+
+    def __init__(self, config: Mapping[str, Any], ttl: float = 1.0, timeout: float = 2.0) -> None:
+        self._config = {**config, "group.id": "pipeline-end-offsets", "enable.auto.commit": False}
+        self._consumer: Consumer | None = None
+        self._ttl = ttl
+        self._timeout = timeout
+        self._known: dict[tuple[str, int], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def end(self, topic: str, partition: int) -> int | None:
+        """The offset the next record of ``topic[partition]`` will get; None when the
+        broker does not answer in time."""
+        now = time.monotonic()
+        with self._lock:
+            known = self._known.get((topic, partition))
+            if known is not None and now - known[0] < self._ttl:
+                return known[1]
+            if self._consumer is None:
+                self._consumer = Consumer(dict(self._config))
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=self._timeout, cached=False
+                )
+            except KafkaException:
+                return None
+            self._known[topic, partition] = (now, high)
+            return int(high)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None

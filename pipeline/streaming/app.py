@@ -19,6 +19,7 @@ import faust
 from faust.types import StreamT, TableT
 from faust.types.auth import CredentialsT
 
+from pipeline.admin.offsets import EndOffsets
 from pipeline.admin.topics import ensure_topics
 from pipeline.serde.codec import Codecs
 from pipeline.settings import KafkaSecurity, Settings
@@ -43,6 +44,7 @@ class PipelineApp(FixedFaustApp):
     pipeline_metrics: Metrics
     batch_producer: BatchProducer
     pipeline_tables: dict[str, TableT[bytes, bytes]]
+    end_offsets: EndOffsets
 
     @property
     def pipeline_settings(self) -> Settings:
@@ -60,6 +62,7 @@ class PipelineApp(FixedFaustApp):
     async def on_shutdown(self) -> None:
         # After the agents stopped: deliver what their last batches queued.
         await asyncio.to_thread(self.batch_producer.close)
+        await asyncio.to_thread(self.end_offsets.close)
         await super().on_shutdown()
 
     async def restore_tables(self) -> None:
@@ -153,7 +156,10 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
         table = app.pipeline_tables[agent.table.name] if agent.table is not None else None
         handler = AgentHandler(agent, table, serdes, outputs, metrics)
         _run_agent(app, agent, handler, runner)
-    server.register(app, topology, app.pipeline_tables, app.codecs, metrics, app.batch_producer)
+    app.end_offsets = EndOffsets(settings.kafka_client_config())
+    server.register(
+        app, topology, app.pipeline_tables, app.codecs, metrics, app.batch_producer, app.end_offsets
+    )
     return app
 
 

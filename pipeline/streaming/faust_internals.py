@@ -7,7 +7,8 @@ version, so each is checked again before an upgrade):
 - ``faust.streams._current_event``: tables take the partition of a read or write from
   the current event (``bind_event``);
 - ``Store._db_for_partition``: the bulk restore writes into the RocksDB databases Faust
-  opens (``partition_db``);
+  opens (``partition_db``), and a view reads a partition this worker does not own
+  (``read_partition``);
 - ``Web.web_app``: the aiohttp application our routes are added to (``aiohttp_app``);
 - ``App._new_transport``, ``app._fetcher``, ``Recovery.on_recovery_completed`` and the
   aiokafka driver's consumer thread: the two fixes below.
@@ -171,6 +172,14 @@ def bind_event(event: EventT[Any]) -> None:
 def partition_db(store: Any, partition: int) -> Rdict:
     """The RocksDB database of one partition of a table's store (opened if need be)."""
     return cast(Rdict, store._db_for_partition(partition))
+
+
+def read_partition(store: Any, partition: int, key: bytes) -> bytes | None:
+    """``key``'s value in one partition of a table's store, whether this worker holds the
+    partition as active, as standby or only as the copy restored at start-up."""
+    if not hasattr(store, "_db_for_partition"):  # memory://: one dict for every partition
+        return cast(bytes | None, store.get(key))
+    return cast(bytes | None, partition_db(store, partition).get(key))
 
 
 def aiohttp_app(app: AppT) -> web.Application:

@@ -72,6 +72,12 @@ class Metrics:
             ["table"],
             registry=self.registry,
         )
+        self.copy_answers = Counter(
+            "pipeline_copy_answers",
+            "Table queries answered from a copy (standby or restored) while the owner was away.",
+            ["table"],
+            registry=self.registry,
+        )
         self.assigned_partitions = Gauge(
             "pipeline_assigned_partitions",
             "Topic partitions currently assigned to this worker.",

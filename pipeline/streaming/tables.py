@@ -49,4 +49,9 @@ def faust_table(
         # A fresh dict per table: Faust's RocksDB store pops keys from it.
         options=dict(ROCKSDB_OPTIONS) if rocksdb else None,
         on_changelog_event=count_recovered,
+        # A standby applies each changelog record as it arrives: Faust's default buffers
+        # 1,000 per partition and applies them only when the buffer is full, so a standby
+        # (and a view answering from it) could stay behind for good on a quiet table.
+        # The bulk restore at start-up does the large catch-ups.
+        standby_buffer_size=1,
     )

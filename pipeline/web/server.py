@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from faust.types import AppT, TableT
 
+from pipeline.admin.offsets import EndOffsets
 from pipeline.serde.codec import Codecs
 from pipeline.streaming.faust_internals import aiohttp_app
 from pipeline.streaming.metrics import Metrics
@@ -48,6 +49,7 @@ def register(
     codecs: Codecs,
     metrics: Metrics,
     producer: BatchProducer,
+    end_offsets: EndOffsets,
 ) -> None:
     settings = topology.settings
     ingest = Ingest(
@@ -82,7 +84,7 @@ def register(
     web_app.middlewares.append(json_errors)
     router = web_app.router
     for view in topology.views:
-        query = TableQuery(app, tables[view.table.name], settings.partitions, metrics)
+        query = TableQuery(app, tables[view.table.name], settings.partitions, metrics, end_offsets)
         router.add_get(view.path, view_handler(query, view))
     router.add_get("/health", health)
     router.add_get("/metrics", metrics_view)

@@ -1,4 +1,5 @@
-"""Table views: ``GET`` a key's row, answered by the worker that owns the key's partition.
+"""Table views: ``GET`` a key's row, answered by the worker that owns the key's partition,
+and by the freshest copy this worker holds while the owner is away.
 
 Faust's ``table_route`` is not used: it hashes the key through the table's key
 serializer, drops request bodies and misroutes with several workers
@@ -6,24 +7,49 @@ serializer, drops request bodies and misroutes with several workers
 raw key bytes with the producer's own murmur2 partitioner, the owner is looked
 up in the assignor's changelog distribution, and the request is forwarded once
 (a forwarded request is never forwarded again).
+
+A view never lies. The owner answers from its table, unless it is still recovering
+the partition. When the owner is away (killed, stopped, mid-rebalance, still
+recovering), the worker asked answers from its own copy of the partition: a standby
+replica, or the copy it restored at start-up (pipeline.streaming.restore), saying how
+stale it is:
+
+- ``X-Pipeline-Answered-By``: the worker that answered;
+- ``X-Pipeline-Copy``: ``owner`` (the active partition) or ``copy`` (another copy);
+- ``X-Pipeline-Copy-Lag``: changelog records the copy has not applied (0: current),
+  absent when the broker could not say.
+
+A 404 means the key has no entry: from the owner, or from a copy that is current. A
+copy that lacks the key but may be behind answers 503 with ``Retry-After``, as does a
+worker with no copy at all. Never 502.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
 from aiokafka.partitioner import DefaultPartitioner
-from faust.types import AppT, TableT
+from faust.types import TP, AppT, TableT
 
+from pipeline.admin.offsets import EndOffsets
+from pipeline.streaming.faust_internals import read_partition
 from pipeline.streaming.metrics import Metrics
 from pipeline.web.http import error_response, key_problem
 
 ROUTED_HEADER = "X-Pipeline-Routed-From"
-FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=10)
+ANSWERED_BY = "X-Pipeline-Answered-By"
+COPY = "X-Pipeline-Copy"
+COPY_LAG = "X-Pipeline-Copy-Lag"
+# Passed on from the owner's answer to the client.
+PASSED_ON = (ANSWERED_BY, COPY, COPY_LAG, "Retry-After")
+# A dead owner refuses the connection at once; a stopped one is given this long.
+FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=3)
+RETRY_AFTER_SECONDS = "1"
 
 _partitioner = DefaultPartitioner()
 
@@ -34,22 +60,39 @@ def partition_for(key: bytes, partitions: int) -> int:
     return int(_partitioner(key, every, every))
 
 
+def copy_lag(end: int | None, persisted: int | None) -> int | None:
+    """Changelog records a copy has not applied: the partition's end offset against the
+    offset of the last record the copy holds; None when the end is unknown."""
+    if end is None or end < 0:  # librdkafka's OFFSET_INVALID: not known either
+        return None
+    return max(0, end - (persisted + 1 if persisted is not None else 0))
+
+
 @dataclass
 class TableQuery:
-    """Answers GET requests for one table, locally or through the key's owner."""
+    """Answers GET requests for one table: through the key's owner, or from this worker's
+    copy when the owner is away."""
 
     app: AppT
     table: TableT[bytes, bytes]
     partitions: int
     metrics: Metrics
+    end_offsets: EndOffsets
 
-    def owner_url(self, key: bytes) -> str | None:
-        partition = partition_for(key, self.partitions)
+    @property
+    def own_url(self) -> str:
+        return str(self.app.conf.canonical_url).rstrip("/")
+
+    def owner_url(self, partition: int) -> str | None:
         changelog = self.table.changelog_topic.get_topic_name()
         for url, topics in self.app.router.table_metadata(self.table.name).items():
             if partition in topics.get(changelog, ()):
-                return str(url)
+                return str(url).rstrip("/")
         return None
+
+    def settled(self) -> bool:
+        """This worker's active partitions are caught up: no rebalance, no recovery."""
+        return not (self.app.rebalancing or self.app.in_recovery)
 
     async def answer(
         self, request: web.Request, key: str, render: Callable[[bytes], dict[str, Any]]
@@ -58,31 +101,69 @@ class TableQuery:
         if problem is not None:
             return error_response(400, "malformed key", {"key": problem})
         raw_key = key.encode()
-        owner = self.owner_url(raw_key)
-        own_url = str(self.app.conf.canonical_url)
-        if owner is None:
-            return error_response(503, "no worker owns this key right now (rebalancing)")
-        if owner.rstrip("/") != own_url.rstrip("/"):
-            if ROUTED_HEADER in request.headers:
-                # The sender's view of the assignment differs from ours: a rebalance is
-                # in progress. Forwarding again could loop.
-                return error_response(503, "assignment is changing, retry shortly")
-            return await self.forward(request, owner, own_url)
-        stored = self.table.get(raw_key)
-        if stored is None:
-            return error_response(404, f"{self.table.name} has no entry for {key!r}")
-        return web.json_response(render(stored))
+        partition = partition_for(raw_key, self.partitions)
+        owner = self.owner_url(partition)
+        if owner == self.own_url and self.settled():
+            stored = read_partition(self.table.data, partition, raw_key)
+            if stored is None:
+                return self.not_found(key, {ANSWERED_BY: self.own_url, COPY: "owner"})
+            return web.json_response(
+                render(stored), headers={ANSWERED_BY: self.own_url, COPY: "owner"}
+            )
+        if owner is not None and owner != self.own_url and ROUTED_HEADER not in request.headers:
+            forwarded = await self.forward(request, owner)
+            if forwarded is not None and forwarded.status != 503:
+                return forwarded
+        # The owner is away, unknown (rebalancing) or still recovering: our own copy.
+        return await self.from_copy(key, raw_key, partition, render)
 
-    async def forward(self, request: web.Request, owner: str, own_url: str) -> web.Response:
+    async def from_copy(
+        self,
+        key: str,
+        raw_key: bytes,
+        partition: int,
+        render: Callable[[bytes], dict[str, Any]],
+    ) -> web.Response:
+        store = self.table.data
+        changelog = self.table.changelog_topic.get_topic_name()
+        stored = read_partition(store, partition, raw_key)
+        end = await asyncio.to_thread(self.end_offsets.end, changelog, partition)
+        lag = copy_lag(end, cast(Any, store).persisted_offset(TP(changelog, partition)))
+        headers = {ANSWERED_BY: self.own_url, COPY: "copy"}
+        if lag is not None:
+            headers[COPY_LAG] = str(lag)
+        self.metrics.copy_answers.labels(self.table.name).inc()
+        if stored is not None:
+            return web.json_response(render(stored), headers=headers)
+        if lag == 0:
+            return self.not_found(key, headers)
+        return error_response(
+            503,
+            f"{self.table.name} has no current copy of {key!r} here and its owner is away",
+            {"copy_lag": lag},
+            headers={**headers, "Retry-After": RETRY_AFTER_SECONDS},
+        )
+
+    def not_found(self, key: str, headers: Mapping[str, str]) -> web.Response:
+        return error_response(404, f"{self.table.name} has no entry for {key!r}", headers=headers)
+
+    async def forward(self, request: web.Request, owner: str) -> web.Response | None:
+        """The owner's answer, or None when it did not answer."""
         self.metrics.routed_requests.labels(self.table.name).inc()
-        target = owner.rstrip("/") + request.rel_url.path_qs
+        target = owner + request.rel_url.path_qs
         try:
             async with self.app.http_client.get(
-                target, headers={ROUTED_HEADER: own_url}, timeout=FORWARD_TIMEOUT
+                target, headers={ROUTED_HEADER: self.own_url}, timeout=FORWARD_TIMEOUT
             ) as response:
                 body = await response.read()
+                passed_on = {
+                    name: response.headers[name] for name in PASSED_ON if name in response.headers
+                }
                 return web.Response(
-                    body=body, status=response.status, content_type="application/json"
+                    body=body,
+                    status=response.status,
+                    content_type="application/json",
+                    headers=passed_on,
                 )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return error_response(502, f"owner {owner} did not answer", {"reason": str(exc)})
+        except (aiohttp.ClientError, TimeoutError):
+            return None

@@ -1,0 +1,95 @@
+"""Views through a worker's death: two workers hold the tables, one is SIGKILLed and not
+restarted, and every user is asked through the survivor until it has taken over. A view
+never lies: no 502, no 404 for a user with orders, no wrong count; a 503 only while no copy
+of the key is at hand. With a standby replica the survivor answers from it throughout."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipeline.dev.loadgen import LoadConfig, generate, send
+from pipeline.dev.workers import Deployment, WorkerProcess, http_json, wait_for
+from tests.integration import expected
+from tests.integration.conftest import StackInfo
+from tests.integration.harness import views_match
+
+pytestmark = pytest.mark.integration
+
+# The session timeout is 15 s: the survivor takes over after it, then recovers.
+WATCH_SECONDS = 30.0
+
+
+def watch(survivor: WorkerProcess, users: dict[str, int]) -> tuple[Counter[str], float]:
+    """Ask every user (and one unknown) through the survivor four times a second for
+    WATCH_SECONDS: the answers by kind, and the seconds from the first to the last non-200."""
+    kinds: Counter[str] = Counter()
+    started = time.monotonic()
+    non_200_at: list[float] = []
+    while time.monotonic() - started < WATCH_SECONDS:
+        round_started = time.monotonic()
+        for user, orders in users.items():
+            status, body = http_json("GET", f"{survivor.url}/users/{user}/orders")
+            if status == 200:
+                kinds["200 right" if body["order_count"] == orders else "200 WRONG"] += 1
+            else:
+                kinds[str(status)] += 1
+                non_200_at.append(time.monotonic() - started)
+        status, _ = http_json("GET", f"{survivor.url}/users/no-such-user/orders")
+        kinds[f"unknown user {status}"] += 1
+        time.sleep(max(0.0, 0.25 - (time.monotonic() - round_started)))
+    non_200 = non_200_at[-1] - non_200_at[0] + 0.25 if non_200_at else 0.0
+    return kinds, non_200
+
+
+def run(stack: StackInfo, tmp_path: Path, standbys: int) -> tuple[Counter[str], float]:
+    name = f"it-failover-{standbys}-{uuid.uuid4().hex[:8]}"
+    shop = Deployment(
+        name=name,
+        root=tmp_path / name,
+        base_env=stack.env,
+        extra_env={"PIPELINE_STANDBY_REPLICAS": str(standbys)},
+    )
+    events = list(generate(LoadConfig(users=40, orders=400, skus=10, seed=13)))
+    users = {user: stats.order_count for user, stats in expected.user_stats(events).items()}
+    first = shop.worker("first").start().wait_healthy()
+    second = shop.worker("second").start().wait_healthy()
+    try:
+        assert send(events, shop.settings, progress=False).failed == 0
+        for worker in (first, second):
+            wait_for("views through both workers", lambda w=worker: views_match(w, events))
+        second.kill()
+        kinds, non_200 = watch(first, users)
+        kinds["answered from a copy"] = int(
+            first.metric("pipeline_copy_answers_total", table="user_order_stats")
+        )
+        # After the takeover every key answers from its owner again, and exactly.
+        wait_for("the survivor to own everything", lambda: views_match(first, events), timeout=60)
+        print(f"\nstandbys={standbys}: answers {dict(kinds)}; non-200 for {non_200:.1f} s")
+        return kinds, non_200
+    finally:
+        for worker in (first, second):
+            worker.stop()
+
+
+def assert_never_lied(kinds: Counter[str]) -> None:
+    assert kinds["200 WRONG"] == 0
+    assert kinds["404"] == 0, "a user with orders answered 404"
+    assert kinds["502"] == 0
+    allowed = {"200 right", "503", "unknown user 404", "unknown user 503", "answered from a copy"}
+    assert set(kinds) <= allowed, kinds
+
+
+def test_views_never_lie_while_a_worker_dies(stack: StackInfo, tmp_path: Path) -> None:
+    with_standby, non_200_with_standby = run(stack, tmp_path, standbys=1)
+    assert_never_lied(with_standby)
+    # The standby holds a current copy of every partition the dead worker owned.
+    assert with_standby["503"] == 0 and non_200_with_standby == 0.0
+    assert with_standby["answered from a copy"] > 0
+
+    without_standby, _ = run(stack, tmp_path, standbys=0)
+    assert_never_lied(without_standby)
