@@ -166,7 +166,7 @@ def generate_poison(codecs: Codecs, topic_of: dict[str, str], count: int) -> lis
         stream, value, bad_key = case
         key = f"poison-{len(found):05d}".encode()
         if bad_key is not None:
-            found.append(Poison(stream, bad_key + key, value, "UnicodeDecodeError"))
+            found.append(Poison(stream, bad_key + key, value, "UndecodableKey"))
             return
         reason = local_refusal(codecs, topic_of[stream], value)
         if reason is not None:  # a generated value may, rarely, decode: not poison then
@@ -300,7 +300,7 @@ def test_every_poison_message_is_dead_lettered_unchanged_with_its_reason(
         "UnknownSchemaId",
         "UndecodableRecord",
         "IncompatibleWriterSchema",
-        "UnicodeDecodeError",
+        "UndecodableKey",
     }, kinds
     wait_for(
         f"{len(thrown.poison)} dead letters counted",

@@ -33,6 +33,11 @@ def test_missing_topics_are_created_with_the_configured_counts(stack: StackInfo)
         "PIPELINE_TOPIC_PREFIX": f"{name}.",
         "PIPELINE_PARTITIONS": "3",
     }
+    # The CLI creates what every service needs: the points service's topics are left.
+    creating = CliRunner().invoke(main, ["topics", "create"], env=env)
+    assert creating.exit_code == 0, creating.output
+    assert f"created {name}-points-points-changelog" in creating.output
+    assert f"created {name}.user_points" in creating.output
     listing = CliRunner().invoke(main, ["topics", "list"], env=env)
     assert listing.exit_code == 0, listing.output
     assert f"{name}.order_created" in listing.output
