@@ -111,6 +111,8 @@ class Settings:
     partitions: int = 8
     replication_factor: int = 1
     standby_replicas: int = 0
+    # How long the copy of a table partition this worker no longer holds stays on disk.
+    state_cleanup_delay_s: int = 600
     low_stock_threshold: int = 10
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -187,6 +189,9 @@ class Settings:
                 PREFIX + "REPLICATION_FACTOR", get("REPLICATION_FACTOR", "1"), 1
             ),
             standby_replicas=_int(PREFIX + "STANDBY_REPLICAS", get("STANDBY_REPLICAS", "0"), 0),
+            state_cleanup_delay_s=_int(
+                PREFIX + "STATE_CLEANUP_DELAY_S", get("STATE_CLEANUP_DELAY_S", "600"), 0
+            ),
             low_stock_threshold=_int(
                 PREFIX + "LOW_STOCK_THRESHOLD", get("LOW_STOCK_THRESHOLD", "10"), 0
             ),

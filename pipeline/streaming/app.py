@@ -16,7 +16,7 @@ import ssl
 from typing import Any, cast
 
 import faust
-from faust.types import StreamT, TableT
+from faust.types import TP, StreamT, TableT
 from faust.types.auth import CredentialsT
 
 from pipeline.admin.offsets import EndOffsets
@@ -30,14 +30,15 @@ from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.processing import EventRunner
 from pipeline.streaming.producer import BatchProducer, producer_config
 from pipeline.streaming.restore import ChangelogStore, restore
+from pipeline.streaming.state import StateCleaner
 from pipeline.streaming.tables import faust_table
 from pipeline.streaming.topology import Agent, Topology
 from pipeline.web import server
 
 
 class PipelineApp(FixedFaustApp):
-    """A Faust app that, before consuming, creates its topics, resolves its schema ids
-    and bulk-restores its tables."""
+    """A Faust app that, before consuming, creates its topics and resolves its schema
+    ids, and at each assignment bulk-restores the table partitions it was assigned."""
 
     topology: Topology
     codecs: Codecs
@@ -55,8 +56,6 @@ class PipelineApp(FixedFaustApp):
         topology = self.topology
         await asyncio.to_thread(ensure_topics, topology.settings, topology.specs())
         await self.codecs.prepare_async(topology.encoded_topics)
-        if topology.settings.store.startswith("rocksdb://"):
-            await self.restore_tables()
         await super().on_first_start()
 
     async def on_shutdown(self) -> None:
@@ -65,11 +64,18 @@ class PipelineApp(FixedFaustApp):
         await asyncio.to_thread(self.end_offsets.close)
         await super().on_shutdown()
 
-    async def restore_tables(self) -> None:
-        # The stores are created here, on the loop; the bulk reads and writes run off it.
+    async def restore_assigned(self, partitions: set[TP]) -> None:
+        """Bulk-restore the assigned changelog partitions (active and standby) that are
+        behind their changelog; called by the recovery before Faust's own."""
+        if not self.pipeline_settings.store.startswith("rocksdb://"):
+            return
         tables = {table.changelog_topic.get_topic_name(): table for table in self.tables.values()}
+        assigned = {(tp.topic, tp.partition) for tp in partitions if tp.topic in tables}
+        if not assigned:
+            return
+        # The stores are created here, on the loop; the bulk reads and writes run off it.
         stores = {topic: cast(ChangelogStore, table.data) for topic, table in tables.items()}
-        report = await asyncio.to_thread(restore, self.pipeline_settings, stores)
+        report = await asyncio.to_thread(restore, self.pipeline_settings, stores, assigned)
         restored = self.pipeline_metrics.changelog_records_restored
         for topic, records in report.records.items():
             restored.labels(tables[topic].name).inc(records)
@@ -152,6 +158,16 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
     runner = EventRunner(
         dead_letters=DeadLetters(app.batch_producer, settings.app_id), metrics=metrics
     )
+    if settings.store.startswith("rocksdb://"):
+        cleaner = StateCleaner(
+            app, app.pipeline_tables, settings.partitions, settings.state_cleanup_delay_s
+        )
+        interval = max(1.0, min(30.0, settings.state_cleanup_delay_s / 2))
+
+        async def remove_copies_no_longer_held() -> None:
+            cleaner.sweep()
+
+        app.timer(interval, name="remove_copies_no_longer_held")(remove_copies_no_longer_held)
     for agent in topology.agents:
         table = app.pipeline_tables[agent.table.name] if agent.table is not None else None
         handler = AgentHandler(agent, table, serdes, outputs, metrics)

@@ -6,9 +6,11 @@ The internals used (tests/unit/streaming/test_faust_internals.py fails on anothe
 version, so each is checked again before an upgrade):
 - ``faust.streams._current_event``: tables take the partition of a read or write from
   the current event (``bind_event``);
-- ``Store._db_for_partition``: the bulk restore writes into the RocksDB databases Faust
-  opens (``partition_db``), and a view reads a partition this worker does not own
-  (``read_partition``);
+- ``Store._db_for_partition`` and ``Store._dbs``: the bulk restore writes into the
+  RocksDB databases Faust opens (``partition_db``), a view reads a partition this worker
+  does not own (``read_partition``), and copies of partitions no longer held are removed
+  (``drop_partition``);
+- ``Recovery.on_rebalance``: the bulk restore of the assigned partitions runs first;
 - ``Web.web_app``: the aiohttp application our routes are added to (``aiohttp_app``);
 - ``App._new_transport``, ``app._fetcher``, ``Recovery.on_recovery_completed`` and the
   aiokafka driver's consumer thread: the two fixes below.
@@ -51,8 +53,10 @@ and the group had nothing left to read (or stopped committing a partition).
 from __future__ import annotations
 
 import asyncio
+import shutil
 import weakref
-from typing import Any, ClassVar, cast
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, cast
 
 import aiokafka
 import faust
@@ -98,7 +102,26 @@ class PipelineTransport(faust_aiokafka.Transport):
     Consumer: ClassVar[type[ConsumerT]] = PipelineConsumer
 
 
+class RestoresAssigned(Protocol):
+    """An app that bulk-restores the changelog partitions it was just assigned."""
+
+    async def restore_assigned(self, partitions: set[TP]) -> None: ...
+
+
 class PipelineRecovery(Recovery):
+    async def on_rebalance(
+        self,
+        assigned: set[TP],
+        revoked: set[TP],
+        newly_assigned: set[TP],
+        generation_id: int = 0,
+    ) -> None:
+        """Bulk-restore the assigned changelog partitions first (the app's
+        ``restore_assigned``); Faust's recovery then reads only what is left."""
+        if hasattr(self.app, "restore_assigned"):
+            await cast(RestoresAssigned, self.app).restore_assigned(assigned)
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         """Faust's own, in a safe order: seek, empty the queues, then resume the streams."""
         app = cast(faust.App, self.app)
@@ -176,10 +199,31 @@ def partition_db(store: Any, partition: int) -> Rdict:
 
 def read_partition(store: Any, partition: int, key: bytes) -> bytes | None:
     """``key``'s value in one partition of a table's store, whether this worker holds the
-    partition as active, as standby or only as the copy restored at start-up."""
+    partition as active, as standby or only as a copy it has not removed yet."""
     if not hasattr(store, "_db_for_partition"):  # memory://: one dict for every partition
         return cast(bytes | None, store.get(key))
+    if not has_partition(store, partition):
+        return None
     return cast(bytes | None, partition_db(store, partition).get(key))
+
+
+def has_partition(store: Any, partition: int) -> bool:
+    """Whether this worker holds a copy of the partition (open, or on disk)."""
+    if not hasattr(store, "_dbs"):  # memory://
+        return True
+    return partition in store._dbs or Path(store.partition_path(partition)).exists()
+
+
+def drop_partition(store: Any, partition: int) -> int:
+    """Close the partition's database and delete its files; the bytes freed. A partition
+    assigned again later is rebuilt from its changelog."""
+    path = Path(store.partition_path(partition))
+    db = store._dbs.pop(partition, None)
+    if db is not None:
+        db.close()
+    freed = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    shutil.rmtree(path, ignore_errors=True)
+    return freed
 
 
 def aiohttp_app(app: AppT) -> web.Application:

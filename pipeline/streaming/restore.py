@@ -1,23 +1,25 @@
-"""Bulk restore of the RocksDB tables from their changelogs, before the worker consumes.
+"""Bulk restore of the RocksDB tables from their changelogs, at each assignment.
 
 Faust's recovery reads a changelog one event at a time through its stream machinery
-(about 6,000 records/s on this project's benchmark machine). Before the worker joins
-its group, this reads every changelog partition from where the local database left
-off (its persisted offset, or the start) to the end, with a plain confluent-kafka
-consumer in large batches, and writes the rows in one RocksDB write batch per
-partition into the databases Faust opens, with the persisted offsets Faust's
-recovery would have written. Faust's recovery then starts
-from there and reads only what was written since.
+(about 6,000 records/s on this project's benchmark machine). When the group assigns
+the worker its partitions, before Faust's recovery starts, this reads each assigned
+changelog partition (active or standby) from where the local database left off (its
+persisted offset, or the start) to the end, with a plain confluent-kafka consumer in
+large batches, and writes the rows in one RocksDB write batch per partition into the
+databases Faust opens, with the persisted offsets Faust's recovery would have
+written. Faust's recovery then starts from there and reads only what was written
+since.
 
-Every partition is restored, not only the ones the worker will be assigned (it does
-not know them before it joins): the other partitions are then warm standbys, which
-makes a later rebalance cheap.
+Only the assigned partitions are restored, so a worker's disk, memory and start time
+grow with its share of the state, not with all of it (pipeline.streaming.state
+removes the copies of partitions it no longer holds, after a delay).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -58,8 +60,13 @@ class RestoreReport:
         return self.total / self.seconds if self.seconds > 0 else 0.0
 
 
-def restore(settings: Settings, stores: dict[str, ChangelogStore]) -> RestoreReport:
-    """Bring each store (by changelog topic) up to its changelog's current end."""
+def restore(
+    settings: Settings,
+    stores: dict[str, ChangelogStore],
+    partitions: Collection[tuple[str, int]] | None = None,
+) -> RestoreReport:
+    """Bring each store (by changelog topic) up to its changelog's current end: the
+    ``partitions`` (changelog topic, partition) given, or every one."""
     started = time.monotonic()
     consumer = Consumer(
         {
@@ -75,7 +82,7 @@ def restore(settings: Settings, stores: dict[str, ChangelogStore]) -> RestoreRep
     )
     records = dict.fromkeys(stores, 0)
     try:
-        assignment = _plan(consumer, stores)
+        assignment = _plan(consumer, stores, partitions)
         pending = {(tp.topic, tp.partition) for tp in assignment}
         if assignment:
             consumer.assign(assignment)
@@ -124,12 +131,18 @@ def restore(settings: Settings, stores: dict[str, ChangelogStore]) -> RestoreRep
     return report
 
 
-def _plan(consumer: Consumer, stores: dict[str, ChangelogStore]) -> list[TopicPartition]:
-    """The changelog partitions with records past the local database's offset, each
-    from its first record still to apply."""
+def _plan(
+    consumer: Consumer,
+    stores: dict[str, ChangelogStore],
+    partitions: Collection[tuple[str, int]] | None,
+) -> list[TopicPartition]:
+    """The changelog partitions (of ``partitions``, if given) with records past the local
+    database's offset, each from its first record still to apply."""
     assignment = []
     for topic, store in stores.items():
         for partition, (low, high) in sorted(watermarks(consumer, topic).items()):
+            if partitions is not None and (topic, partition) not in partitions:
+                continue
             applied = store.persisted_offset(TP(topic, partition))
             start = low if applied is None else max(applied + 1, low)
             if start < high:
