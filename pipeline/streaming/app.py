@@ -130,6 +130,9 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
         # A crashed worker's partitions wait for its session to expire before they
         # move (Faust's default: 60 s).
         broker_session_timeout=15.0,
+        # Static membership when set: no LeaveGroup at shutdown, and a restart with the
+        # same id within the session timeout takes back its partitions without a rebalance.
+        consumer_group_instance_id=settings.worker_id,
         producer_acks=-1,
         # Resumes the streams after a rebalance without dropping fetched events
         # (pipeline.streaming.faust_internals: Faust's own order loses some and stops
