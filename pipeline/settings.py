@@ -8,6 +8,7 @@ stack with nothing exported), then the defaults below, which suit the local stac
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,8 @@ def _int(name: str, raw: str, minimum: int) -> int:
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# What the broker accepts as a group.instance.id (Kafka's JoinGroupRequest checks the same).
+WORKER_ID = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}")
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,9 @@ class Settings:
     ingest_enabled: bool = True
     ingest_token: str | None = field(default=None, repr=False)
     processing_guarantee: str = "at_least_once"
+    # The consumer's static group membership (KIP-345 group.instance.id); None: dynamic.
+    # A worker restarted with the same id gets its partitions back without a rebalance.
+    worker_id: str | None = None
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     # The .avsc files and subjects.yaml; None: the packaged or checkout copy.
     schema_dir: Path | None = None
@@ -166,6 +172,11 @@ class Settings:
         basic_auth = optional("SCHEMA_REGISTRY_BASIC_AUTH")
         if basic_auth is not None and ":" not in basic_auth:
             raise SettingsError(f"{PREFIX}SCHEMA_REGISTRY_BASIC_AUTH must be user:password")
+        worker_id = optional("WORKER_ID")
+        if worker_id is not None and not WORKER_ID.fullmatch(worker_id):
+            raise SettingsError(
+                f"{PREFIX}WORKER_ID={worker_id!r} must be 1-249 letters, digits, '.', '_' or '-'"
+            )
         return cls(
             app_id=get("APP_ID", defaults.app_id),
             topic_prefix=get("TOPIC_PREFIX", defaults.topic_prefix),
@@ -206,6 +217,7 @@ class Settings:
             ingest_enabled=_bool(PREFIX + "INGEST_ENABLED", get("INGEST_ENABLED", "true")),
             ingest_token=optional("INGEST_TOKEN"),
             processing_guarantee=guarantee,
+            worker_id=worker_id,
             kafka_security=KafkaSecurity(
                 protocol=protocol,
                 sasl_mechanism=mechanism,

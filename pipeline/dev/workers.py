@@ -15,9 +15,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from pipeline.dev.stack.config import free_ports
 from pipeline.dev.stack.launcher import tail
@@ -144,17 +147,25 @@ class WorkerProcess:
             raise self.failure(f"not healthy after {timeout:.0f} s") from None
         return self
 
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample of GET /metrics (0 when absent)."""
+    def samples(self) -> list[Sample]:
+        """Every sample of GET /metrics."""
         with urllib.request.urlopen(self.url + "/metrics", timeout=30) as response:
             text = response.read().decode()
-        selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-        wanted = f"{name}{{{selector}}}" if labels else name
-        for line in text.splitlines():
-            sample, _, value = line.rpartition(" ")
-            if sample == wanted:
-                return float(value)
+        return [
+            sample for family in text_string_to_metric_families(text) for sample in family.samples
+        ]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of GET /metrics (0 when absent)."""
+        for sample in self.samples():
+            if sample.name == name and sample.labels == labels:
+                return sample.value
         return 0.0
+
+    def replacement(self) -> WorkerProcess:
+        """The same worker again, not started yet: same environment (worker id included),
+        state dir, web port (so the URL the other workers route to stays right) and log."""
+        return replace(self, process=None, started_at=0.0)
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM, so Faust commits offsets and closes its stores; SIGKILL after ``timeout``."""
@@ -201,14 +212,20 @@ class Deployment:
         return TopicNames.from_settings(self.settings)
 
     def worker(
-        self, label: str, data_dir: Path | None = None, app: str = SHOP_APP
+        self,
+        label: str,
+        data_dir: Path | None = None,
+        app: str = SHOP_APP,
+        worker_id: str | None = None,
     ) -> WorkerProcess:
         """A worker of this deployment (of the shop pipeline, unless ``app`` names the
-        points service's module); pass another worker's ``data_dir`` to restart on it."""
+        points service's module); pass another worker's ``data_dir`` to restart on it, a
+        ``worker_id`` for static group membership (PIPELINE_WORKER_ID)."""
         (port,) = free_ports(1)
+        static = {"PIPELINE_WORKER_ID": worker_id} if worker_id is not None else {}
         return WorkerProcess(
             label=label,
-            env=self.env,
+            env={**self.env, **static},
             data_dir=data_dir or self.root / label,
             port=port,
             log=self.root / f"{label}.log",

@@ -26,6 +26,7 @@ from pipeline.settings import KafkaSecurity, Settings
 from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
 from pipeline.streaming.dead_letters import DeadLetters
 from pipeline.streaming.faust_internals import FixedFaustApp, PipelineTableManager
+from pipeline.streaming.lag import read_lags
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.processing import EventRunner
 from pipeline.streaming.producer import BatchProducer, producer_config
@@ -57,6 +58,16 @@ class PipelineApp(FixedFaustApp):
         await asyncio.to_thread(ensure_topics, topology.settings, topology.specs())
         await self.codecs.prepare_async(topology.encoded_topics)
         await super().on_first_start()
+
+    def on_rebalance_start(self) -> None:
+        # Called from the consumer's thread, as soon as the group starts rebalancing.
+        self.pipeline_metrics.rebalance_started()
+        super().on_rebalance_start()
+
+    def on_rebalance_end(self) -> None:
+        # Once the tables are recovered and the streams resumed.
+        super().on_rebalance_end()
+        self.pipeline_metrics.rebalance_ended()
 
     async def on_shutdown(self) -> None:
         # After the agents stopped: deliver what their last batches queued.
@@ -139,6 +150,9 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
         # A crashed worker's partitions wait for its session to expire before they
         # move (Faust's default: 60 s).
         broker_session_timeout=15.0,
+        # Static membership when set: no LeaveGroup at shutdown, and a restart with the
+        # same id within the session timeout takes back its partitions without a rebalance.
+        consumer_group_instance_id=settings.worker_id,
         producer_acks=-1,
         # Resumes the streams after a rebalance without dropping fetched events
         # (pipeline.streaming.faust_internals: Faust's own order loses some and stops
@@ -149,6 +163,7 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
     app.topology = topology
     app.codecs = codecs if codecs is not None else Codecs.from_settings(settings)
     metrics = app.pipeline_metrics = Metrics()
+    metrics.lags.read = lambda: read_lags(app)
     app.batch_producer = BatchProducer(producer_config(settings))
     app.pipeline_tables = {
         spec.name: faust_table(app, settings, metrics, spec) for spec in topology.tables

@@ -12,6 +12,9 @@ version, so each is checked again before an upgrade):
   (``drop_partition``);
 - ``Recovery.on_rebalance``: the bulk restore of the assigned partitions runs first;
 - ``Web.web_app``: the aiohttp application our routes are added to (``aiohttp_app``);
+- the aiokafka consumer behind Faust's (``Consumer._thread``) and its subscription state:
+  each assigned partition's fetch position and high watermark, for the lag metrics
+  (``fetch_states``);
 - ``App._new_transport``, ``app._fetcher``, ``Recovery.on_recovery_completed`` and the
   aiokafka driver's consumer thread: the two fixes below.
 
@@ -55,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, cast
 
@@ -229,3 +233,29 @@ def drop_partition(store: Any, partition: int) -> int:
 def aiohttp_app(app: AppT) -> web.Application:
     """The aiohttp application of the app's web server (the only driver Faust ships)."""
     return cast(web.Application, app.web.web_app)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class FetchState:
+    """Where the consumer is in one partition: both are *next* offsets."""
+
+    position: int  # of the next record the consumer fetches
+    highwater: int  # of the next record written to the partition (as of the last fetch)
+
+
+def fetch_states(app: AppT) -> dict[TP, FetchState]:
+    """The fetch state of every assigned partition the consumer has a position and a high
+    watermark for. Read without a call into the consumer's thread (aiokafka's ``position``
+    is a coroutine there, and its ``highwater`` asserts the partition is still assigned,
+    which a rebalance may change in between); a read may be a fetch behind."""
+    consumer = cast(faust_aiokafka.Consumer, app.consumer)._thread._consumer
+    subscription = consumer._subscription.subscription if consumer is not None else None
+    assignment = subscription.assignment if subscription is not None else None
+    if assignment is None:
+        return {}
+    states = {}
+    for tp in assignment.tps:
+        state = assignment.state_value(tp)
+        if state is not None and state.has_valid_position and state.highwater is not None:
+            states[TP(tp.topic, tp.partition)] = FetchState(state.position, state.highwater)
+    return states

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
@@ -182,6 +181,19 @@ def is_permanent(error: BaseException) -> bool:
     return isinstance(error, PipelineCodecError) and not isinstance(error, RegistryUnavailable)
 
 
+def by_topic(events: Sequence[Event]) -> tuple[dict[str, int], dict[str, float]]:
+    """The events' count and oldest timestamp (seconds since the epoch), by topic."""
+    counts: dict[str, int] = {}
+    oldest: dict[str, float] = {}
+    for event in events:
+        message = event.message
+        topic, timestamp = message.topic, message.timestamp
+        counts[topic] = counts.get(topic, 0) + 1
+        if timestamp is not None and timestamp < oldest.get(topic, timestamp + 1):
+            oldest[topic] = timestamp
+    return counts, oldest
+
+
 @dataclass
 class InFlight:
     events: list[Event]
@@ -226,6 +238,7 @@ class EventRunner:
                 batch = [first.result()]
                 while len(batch) < self.max_batch and not arrived.empty():
                     batch.append(arrived.get_nowait())
+                self.metrics.batch_size.observe(len(batch))
                 in_flight = await self._advance(manual, in_flight, batch, handler)
         finally:
             reader.cancel()
@@ -292,8 +305,7 @@ class EventRunner:
             await self._one_by_one(stream, in_flight.events, handler)
 
     async def _acknowledge(self, stream: StreamT[Any], events: Sequence[Event]) -> None:
-        for topic, count in Counter(event.message.topic for event in events).items():
-            self.metrics.events_processed.labels(topic).inc(count)
+        self.metrics.batch_settled(*by_topic(events))
         for event in events:
             await stream.ack(event)
 

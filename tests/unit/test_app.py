@@ -30,3 +30,9 @@ def test_the_points_app_is_a_consumer_group_of_its_own() -> None:
 def test_exactly_once_is_refused_with_a_reason() -> None:
     with pytest.raises(UnsupportedGuarantee, match="idempotent"):
         create_app(shop(Settings(processing_guarantee="exactly_once")))
+
+
+def test_the_worker_id_is_the_consumers_group_instance_id() -> None:
+    assert create_app(shop(Settings())).conf.consumer_group_instance_id is None
+    static = create_app(shop(Settings(worker_id="worker-1")))
+    assert static.conf.consumer_group_instance_id == "worker-1"

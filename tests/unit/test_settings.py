@@ -103,3 +103,11 @@ def test_web_body_limit_and_ingest_protection() -> None:
     assert "t0ken-value" not in repr(guarded)
     with pytest.raises(SettingsError, match="PIPELINE_WEB_MAX_BODY_BYTES=0 is below"):
         Settings.from_env({"PIPELINE_WEB_MAX_BODY_BYTES": "0"})
+
+
+def test_a_worker_id_makes_the_membership_static() -> None:
+    assert Settings.from_env({}).worker_id is None
+    assert Settings.from_env({"PIPELINE_WORKER_ID": "worker-1.eu_a"}).worker_id == "worker-1.eu_a"
+    for bad in ("..", "worker 1", "w/1", "x" * 250):
+        with pytest.raises(SettingsError, match="PIPELINE_WORKER_ID="):
+            Settings.from_env({"PIPELINE_WORKER_ID": bad})

@@ -10,6 +10,8 @@ from unittest.mock import AsyncMock, MagicMock, Mock
 
 import faust
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.consumer.subscription_state import SubscriptionState
 from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.types import TP
@@ -19,10 +21,12 @@ from pipeline.settings import Settings
 from pipeline.streaming.app import create_app
 from pipeline.streaming.faust_internals import (
     FAUST_VERSION,
+    FetchState,
     PipelineConsumer,
     PipelineConsumerThread,
     PipelineRecovery,
     PipelineTransport,
+    fetch_states,
 )
 
 # Faust's code that pipeline.streaming.faust_internals replaces or relies on; a Faust upgrade
@@ -135,3 +139,26 @@ def test_streams_resume_only_after_the_seek_and_the_queues_emptied(
         app.on_rebalance_end.assert_called_once_with()
     else:  # Faust's own: the streams run during the seek, then their queues are emptied
         assert calls == [("resume", {stream}), "perform_seek", "empty queues", "resume_flow"]
+
+
+def test_fetch_states_read_aiokafkas_subscription_state() -> None:
+    orders_0, orders_1 = TopicPartition("order_created", 0), TopicPartition("order_created", 1)
+
+    async def read() -> dict[TP, FetchState]:
+        subscription = SubscriptionState()
+        subscription.subscribe({"order_created"})
+        subscription.assign_from_subscribed({orders_0, orders_1})
+        fetched = subscription.subscription.assignment.state_value(orders_0)
+        fetched.reset_to(40)
+        fetched.highwater = 45
+        # orders_1 has no position yet (waiting for its committed offset): left out.
+        consumer = SimpleNamespace(_subscription=subscription)
+        app = SimpleNamespace(consumer=SimpleNamespace(_thread=SimpleNamespace(_consumer=consumer)))
+        return fetch_states(cast(Any, app))
+
+    assert asyncio.run(read()) == {TP("order_created", 0): FetchState(position=40, highwater=45)}
+
+
+def test_fetch_states_before_the_consumer_started_are_none() -> None:
+    app = SimpleNamespace(consumer=SimpleNamespace(_thread=SimpleNamespace(_consumer=None)))
+    assert fetch_states(cast(Any, app)) == {}

@@ -5,6 +5,7 @@ delivery the test resolves or fails."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -16,7 +17,7 @@ from faust.types import StreamT
 from pipeline.serde.errors import NotConfluentFraming, RegistryUnavailable, UndecodableKey
 from pipeline.streaming.dead_letters import DeadLetters
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.processing import Event, EventRunner, Prepared, RowBatch
+from pipeline.streaming.processing import Event, EventRunner, Prepared, RowBatch, by_topic
 from pipeline.streaming.producer import Delivered, DeliveryFailed, Outgoing
 
 
@@ -33,6 +34,8 @@ class FakeMessage:
     offset: int
     topic: str = "order_created"
     partition: int = 3
+    # Seconds since the epoch, as Faust gives it.
+    timestamp: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -150,6 +153,36 @@ def test_batches_take_what_already_arrived_up_to_the_maximum() -> None:
         "prepare [6]",
     ]
     assert [line for line in log if line.startswith("ack")] == [f"ack {n}" for n in range(1, 7)]
+
+
+def test_batches_are_measured_once_each_size_and_latency() -> None:
+    event_runner, _ = runner(max_batch=2)
+    stream = FakeStream([[1, 2, 3, 4, 5]], [])
+    asyncio.run(event_runner.consume(cast(StreamT[Any], stream), Handler([])))
+    sample = event_runner.metrics.registry.get_sample_value
+    assert sample("pipeline_batch_size_count") == 3
+    assert sample("pipeline_batch_size_sum") == 5
+    assert sample("pipeline_batch_size_bucket", {"le": "1.0"}) == 1
+    orders = {"topic": "order_created"}
+    assert sample("pipeline_events_processed_total", orders) == 5
+    assert sample("pipeline_processing_latency_seconds_count", orders) == 3
+    assert 0 < (sample("pipeline_processing_latency_seconds_sum", orders) or 0) < 5
+
+
+def test_by_topic_counts_events_and_keeps_the_oldest_timestamp() -> None:
+    batch = [
+        cast(Event, FakeEvent(FakeMessage(offset, topic, timestamp=timestamp)))
+        for offset, topic, timestamp in [
+            (1, "order_created", 20.0),
+            (2, "stock_adjusted", 30.0),
+            (3, "order_created", 10.0),
+            (4, "order_created", 15.0),
+        ]
+    ]
+    assert by_topic(batch) == (
+        {"order_created": 3, "stock_adjusted": 1},
+        {"order_created": 10.0, "stock_adjusted": 30.0},
+    )
 
 
 def test_the_next_batch_is_prepared_while_one_is_in_flight_and_acks_follow_completion() -> None:
