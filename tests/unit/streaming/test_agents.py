@@ -25,6 +25,7 @@ from pipeline.streaming.positions import Origin, Position, TrackedCodec, unframe
 from pipeline.streaming.processing import Event
 from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing
 from pipeline.streaming.topology import Agent, Emit, Topology, UndeclaredTopic
+from tests.unit.streaming.fakes import FakeTable, FakeTopic
 
 SETTINGS = Settings(app_id="unit", low_stock_threshold=10)
 
@@ -35,25 +36,6 @@ class JsonRecords:
 
     def encode(self, topic: str, record: Mapping[str, Any]) -> bytes:
         return json.dumps(record).encode()
-
-
-class FakeStore(dict[bytes, bytes]):
-    def set_persisted_offset(self, tp: Any, offset: int) -> None:
-        pass
-
-
-@dataclass
-class FakeTopic:
-    name: str
-
-    def get_topic_name(self) -> str:
-        return self.name
-
-
-@dataclass
-class FakeTable:
-    changelog_topic: FakeTopic
-    data: FakeStore = field(default_factory=FakeStore)
 
 
 class Broker:

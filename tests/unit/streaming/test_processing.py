@@ -19,6 +19,7 @@ from pipeline.streaming.dead_letters import DeadLetters
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.processing import Event, EventRunner, Prepared, RowBatch, by_topic
 from pipeline.streaming.producer import Delivered, DeliveryFailed, Outgoing
+from tests.unit.streaming.fakes import FakeTable
 
 
 @dataclass
@@ -287,31 +288,6 @@ def test_a_key_that_is_not_utf8_is_dead_lettered_at_once() -> None:
     failures: list[BaseException | None] = [UndecodableKey("the key is not UTF-8")] * 2
     dead_letters = consume([[5]], Handler(log, fail_on=failures))
     assert [(type(e).__name__, n) for _, e, n in dead_letters.sent] == [("UndecodableKey", 1)]
-
-
-class FakeStore(dict[bytes, bytes]):
-    """A table's store: rows, and the last changelog offset per partition it holds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.persisted: dict[int, int] = {}
-
-    def set_persisted_offset(self, tp: Any, offset: int) -> None:
-        self.persisted[tp.partition] = offset
-
-
-@dataclass
-class FakeTopic:
-    name: str
-
-    def get_topic_name(self) -> str:
-        return self.name
-
-
-@dataclass
-class FakeTable:
-    data: FakeStore = field(default_factory=FakeStore)
-    changelog_topic: FakeTopic = field(default_factory=lambda: FakeTopic("stock-changelog"))
 
 
 class Broker:
