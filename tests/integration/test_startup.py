@@ -11,6 +11,7 @@ from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from pipeline.admin.topics import admin_client, ensure_topics, existing_partition_counts
 from pipeline.cli import main
+from pipeline.dev.workers import wait_for
 from pipeline.services import shop
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import deployment
@@ -38,10 +39,14 @@ def test_missing_topics_are_created_with_the_configured_counts(stack: StackInfo)
     assert creating.exit_code == 0, creating.output
     assert f"created {name}-points-points-changelog" in creating.output
     assert f"created {name}.user_points" in creating.output
-    listing = CliRunner().invoke(main, ["topics", "list"], env=env)
-    assert listing.exit_code == 0, listing.output
-    assert f"{name}.order_created" in listing.output
-    assert "missing" not in listing.output
+
+    def listed() -> str | None:
+        # A topic created a moment ago may not be in the broker's metadata yet.
+        listing = CliRunner().invoke(main, ["topics", "list"], env=env)
+        assert listing.exit_code == 0, listing.output
+        return None if "missing" in listing.output else listing.output
+
+    assert f"{name}.order_created" in wait_for("every topic listed", listed, timeout=30)
 
 
 def test_worker_refuses_to_start_when_copartitioning_is_broken(
