@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
 from faust.types import Message, TableT
 
@@ -34,6 +34,7 @@ from pipeline.streaming.positions import (
     advance,
     frame_origin,
     is_new,
+    origin_header,
     source_id,
     unframe_origin,
 )
@@ -75,6 +76,16 @@ class Serdes:
     internal: Mapping[str, InternalTopic[Any]]
     topology: Topology
 
+    # (topic, partition) → source id: made once, asked for every event.
+    sources: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def source(self, topic: str, partition: int) -> str:
+        place = (topic, partition)
+        found = self.sources.get(place)
+        if found is None:
+            found = self.sources[place] = source_id(self.topology.topics.logical(topic), partition)
+        return found
+
     async def decode(self, message: Message, key: str) -> tuple[Any, Origin]:
         """The event's value, and where it comes from."""
         internal = self.internal.get(message.topic)
@@ -82,19 +93,30 @@ class Serdes:
             origin, payload = unframe_origin(message.value or b"")
             return internal.decode(key, payload), origin
         value = await self.records.decode(message.topic, message.value)
-        topic = self.topology.topics.logical(message.topic)
-        return value, Origin(source_id(topic, message.partition), Position(message.offset))
+        source = self.source(message.topic, message.partition)
+        return value, Origin(source, Position(message.offset))
 
-    def encode(self, emitted: Emit, origin: Origin, index: int) -> Outgoing:
-        """``emitted`` as a record of its topic; a re-keyed one is the ``index``-th of its
-        origin's re-keyed events."""
-        internal = self.internal.get(emitted.topic)
-        if internal is None:
-            value = self.records.encode(emitted.topic, emitted.value)
-        else:
-            position = Position(origin.position.offset, index)
-            value = frame_origin(Origin(origin.source, position), internal.encode(emitted.value))
-        return Outgoing(emitted.topic, emitted.key.encode(), value)
+    def encode(self, emitted: Sequence[Emit], origin: Origin) -> list[Outgoing]:
+        """``emitted`` as records of their topics; re-keyed ones framed with ``origin`` and
+        their index among its re-keyed events."""
+        internal = self.internal
+        records = self.records
+        derived = []
+        header: bytes | None = None
+        rekeyed = 0
+        for event in emitted:
+            topic = event.topic
+            rekeying = internal.get(topic)
+            if rekeying is None:
+                value = records.encode(topic, event.value)
+            else:
+                if header is None:
+                    header = origin_header(origin.source)
+                payload = rekeying.encode(event.value)
+                value = frame_origin(header, origin.position.offset, rekeyed, payload)
+                rekeyed += 1
+            derived.append(Outgoing(topic, event.key.encode(), value))
+        return derived
 
 
 @dataclass(frozen=True)
@@ -139,18 +161,14 @@ class AgentHandler:
         return False
 
     def _encode(self, emitted: Sequence[Emit], origin: Origin) -> list[Outgoing]:
-        internal = self.serdes.internal
-        derived = []
-        rekeyed = 0
+        emits = self.agent.emits
         for event in emitted:
-            if event.topic not in self.agent.emits:
+            if event.topic not in emits:
                 raise UndeclaredTopic(
                     f"agent {self.agent.name!r} emitted to {event.topic!r}, which it does not "
-                    f"declare (emits: {', '.join(sorted(self.agent.emits)) or 'none'})"
+                    f"declare (emits: {', '.join(sorted(emits)) or 'none'})"
                 )
-            derived.append(self.serdes.encode(event, origin, rekeyed))
-            rekeyed += event.topic in internal
-        return derived
+        return self.serdes.encode(emitted, origin)
 
     async def __call__(self, events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
         if self.table is None or self.codec is None:
@@ -168,7 +186,7 @@ class AgentHandler:
             if not key:
                 raise UndecodableKey("the message has no key: a table row needs one")
             value, origin = await self.serdes.decode(message, key)
-            raw_key = key.encode()
+            raw_key = cast(bytes, message.key)
             tracked: Tracked[Any] | None = rows.get(raw_key, event)
             applied = tracked.applied if tracked is not None else {}
             if not is_new(applied, origin):

@@ -14,6 +14,7 @@ from pipeline.streaming.positions import (
     advance,
     frame_origin,
     is_new,
+    origin_header,
     source_id,
     unframe_origin,
 )
@@ -68,7 +69,8 @@ def test_tracked_row_round_trip(available: int, applied: dict[str, Position]) ->
 @given(st.text(max_size=60), st.integers(0, 2**62), st.integers(0, 2**31 - 1), st.binary())
 def test_origin_frame_round_trip(source: str, offset: int, index: int, payload: bytes) -> None:
     origin = Origin(source, Position(offset, index))
-    assert unframe_origin(frame_origin(origin, payload)) == (origin, payload)
+    framed = frame_origin(origin_header(source), offset, index, payload)
+    assert unframe_origin(framed) == (origin, payload)
 
 
 @pytest.mark.parametrize("data", [b"", b"\x03", b"\x02", b"\x02\x05ab"])
