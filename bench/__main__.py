@@ -116,9 +116,10 @@ def scaling_command(orders: int, repeats: int, users: int, skus: int, output: Pa
 def latency_command(
     rates: tuple[float, ...], seconds: float, repeats: int, output: Path | None
 ) -> None:
-    """Part 3: produce time to the matching user_order_stats event, at fixed rates."""
+    """Part 3: produce time to the order's user_order_stats and stock_levels, at fixed rates."""
     root = workdir()
-    rows = [row for rate in rates for row in latency.run(root, rate, seconds, repeats)]
+    rows = [latency.raw_round_trip(root, "3 latency")]
+    rows += [row for rate in rates for row in latency.run(root, rate, seconds, repeats)]
     publish(rows, command_line(), output)
 
 
@@ -179,6 +180,7 @@ def all_command(
     root = workdir()
     rows: list[Row] = []
     rows += scaling.run_with_throughput(root, orders, users, skus, repeats, quix=quix)
+    rows.append(latency.raw_round_trip(root, "3 latency"))
     for rate in rates:
         rows += latency.run(root, rate, seconds, repeats)
     rows += recovery.run(root, keys)

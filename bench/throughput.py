@@ -165,17 +165,14 @@ def run_bare(source: Input, label: str) -> Window:
     return Window(0.0, seconds)
 
 
-def run_quix(source: Input, label: str) -> Window:
+def start_quix(input_topic: str, out: Deployment) -> subprocess.Popen[bytes]:
+    """The Quix Streams peer reading ``input_topic`` (from its beginning) and writing the
+    derived topics of ``out``, with a consumer group and state dir of its own."""
     python = quix_env.ensure()
-    out = make_deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
-    prepare(out)  # the output topics and their subjects
     settings = out.settings
-    expected = _outputs_of(out, source)
-    offsets = Offsets(settings)
-    start = offsets.ends(expected)
     out.root.mkdir(parents=True, exist_ok=True)
     with (out.root / "quix.log").open("ab") as log:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [
                 str(python),
                 str(BENCH_DIR / "peers" / "quix_shop.py"),
@@ -184,7 +181,7 @@ def run_quix(source: Input, label: str) -> Window:
                 "--registry",
                 settings.schema_registry_url,
                 "--input",
-                source.deployment.names.order_created,
+                input_topic,
                 "--output-prefix",
                 f"{out.name}.",
                 "--group",
@@ -197,6 +194,15 @@ def run_quix(source: Input, label: str) -> Window:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+def run_quix(source: Input, label: str) -> Window:
+    out = make_deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
+    prepare(out)  # the output topics and their subjects
+    expected = _outputs_of(out, source)
+    offsets = Offsets(out.settings)
+    start = offsets.ends(expected)
+    process = start_quix(source.deployment.names.order_created, out)
     try:
         return watch_outputs(
             offsets, expected, source.timeout(), alive=lambda: process.poll() is None, start=start
