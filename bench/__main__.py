@@ -61,9 +61,10 @@ def size_options(func: F) -> F:
     )(func)
     return click.option(
         "--orders",
-        default=10_000,
-        show_default=True,
-        help="Orders pre-loaded (the default is 15-40 s of work for one worker here).",
+        type=int,
+        default=None,
+        help="Orders pre-loaded for every system (default: each system's own, 20 s or more "
+        "of its work here; see bench.throughput.DEFAULT_ORDERS).",
     )(func)
 
 
@@ -85,9 +86,9 @@ def main(pipeline_commit: str) -> None:
 @click.option("--quix/--no-quix", default=True, show_default=True, help="Run the Quix peer.")
 @output_option(None)
 def throughput_command(
-    orders: int, repeats: int, users: int, skus: int, quix: bool, output: Path | None
+    orders: int | None, repeats: int, users: int, skus: int, quix: bool, output: Path | None
 ) -> None:
-    """Part 1: one worker vs the bare limit vs the Quix Streams peer, same input."""
+    """Part 1: one worker vs the bare loops (stateless, topology) vs the Quix Streams peer."""
     rows = throughput.run(workdir(), orders, users, skus, repeats, quix=quix)
     publish(rows, command_line(), output)
 
@@ -95,7 +96,9 @@ def throughput_command(
 @main.command("scaling")
 @size_options
 @output_option(None)
-def scaling_command(orders: int, repeats: int, users: int, skus: int, output: Path | None) -> None:
+def scaling_command(
+    orders: int | None, repeats: int, users: int, skus: int, output: Path | None
+) -> None:
     """Part 2: one worker vs two workers, same input."""
     publish(scaling.run(workdir(), orders, users, skus, repeats), command_line(), output)
 
@@ -134,7 +137,7 @@ def recovery_command(keys: int, output: Path | None) -> None:
 
 
 @main.command("profile")
-@click.option("--orders", default=8_000, show_default=True)
+@click.option("--orders", default=profile.ORDERS, show_default=True)
 @click.option("--top", default=15, show_default=True, help="Functions listed.")
 def profile_command(orders: int, top: int) -> None:
     """Where one worker's time goes (py-spy record over a pre-loaded run)."""
@@ -166,7 +169,7 @@ def codec_command(records: int, repeats: int) -> None:
 @click.option("--quix/--no-quix", default=True, show_default=True)
 @output_option(RESULTS)
 def all_command(
-    orders: int,
+    orders: int | None,
     repeats: int,
     users: int,
     skus: int,
@@ -184,7 +187,7 @@ def all_command(
     for rate in rates:
         rows += latency.run(root, rate, seconds, repeats)
     rows += recovery.run(root, keys)
-    profile_rows, profile_text = profile.run(root, orders, 15)
+    profile_rows, profile_text = profile.run(root, orders or profile.ORDERS, 15)
     rows += profile_rows
     extra = [
         ("Profile of one worker (py-spy)", profile_text),
