@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from bench import codec_part, latency, profile, recovery, scaling, throughput
+from bench import codec_part, latency, profile, recovery, scaling, sustained, throughput
 from bench.common import BENCH_DIR, Row, use_pipeline_commit
 from bench.report import publish
 
@@ -126,6 +126,41 @@ def latency_command(
     publish(rows, command_line(), output)
 
 
+def sustained_options(func: F) -> F:
+    func = click.option(
+        "--sustained-rate",
+        "sustained_rates",
+        type=float,
+        multiple=True,
+        default=sustained.RATES,
+        show_default=True,
+        help="Sustained: orders/s offered (repeatable).",
+    )(func)
+    return click.option(
+        "--sustained-seconds",
+        default=20.0,
+        show_default=True,
+        help="Sustained: seconds each rate is offered.",
+    )(func)
+
+
+@main.command("sustained")
+@sustained_options
+@click.option("--repeats", default=1, show_default=True, help="Runs of each system at each rate.")
+@click.option("--quix/--no-quix", default=True, show_default=True, help="Run the Quix peer.")
+@output_option(None)
+def sustained_command(
+    sustained_rates: tuple[float, ...],
+    sustained_seconds: float,
+    repeats: int,
+    quix: bool,
+    output: Path | None,
+) -> None:
+    """Offered rate against p50/p99 latency: one worker and the Quix peer, steady input."""
+    rows = sustained.run(workdir(), sustained_rates, sustained_seconds, repeats, quix=quix)
+    publish(rows, command_line(), output)
+
+
 @main.command("recovery")
 @click.option(
     "--keys", default=1_000_000, show_default=True, help="User-stats rows in the changelog."
@@ -165,6 +200,7 @@ def codec_command(records: int, repeats: int) -> None:
     help="Latency: orders/s offered (repeatable).",
 )
 @click.option("--seconds", default=30.0, show_default=True, help="Latency: seconds offered.")
+@sustained_options
 @click.option("--keys", default=1_000_000, show_default=True, help="Recovery: user rows.")
 @click.option("--quix/--no-quix", default=True, show_default=True)
 @output_option(RESULTS)
@@ -175,6 +211,8 @@ def all_command(
     skus: int,
     rates: tuple[float, ...],
     seconds: float,
+    sustained_rates: tuple[float, ...],
+    sustained_seconds: float,
     keys: int,
     quix: bool,
     output: Path | None,
@@ -186,6 +224,7 @@ def all_command(
     rows.append(latency.raw_round_trip(root, "3 latency"))
     for rate in rates:
         rows += latency.run(root, rate, seconds, repeats)
+    rows += sustained.run(root, sustained_rates, sustained_seconds, 1, quix=quix)
     rows += recovery.run(root, keys)
     profile_rows, profile_text = profile.run(root, orders or profile.ORDERS, 15)
     rows += profile_rows
