@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from bench import codec_part, latency, profile, recovery, scaling, throughput
+from bench import codec_part, latency, profile, recovery, scaling, sustained, throughput
 from bench.common import BENCH_DIR, Row, use_pipeline_commit
 from bench.report import publish
 
@@ -61,9 +61,10 @@ def size_options(func: F) -> F:
     )(func)
     return click.option(
         "--orders",
-        default=10_000,
-        show_default=True,
-        help="Orders pre-loaded (the default is 15-40 s of work for one worker here).",
+        type=int,
+        default=None,
+        help="Orders pre-loaded for every system (default: each system's own, 20 s or more "
+        "of its work here; see bench.throughput.DEFAULT_ORDERS).",
     )(func)
 
 
@@ -85,9 +86,9 @@ def main(pipeline_commit: str) -> None:
 @click.option("--quix/--no-quix", default=True, show_default=True, help="Run the Quix peer.")
 @output_option(None)
 def throughput_command(
-    orders: int, repeats: int, users: int, skus: int, quix: bool, output: Path | None
+    orders: int | None, repeats: int, users: int, skus: int, quix: bool, output: Path | None
 ) -> None:
-    """Part 1: one worker vs the bare limit vs the Quix Streams peer, same input."""
+    """Part 1: one worker vs the bare loops (stateless, topology) vs the Quix Streams peer."""
     rows = throughput.run(workdir(), orders, users, skus, repeats, quix=quix)
     publish(rows, command_line(), output)
 
@@ -95,7 +96,9 @@ def throughput_command(
 @main.command("scaling")
 @size_options
 @output_option(None)
-def scaling_command(orders: int, repeats: int, users: int, skus: int, output: Path | None) -> None:
+def scaling_command(
+    orders: int | None, repeats: int, users: int, skus: int, output: Path | None
+) -> None:
     """Part 2: one worker vs two workers, same input."""
     publish(scaling.run(workdir(), orders, users, skus, repeats), command_line(), output)
 
@@ -116,9 +119,45 @@ def scaling_command(orders: int, repeats: int, users: int, skus: int, output: Pa
 def latency_command(
     rates: tuple[float, ...], seconds: float, repeats: int, output: Path | None
 ) -> None:
-    """Part 3: produce time to the matching user_order_stats event, at fixed rates."""
+    """Part 3: produce time to the order's user_order_stats and stock_levels, at fixed rates."""
     root = workdir()
-    rows = [row for rate in rates for row in latency.run(root, rate, seconds, repeats)]
+    rows = [latency.raw_round_trip(root, "3 latency")]
+    rows += [row for rate in rates for row in latency.run(root, rate, seconds, repeats)]
+    publish(rows, command_line(), output)
+
+
+def sustained_options(func: F) -> F:
+    func = click.option(
+        "--sustained-rate",
+        "sustained_rates",
+        type=float,
+        multiple=True,
+        default=sustained.RATES,
+        show_default=True,
+        help="Sustained: orders/s offered (repeatable).",
+    )(func)
+    return click.option(
+        "--sustained-seconds",
+        default=20.0,
+        show_default=True,
+        help="Sustained: seconds each rate is offered.",
+    )(func)
+
+
+@main.command("sustained")
+@sustained_options
+@click.option("--repeats", default=1, show_default=True, help="Runs of each system at each rate.")
+@click.option("--quix/--no-quix", default=True, show_default=True, help="Run the Quix peer.")
+@output_option(None)
+def sustained_command(
+    sustained_rates: tuple[float, ...],
+    sustained_seconds: float,
+    repeats: int,
+    quix: bool,
+    output: Path | None,
+) -> None:
+    """Offered rate against p50/p99 latency: one worker and the Quix peer, steady input."""
+    rows = sustained.run(workdir(), sustained_rates, sustained_seconds, repeats, quix=quix)
     publish(rows, command_line(), output)
 
 
@@ -133,7 +172,7 @@ def recovery_command(keys: int, output: Path | None) -> None:
 
 
 @main.command("profile")
-@click.option("--orders", default=8_000, show_default=True)
+@click.option("--orders", default=profile.ORDERS, show_default=True)
 @click.option("--top", default=15, show_default=True, help="Functions listed.")
 def profile_command(orders: int, top: int) -> None:
     """Where one worker's time goes (py-spy record over a pre-loaded run)."""
@@ -161,16 +200,19 @@ def codec_command(records: int, repeats: int) -> None:
     help="Latency: orders/s offered (repeatable).",
 )
 @click.option("--seconds", default=30.0, show_default=True, help="Latency: seconds offered.")
+@sustained_options
 @click.option("--keys", default=1_000_000, show_default=True, help="Recovery: user rows.")
 @click.option("--quix/--no-quix", default=True, show_default=True)
 @output_option(RESULTS)
 def all_command(
-    orders: int,
+    orders: int | None,
     repeats: int,
     users: int,
     skus: int,
     rates: tuple[float, ...],
     seconds: float,
+    sustained_rates: tuple[float, ...],
+    sustained_seconds: float,
     keys: int,
     quix: bool,
     output: Path | None,
@@ -179,10 +221,12 @@ def all_command(
     root = workdir()
     rows: list[Row] = []
     rows += scaling.run_with_throughput(root, orders, users, skus, repeats, quix=quix)
+    rows.append(latency.raw_round_trip(root, "3 latency"))
     for rate in rates:
         rows += latency.run(root, rate, seconds, repeats)
+    rows += sustained.run(root, sustained_rates, sustained_seconds, 1, quix=quix)
     rows += recovery.run(root, keys)
-    profile_rows, profile_text = profile.run(root, orders, 15)
+    profile_rows, profile_text = profile.run(root, orders or profile.ORDERS, 15)
     rows += profile_rows
     extra = [
         ("Profile of one worker (py-spy)", profile_text),

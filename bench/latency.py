@@ -1,24 +1,33 @@
-"""Latency (part 3): from producing an order to the matching user_order_stats event,
-at a fixed offered rate, with one worker.
+"""Latency (part 3): from producing an order to its user_order_stats event and to the last of
+its stock_levels events, at a fixed offered rate, with one worker (or the Quix peer).
 
-A consumer thread in this process reads both ``order_created`` and ``user_order_stats``
-from the start and notes when each order id arrives (``order_id`` of the order,
-``last_order_id`` of the stats event). The produce time is taken just before
-``produce()``. The order's own arrival is the baseline: the broker and client round trip
-that any consumer pays, measured in the same run. Orders of the first ``WARMUP`` seconds
-are produced but left out of the figures (connections, fetch sessions, first commits).
+Each run has a deployment of its own. Once the system under test runs, the probe
+(bench.probe: a consumer process of its own, one message per poll) reads
+``order_created``, ``user_order_stats`` and ``stock_levels`` from their start. Warm-up
+orders go in one at a time until five in a row came out on both derived topics within
+250 ms (the system is past its start-up and the probe sees it); then the paced producer
+offers ``rate`` orders/s for ``seconds``. The produce time is taken just before
+``produce()`` (linger.ms 0, acks=all); an order's stock time is the arrival of the last
+of its lines' stock levels (found by ``updated_at``, the order's unique ``created_at``).
+Orders of the first ``WARMUP`` seconds are left out (connections, fetch sessions, first
+commits, a fresh worker's first stall). The order's own arrival on ``order_created`` is
+the transport baseline of the same run; :func:`raw_round_trip` is the probe's floor on an
+idle topic. An order that has not come out ``grace`` seconds after the last was offered
+counts as infinitely late.
 """
 
 from __future__ import annotations
 
-import statistics
-import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
+from bench import throughput
 from bench.common import (
     Offsets,
     Row,
@@ -29,168 +38,232 @@ from bench.common import (
     prepare,
     run_id,
     spread,
+    stop_process,
+    wait_stable_group,
 )
-from pipeline.dev.workers import Deployment, wait_for
-from pipeline.serde.codec import Codecs
+from bench.probe import Percentiles, Probe, latencies, offer, round_trip
+from pipeline.admin.topics import ensure_topics
+from pipeline.dev.workers import Deployment
+from pipeline.settings import Settings
 from pipeline.streaming.producer import producer_config
+from pipeline.topics import TopicSpec
 
-WARMUP = 2.0
+PIPELINE = "pipeline x1"
+QUIX = throughput.QUIX
+# Seconds of the paced stream left out: a fresh worker can stall for a second or two once
+# the load starts, after its warm-up orders went through fast.
+WARMUP = 5.0
+# Orders a run draws its users and SKUs from, as in the throughput part.
+USERS = 20_000
+SKUS = 2_000
+# Warm-up: at most this many orders, each waited for up to WARM_WAIT seconds, until
+# WARM_STREAK in a row came out within WARM_MS.
+WARMUP_ORDERS = 300
+WARM_WAIT = 0.5
+WARM_STREAK = 5
+WARM_MS = 250.0
+Order = tuple[str, bytes, bytes, dict[str, Any]]  # order id, key, value, record
+
+
+def offer_config(settings: Settings) -> dict[str, Any]:
+    """The paced producer's settings: the worker's (murmur2, idempotent, acks=all), with
+    ``linger.ms`` 0 so that the producer's batching adds nothing to the figures."""
+    return {**producer_config(settings), "linger.ms": 0}
 
 
 @dataclass(frozen=True)
-class Percentiles:
-    p50: float
-    p99: float
-    max: float
-    count: int
+class Live:
+    """One run at one offered rate: latencies of the orders after warm-up."""
 
-    @classmethod
-    def of(cls, values: list[float]) -> Percentiles:
-        ordered = sorted(values)
-        p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-        return cls(statistics.median(ordered), p99, ordered[-1], len(ordered))
+    transport: Percentiles
+    stats: Percentiles
+    levels: Percentiles
+    offered: float  # orders/s the producer achieved
 
-    def text(self) -> str:
-        return f"p50 {self.p50:,.0f} / p99 {self.p99:,.0f} / max {self.max:,.0f} ms"
+    def p99(self) -> float:
+        """The later output's p99: an order is done once its stock levels are out."""
+        return max(self.stats.p99, self.levels.p99)
 
 
-class Arrivals(threading.Thread):
-    """Wall-clock arrival time of each order id on the input and on user_order_stats."""
-
-    def __init__(self, deployment: Deployment, codecs: Codecs) -> None:
-        super().__init__(daemon=True)
-        settings = deployment.settings
-        names = deployment.names
-        self.orders_topic = names.order_created
-        self.stats_topic = names.user_order_stats
-        self.orders_codec = codecs[self.orders_topic]
-        self.stats_codec = codecs[self.stats_topic]
-        self.consumer = Consumer(
-            {
-                **settings.kafka_client_config(),
-                "group.id": f"{deployment.name}-latency-reader",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 5,
-            }
-        )
-        offsets = Offsets(settings)
-        self.consumer.assign(
-            [
-                TopicPartition(topic, partition, OFFSET_BEGINNING)
-                for topic in (self.orders_topic, self.stats_topic)
-                for partition in offsets.partitions(topic)
-            ]
-        )
-        offsets.close()
-        self.input: dict[str, float] = {}
-        self.output: dict[str, float] = {}
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            for message in self.consumer.consume(num_messages=1000, timeout=0.05):
-                now = time.time()
-                if message.error() is not None:
-                    continue
-                if message.topic() == self.stats_topic:
-                    stats = self.stats_codec.decode(message.value() or b"")
-                    self.output.setdefault(stats["last_order_id"], now)
-                else:
-                    order = self.orders_codec.decode(message.value() or b"")
-                    self.input.setdefault(order["order_id"], now)
-        self.consumer.close()
+@contextmanager
+def running(system: str, deployment: Deployment) -> Iterator[Callable[[], bool]]:
+    """``system`` consuming ``deployment``'s order_created and writing its derived topics,
+    from the input's start; yields whether it is still running."""
+    if system == QUIX:
+        process = throughput.start_quix(deployment.names.order_created, deployment)
+        try:
+            yield lambda: process.poll() is None
+        finally:
+            stop_process(process)
+        return
+    worker = deployment.worker("w0").start()
+    try:
+        wait_stable_group([worker])
+        yield worker.running
+    finally:
+        worker.stop()
 
 
-def offer(deployment: Deployment, codecs: Codecs, rate: float, seconds: float) -> dict[str, float]:
-    """Produce ``rate`` orders/s for ``seconds``; order id → wall-clock produce time."""
-    settings = deployment.settings
-    topic = deployment.names.order_created
-    codec = codecs[topic]
-    total = max(1, int(rate * seconds))
-    # Encoded up front, so the paced loop does nothing but produce.
-    messages = [
-        (record["order_id"], key.encode(), codec.encode(record))
-        for key, record in order_stream(total, users=max(total // 2, 1), skus=2_000)
-    ]
-    producer = Producer(producer_config(settings))
-    sent: dict[str, float] = {}
-    started = time.monotonic()
-    for index, (order_id, key, value) in enumerate(messages):
-        ahead = started + index / rate - time.monotonic()
-        if ahead > 0:
-            time.sleep(ahead)
-        sent[order_id] = time.time()
+def warm_up(producer: Producer, topic: str, orders: list[Order], probe: Probe) -> int:
+    """Produce ``orders`` one at a time, each once the previous came out or ``WARM_WAIT``
+    passed, until ``WARM_STREAK`` in a row came out on both derived topics within
+    ``WARM_MS``: the system is past its start-up (a worker's first seconds after its group
+    settled can still stall). How many it took."""
+    streak = 0
+    for index, (_, key, value, record) in enumerate(orders, start=1):
+        stats, levels = probe.seen("stats"), probe.seen("level")
+        lines = len(record["items"])
+        started = time.monotonic()
         producer.produce(topic, key=key, value=value)
         producer.poll(0)
-    producer.flush()
-    return sent
+        while time.monotonic() - started < WARM_WAIT:
+            if probe.seen("stats") > stats and probe.seen("level") >= levels + lines:
+                break
+            time.sleep(0.002)
+        fast = time.monotonic() - started < WARM_MS / 1000
+        streak = streak + 1 if fast else 0
+        if streak >= WARM_STREAK:
+            producer.flush(10)
+            return index
+    raise TimeoutError(f"{len(orders)} warm-up orders and still not {WARM_STREAK} fast in a row")
 
 
 def measure_once(
-    root: Path, label: str, rate: float, seconds: float
-) -> tuple[Percentiles, Percentiles]:
-    """One worker on a fresh deployment; (pipeline, transport) percentiles after warm-up."""
+    root: Path, label: str, system: str, rate: float, seconds: float, grace: float = 15.0
+) -> Live:
+    """``system`` on a fresh deployment, offered ``rate`` orders/s for ``seconds``."""
     deployment = make_deployment(f"bench-{run_id()}-{label}", root / label)
     codecs = prepare(deployment)
-    worker = deployment.worker("w0").start()
-    arrivals = Arrivals(deployment, codecs)
+    names = deployment.names
+    topic = names.order_created
+    codec = codecs[topic]
+    total = max(1, int(rate * seconds))
+    records: list[Order] = [
+        (record["order_id"], key.encode(), codec.encode(record), record)
+        for key, record in order_stream(WARMUP_ORDERS + total, users=USERS, skus=SKUS)
+    ]
+    warmups, timed = records[:WARMUP_ORDERS], records[WARMUP_ORDERS:]
+    config = offer_config(deployment.settings)
+    offsets = Offsets(deployment.settings)
+    probe = Probe(
+        deployment.settings.kafka_client_config(),
+        {topic: "order", names.user_order_stats: "stats", names.stock_levels: "level"},
+        offsets.partitions,
+    )
+    lines = sum(len(record["items"]) for *_, record in timed)
+    with running(system, deployment) as alive:
+        probe.start()
+        try:
+            warmed = warm_up(Producer(config), topic, warmups, probe)
+            stats_before, levels_before = probe.seen("stats"), probe.seen("level")
+            print(
+                f"latency: {system}, {rate:,.0f} orders/s for {seconds:.0f} s "
+                f"(ready after {warmed} warm-up orders) ...",
+                flush=True,
+            )
+            offered = offer(config, topic, [(i, k, v) for i, k, v, _ in timed], rate)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and alive():
+                if (
+                    probe.seen("stats") >= stats_before + total
+                    and probe.seen("level") >= levels_before + lines
+                ):
+                    break
+                time.sleep(0.1)
+        finally:
+            arrivals = probe.stop()
+            offsets.close()
+    warm = min(offered.sent.values()) + WARMUP
+    measured = {o: t for o, t in offered.sent.items() if t >= warm}
+    level_values = []
+    for order_id, *_, record in timed:
+        if order_id in measured:
+            times = arrivals.level_times(record["created_at"])
+            if len(times) >= len(record["items"]):
+                level_values.append((max(times) - measured[order_id]) * 1000)
+    live = Live(
+        transport=latencies(measured, arrivals.of("order")),
+        stats=latencies(measured, arrivals.of("stats")),
+        levels=Percentiles.of(level_values, missing=len(measured) - len(level_values)),
+        offered=total / offered.seconds,
+    )
+    print(
+        f"  user_order_stats {live.stats.text()}; stock_levels {live.levels.text()}; "
+        f"transport {live.transport.text()} (offered {live.offered:,.0f}/s)",
+        flush=True,
+    )
+    return live
+
+
+def raw_round_trip(root: Path, part: str, rate: float = 200.0, seconds: float = 10.0) -> Row:
+    """The probe alone on an empty topic of its own, no worker running (see
+    bench.probe.round_trip), with the paced producer's settings."""
+    deployment = make_deployment(f"bench-{run_id()}-probe", root / "probe")
+    settings = deployment.settings
+    topic = f"{deployment.name}.probe_round_trip"
+    ensure_topics(settings, [TopicSpec(topic)])
+    offsets = Offsets(settings)
     try:
-        worker.wait_healthy()
-        arrivals.start()
-        print(f"latency: offering {rate:,.0f} orders/s for {seconds:.0f} s ...", flush=True)
-        sent = offer(deployment, codecs, rate, seconds)
-        wait_for(
-            "every user_order_stats event",
-            lambda: len(arrivals.output) >= len(sent),
-            timeout=120 + len(sent) / 50,
-            interval=0.2,
+        result = round_trip(
+            settings.kafka_client_config(),
+            offer_config(settings),
+            topic,
+            offsets.partitions,
+            rate,
+            seconds,
         )
     finally:
-        arrivals.stopping.set()
-        worker.stop()
-    arrivals.join(30)
-    warm = min(sent.values()) + WARMUP
-    measured = {o: t for o, t in sent.items() if t >= warm}
-    pipeline = Percentiles.of([(arrivals.output[o] - t) * 1000 for o, t in measured.items()])
-    transport = Percentiles.of(
-        [(arrivals.input[o] - t) * 1000 for o, t in measured.items() if o in arrivals.input]
+        offsets.close()
+    print(f"probe: raw round trip {result.text()}", flush=True)
+    return Row(
+        part,
+        "probe floor: raw produce → consume round trip",
+        result.text(),
+        "",
+        f"{rate:,.0f} short messages/s for {seconds:.0f} s to an empty topic, no worker "
+        "running; linger.ms 0, acks=all; the probe process polls one message at a time",
     )
-    print(f"  pipeline {pipeline.text()}; transport {transport.text()}", flush=True)
-    return pipeline, transport
 
 
 def _text(runs: list[Percentiles]) -> str:
-    return (
-        f"p50 {spread([r.p50 for r in runs])} / p99 {spread([r.p99 for r in runs])} / "
-        f"max {spread([r.max for r in runs])} ms"
-    )
+    return f"p50 {spread([r.p50 for r in runs])} / p99 {spread([r.p99 for r in runs])} ms"
 
 
 def run(root: Path, rate: float, seconds: float, repeats: int = 3) -> list[Row]:
-    pipeline: list[Percentiles] = []
-    transport: list[Percentiles] = []
-    for repeat in range(repeats):
-        ours, floor = measure_once(root, f"latency{rate:.0f}-r{repeat}", rate, seconds)
-        pipeline.append(ours)
-        transport.append(floor)
-    ratio = median([p.p50 / max(t.p50, 0.001) for p, t in zip(pipeline, transport, strict=True)])
+    """Part 3 at one rate: one worker, ``repeats`` runs."""
+    runs = [
+        measure_once(root, f"latency{rate:.0f}-r{repeat}", PIPELINE, rate, seconds)
+        for repeat in range(repeats)
+    ]
     offered = (
-        f"{rate:,.0f} orders/s for {seconds:.0f} s per repeat, {pipeline[0].count:,} orders "
-        f"after {WARMUP:.0f} s warm-up, 1 worker"
+        f"{rate:,.0f} orders/s for {seconds:.0f} s per repeat, {runs[0].stats.count:,} orders "
+        f"after {WARMUP:.0f} s warm-up, 1 worker, {cores()} cores"
     )
-    return [
-        Row(
-            "3 latency",
-            f"order → user_order_stats at {rate:,.0f}/s",
-            _text(pipeline),
-            f"p50 {ratio:,.1f}x transport",
-            f"{offered}, {cores()} cores",
-        ),
+    rows = []
+    for what, figures in (
+        ("user_order_stats", [live.stats for live in runs]),
+        ("last stock_levels", [live.levels for live in runs]),
+    ):
+        ratio = median(
+            [f.p50 / max(r.transport.p50, 0.001) for f, r in zip(figures, runs, strict=True)]
+        )
+        missing = sum(f.missing for f in figures)
+        rows.append(
+            Row(
+                "3 latency",
+                f"order → {what} at {rate:,.0f}/s",
+                _text(figures) + (f" ({missing:,} not arrived)" if missing else ""),
+                f"p50 {ratio:,.1f}x transport",
+                offered,
+            )
+        )
+    rows.append(
         Row(
             "3 latency",
             f"order → order_created at {rate:,.0f}/s (transport)",
-            _text(transport),
+            _text([live.transport for live in runs]),
             "",
-            "the broker round trip alone, same consumer, same runs",
-        ),
-    ]
+            "the broker round trip of the input itself, same probe, same runs",
+        )
+    )
+    return rows

@@ -1,11 +1,14 @@
 """Throughput of the whole topology (parts 1 and 2): the pipeline with one or more
-workers, the bare limit, and the Quix Streams peer, all over the same pre-loaded input.
+workers, the two bare limits, and the Quix Streams peer, over pre-loaded input.
 
-Every system reads the same ``order_created`` topic with a consumer group of its own
-and writes its derived topics; the time is taken from the first to the last derived
-record appearing (end offsets of ``user_order_stats`` and ``stock_levels`` polled every
-0.05 s), so start-up and group joins are left out; the bare loop, which finishes in well
-under a second, times itself (first record consumed to last output acknowledged).
+Every system reads a pre-loaded ``order_created`` topic with a consumer group of its own
+and writes its derived topics. Each system gets an input sized for about 20 s or more of
+its own work here (``DEFAULT_ORDERS``; ``--orders`` gives every system the same N): the
+inputs are prefixes of one deterministic order stream, so the orders differ only in how
+many there are. The time is taken from the first to the last derived record appearing
+(end offsets of ``user_order_stats`` and ``stock_levels`` polled every 0.05 s), so
+start-up and group joins are left out; the bare loops time themselves (first record
+consumed to last output acknowledged) after the same check that every output arrived.
 Systems run one after the other, interleaved across repeats, so a noisy minute hits
 each of them rather than one.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,11 +44,30 @@ from bench.common import (
 from pipeline.dev.workers import Deployment, wait_for
 
 BARE = "bare"
+BARE_TOPOLOGY = "bare topology"
 QUIX = "quix"
+BARE_MODULES = {BARE: "bench.bare", BARE_TOPOLOGY: "bench.bare_topology"}
 
 
 def pipeline_system(workers: int) -> str:
     return f"pipeline x{workers}"
+
+
+# Orders pre-loaded for each system by default: 20 s or more of its work at the upper end
+# of what it did here (2 shared cores): bare 20-30k orders/s, bare topology 7-10k/s, one
+# worker 1,200-1,700/s, two workers up to 1.8x one, Quix 2-4k/s.
+DEFAULT_ORDERS = {
+    BARE: 600_000,
+    BARE_TOPOLOGY: 200_000,
+    pipeline_system(1): 35_000,
+    pipeline_system(2): 60_000,
+    QUIX: 80_000,
+}
+
+
+def sizes(systems: Sequence[str], orders: int | None) -> dict[str, int]:
+    """Orders pre-loaded for each system: ``orders`` for all, or each one's default."""
+    return {s: orders if orders is not None else DEFAULT_ORDERS[s] for s in systems}
 
 
 @dataclass
@@ -61,7 +83,7 @@ class Input:
 
 
 def make_input(root: Path, orders: int, users: int, skus: int) -> Input:
-    deployment = make_deployment(f"bench-{run_id()}", root / "input")
+    deployment = make_deployment(f"bench-{run_id()}", root / f"input-{orders}")
     codecs = prepare(deployment)
     return Input(deployment, preload_orders(deployment, codecs, orders, users, skus))
 
@@ -120,9 +142,9 @@ def _outputs_of(prefix_deployment: Deployment, source: Input) -> dict[str, int]:
     }
 
 
-def run_bare(source: Input, label: str) -> Window:
-    """The bare loop over the input; its window is the one it timed itself (see bench.bare),
-    after checking that its outputs all arrived."""
+def run_bare(source: Input, label: str, system: str) -> Window:
+    """A bare loop (``BARE_MODULES``) over the input; its window is the one it timed itself
+    (see bench.bare and bench.bare_topology), after checking that its outputs all arrived."""
     out = make_deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
     prepare(out)
     expected = _outputs_of(out, source)
@@ -135,7 +157,7 @@ def run_bare(source: Input, label: str) -> Window:
             [
                 sys.executable,
                 "-m",
-                "bench.bare",
+                BARE_MODULES[system],
                 "--input",
                 source.deployment.names.order_created,
                 "--output-prefix",
@@ -165,17 +187,14 @@ def run_bare(source: Input, label: str) -> Window:
     return Window(0.0, seconds)
 
 
-def run_quix(source: Input, label: str) -> Window:
+def start_quix(input_topic: str, out: Deployment) -> subprocess.Popen[bytes]:
+    """The Quix Streams peer reading ``input_topic`` (from its beginning) and writing the
+    derived topics of ``out``, with a consumer group and state dir of its own."""
     python = quix_env.ensure()
-    out = make_deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
-    prepare(out)  # the output topics and their subjects
     settings = out.settings
-    expected = _outputs_of(out, source)
-    offsets = Offsets(settings)
-    start = offsets.ends(expected)
     out.root.mkdir(parents=True, exist_ok=True)
     with (out.root / "quix.log").open("ab") as log:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [
                 str(python),
                 str(BENCH_DIR / "peers" / "quix_shop.py"),
@@ -184,7 +203,7 @@ def run_quix(source: Input, label: str) -> Window:
                 "--registry",
                 settings.schema_registry_url,
                 "--input",
-                source.deployment.names.order_created,
+                input_topic,
                 "--output-prefix",
                 f"{out.name}.",
                 "--group",
@@ -197,6 +216,15 @@ def run_quix(source: Input, label: str) -> Window:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+def run_quix(source: Input, label: str) -> Window:
+    out = make_deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
+    prepare(out)  # the output topics and their subjects
+    expected = _outputs_of(out, source)
+    offsets = Offsets(out.settings)
+    start = offsets.ends(expected)
+    process = start_quix(source.deployment.names.order_created, out)
     try:
         return watch_outputs(
             offsets, expected, source.timeout(), alive=lambda: process.poll() is None, start=start
@@ -208,34 +236,48 @@ def run_quix(source: Input, label: str) -> Window:
 
 @dataclass
 class Results:
-    source: Input
+    inputs: dict[str, Input]  # system → its input
     rates: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, system: str, window: Window) -> None:
-        rate = self.source.loaded.orders / window.seconds
+        rate = self.inputs[system].loaded.orders / window.seconds
         self.rates.setdefault(system, []).append(rate)
         print(f"  {system:<14} {rate:>10,.0f} orders/s ({window.seconds:.1f} s)", flush=True)
 
+    def notes(self, system: str) -> str:
+        loaded = self.inputs[system].loaded
+        return f"N={loaded.orders:,} orders ({loaded.lines:,} lines), {cores()} cores"
+
 
 def measure(
-    root: Path, orders: int, users: int, skus: int, repeats: int, systems: Sequence[str]
+    root: Path,
+    orders: Mapping[str, int],
+    users: int,
+    skus: int,
+    repeats: int,
+    systems: Sequence[str],
 ) -> Results:
-    """Pre-load once, then run every system ``repeats`` times, interleaved."""
-    print(f"pre-loading {orders:,} orders ...", flush=True)
-    source = make_input(root, orders, users, skus)
-    loaded = source.loaded
-    print(
-        f"  {loaded.orders:,} orders, {loaded.lines:,} lines in {loaded.seconds:.1f} s "
-        f"({loaded.orders / loaded.seconds:,.0f}/s) on {source.deployment.names.order_created}",
-        flush=True,
-    )
-    results = Results(source)
+    """Pre-load one input per distinct size in ``orders`` (system → N), then run every
+    system ``repeats`` times, interleaved."""
+    by_size: dict[int, Input] = {}
+    for count in sorted({orders[system] for system in systems}):
+        print(f"pre-loading {count:,} orders ...", flush=True)
+        source = by_size[count] = make_input(root, count, users, skus)
+        loaded = source.loaded
+        print(
+            f"  {loaded.orders:,} orders, {loaded.lines:,} lines in {loaded.seconds:.1f} s "
+            f"({loaded.orders / loaded.seconds:,.0f}/s) on "
+            f"{source.deployment.names.order_created}",
+            flush=True,
+        )
+    results = Results({system: by_size[orders[system]] for system in systems})
     for repeat in range(repeats):
         print(f"repeat {repeat + 1}/{repeats}", flush=True)
         for system in systems:
+            source = results.inputs[system]
             label = f"{system.replace(' ', '')}-r{repeat}"
-            if system == BARE:
-                window = run_bare(source, label)
+            if system in BARE_MODULES:
+                window = run_bare(source, label, system)
             elif system == QUIX:
                 window = run_quix(source, label)
             else:
@@ -244,31 +286,31 @@ def measure(
     return results
 
 
+def _ratio(rates: dict[str, list[float]], system: str, base: str) -> str:
+    return f"{median(rates[system]) / median(rates[base]):.2f}x {base}"
+
+
 def rows(results: Results, part: str, baseline: str) -> list[Row]:
-    loaded = results.source.loaded
-    base = median(results.rates[baseline])
+    """One row per system, with its ratios to ``baseline``, to the bare topology and to the
+    Quix peer (those measured in this run)."""
+    rates = results.rates
     out = []
-    peer = median(results.rates[QUIX]) if QUIX in results.rates else None
-    for system, rates in results.rates.items():
-        ratios = [] if system == baseline else [f"{median(rates) / base:.2f}x {baseline}"]
-        if peer is not None and system not in (baseline, QUIX):
-            ratios.append(f"{median(rates) / peer:.2f}x {QUIX}")
-        ratio = ", ".join(ratios)
+    for system in rates:
+        bases = [baseline, BARE_TOPOLOGY, QUIX] if system not in BARE_MODULES else [baseline]
+        ratio = ", ".join(
+            _ratio(rates, system, base)
+            for base in dict.fromkeys(bases)
+            if base in rates and base != system
+        )
         out.append(
-            Row(
-                part,
-                f"{system}: orders/s",
-                spread(rates),
-                ratio,
-                f"N={loaded.orders:,} orders ({loaded.lines:,} lines), {cores()} cores",
-            )
+            Row(part, f"{system}: orders/s", spread(rates[system]), ratio, results.notes(system))
         )
     return out
 
 
 def run(
-    root: Path, orders: int, users: int, skus: int, repeats: int, quix: bool = True
+    root: Path, orders: int | None, users: int, skus: int, repeats: int, quix: bool = True
 ) -> list[Row]:
-    systems = [BARE, pipeline_system(1)] + ([QUIX] if quix else [])
-    results = measure(root, orders, users, skus, repeats, systems)
+    systems = [BARE, BARE_TOPOLOGY, pipeline_system(1)] + ([QUIX] if quix else [])
+    results = measure(root, sizes(systems, orders), users, skus, repeats, systems)
     return rows(results, "1 throughput", BARE)
