@@ -11,8 +11,8 @@ up in the assignor's changelog distribution, and the request is forwarded once
 A view never lies. The owner answers from its table, unless it is still recovering
 the partition. When the owner is away (killed, stopped, mid-rebalance, still
 recovering), the worker asked answers from its own copy of the partition: a standby
-replica, or the copy it restored at start-up (pipeline.streaming.restore), saying how
-stale it is:
+replica, or the copy it still holds from an earlier assignment (pipeline.streaming.state),
+saying how stale it is:
 
 - ``X-Pipeline-Answered-By``: the worker that answered;
 - ``X-Pipeline-Copy``: ``owner`` (the active partition) or ``copy`` (another copy);
