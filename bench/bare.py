@@ -21,13 +21,13 @@ from dataclasses import replace
 from typing import Any
 
 import click
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 from fastavro import schemaless_reader, schemaless_writer
 
+from bench.bare_producer import BareProducer
 from pipeline.dev.loadgen import CONTRACT
 from pipeline.serde.codec import Codecs, header
 from pipeline.settings import Settings
-from pipeline.streaming.producer import producer_config
 from pipeline.topics import TopicNames
 
 
@@ -60,20 +60,8 @@ def main(input_topic: str, output_prefix: str, group: str, count: int) -> None:
             "enable.auto.commit": True,
         }
     )
-    producer = Producer({**producer_config(settings), "enable.idempotence": True})
-    failures: list[Any] = []
-
-    def delivered(error: Any, message: Any) -> None:
-        if error is not None:
-            failures.append(error)
-
-    def send(topic: str, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, on_delivery=delivered)
-                return
-            except BufferError:
-                producer.poll(0.05)
+    producer = BareProducer(settings)
+    send = producer.send
 
     consumer.subscribe([input_topic])
     done = 0
@@ -119,7 +107,7 @@ def main(input_topic: str, output_prefix: str, group: str, count: int) -> None:
                     )
                     send(levels_topic, item["sku"].encode(), out.getvalue())
                 done += 1
-            producer.poll(0)
+            producer.poll()
         producer.flush()
         if first is not None:
             # Its own clock: at tens of thousands of orders/s the whole run takes well under
@@ -127,8 +115,7 @@ def main(input_topic: str, output_prefix: str, group: str, count: int) -> None:
             print(json.dumps({"orders": done, "seconds": time.monotonic() - first}), flush=True)
     finally:
         consumer.close()
-    if failures:
-        raise SystemExit(f"{len(failures)} produce failures, first: {failures[0]}")
+    producer.exit_on_failures()
 
 
 if __name__ == "__main__":

@@ -30,14 +30,14 @@ from dataclasses import replace
 from typing import Any
 
 import click
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, Message
 from fastavro import schemaless_reader, schemaless_writer
 
+from bench.bare_producer import BareProducer
 from pipeline.dev.loadgen import CONTRACT
 from pipeline.domain.rules import millis
 from pipeline.serde.codec import Codecs, header
 from pipeline.settings import Settings
-from pipeline.streaming.producer import producer_config
 from pipeline.topics import TopicNames
 
 # pipeline.domain.encoding's layouts, packed inline: version 1, then the fields.
@@ -75,20 +75,8 @@ def main(input_topic: str, output_prefix: str, group: str, count: int) -> None:
             "enable.auto.commit": True,
         }
     )
-    producer = Producer(producer_config(settings))
-    failures: list[Any] = []
-
-    def delivered(error: Any, message: Any) -> None:
-        if error is not None:
-            failures.append(error)
-
-    def send(topic: str, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, on_delivery=delivered)
-                return
-            except BufferError:
-                producer.poll(0.05)
+    producer = BareProducer(settings)
+    send = producer.send
 
     def send_record(topic: str, key: bytes, record: dict[str, Any]) -> None:
         prefix, schema = writers[topic]
@@ -161,14 +149,13 @@ def main(input_topic: str, output_prefix: str, group: str, count: int) -> None:
                 else:
                     on_order(message)
                     orders_done += 1
-            producer.poll(0)
+            producer.poll()
         producer.flush()
         if first is not None:
             print(json.dumps({"orders": orders_done, "seconds": time.monotonic() - first}))
     finally:
         consumer.close()
-    if failures:
-        raise SystemExit(f"{len(failures)} produce failures, first: {failures[0]}")
+    producer.exit_on_failures()
 
 
 if __name__ == "__main__":
