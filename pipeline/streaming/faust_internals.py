@@ -1,6 +1,6 @@
 """Every use of a Faust internal, in one place: what the runtime needs that Faust does
-not offer publicly, and two races by which faust-streaming 0.15.3 loses events around a
-rebalance, fixed here.
+not offer publicly, and four ways by which faust-streaming 0.15.3 (with aiokafka 0.14)
+loses events around a rebalance, fixed here.
 
 The internals used (tests/unit/streaming/test_faust_internals.py fails on another Faust
 version, so each is checked again before an upgrade):
@@ -15,10 +15,12 @@ version, so each is checked again before an upgrade):
 - the aiokafka consumer behind Faust's (``Consumer._thread``) and its subscription state:
   each assigned partition's fetch position and high watermark, for the lag metrics
   (``fetch_states``);
-- ``App._new_transport``, ``app._fetcher``, ``Recovery.on_recovery_completed`` and the
-  aiokafka driver's consumer thread: the two fixes below.
+- ``App._new_transport``, ``app._fetcher``, ``Recovery.on_recovery_completed``, the
+  aiokafka driver's consumer thread, ``Consumer.ack`` and ``Consumer._committed_offset``:
+  the fixes below.
 
-Both were found by the crash soak (tests/integration/test_crash_soak.py): after a few
+The first two were found by the crash soak (tests/integration/test_crash_soak.py), the
+others by the rolling restart (tests/integration/test_rolling_restart.py): after a few
 rebalances the views stayed short of the input for good, although every worker was idle
 and the group had nothing left to read (or stopped committing a partition).
 
@@ -49,13 +51,33 @@ and the group had nothing left to read (or stopped committing a partition).
    Here the stream partitions stay paused until the seek is done and the queues are
    emptied (they can only hold stale events then); only then are they resumed.
 
-``FixedFaustApp`` (the base of every app of ours) uses both: its transport, and the
+3. Seeking a partition nobody committed yet (``PipelineRecovery``).
+   After every rebalance Faust seeks each partition back to its committed offset, which
+   is what brings back the records it fetched and then threw away (the rest of a fetch
+   cut short by the generation change, events emptied from the agents' queues, events the
+   streams skipped as stale). aiokafka's ``seek_to_committed`` seeks only where the
+   committed offset is above 0: a partition without one (every partition in a group's
+   first seconds) stays past those records. They are never processed, and Faust's commit,
+   which checks for a gap before the first acknowledged offset only when the committed
+   offset is truthy, moves past them. Seen as: ``order_created[2]`` offsets 0-2 never
+   applied, the user's first row already at offset 3, with two workers started together.
+   Here such partitions are seeked to their beginning (``auto_offset_reset`` is earliest).
+
+4. Acknowledging events nobody processed (``PipelineConsumer.ack``).
+   A Faust stream acknowledges each message it skips (of an older generation, or read
+   while the flow is stopped) as if it had been processed. Its offset then counts toward
+   the next commit, and a commit before the seek back (the commit timer runs throughout)
+   covers an event no agent handled. Here an acknowledgement counts only for a message a
+   stream handed out (Faust marks those ``tracked``).
+
+``FixedFaustApp`` (the base of every app of ours) uses them all: its transport, and the
 ``TableManager`` it is created with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import weakref
 from dataclasses import dataclass
@@ -70,9 +92,11 @@ from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, AppT, EventT
+from faust.types import TP, AppT, EventT, Message
 from faust.types.transports import ConsumerT, TransportT
 from rocksdict import Rdict
+
+log = logging.getLogger(__name__)
 
 # The Faust version whose code these classes replace.
 FAUST_VERSION = "0.15.3"
@@ -98,6 +122,18 @@ class PipelineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class PipelineConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return PipelineConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def ack(self, message: Message) -> bool:
+        """Faust's, except for a message no stream handed out (see the module, fix 4)."""
+        if not message.tracked:
+            log.debug(
+                "not counting the ack of %s[%d]@%d: skipped, never processed",
+                message.topic,
+                message.partition,
+                message.offset,
+            )
+            return False
+        return super().ack(message)
 
 
 class PipelineTransport(faust_aiokafka.Transport):
@@ -144,6 +180,7 @@ class PipelineRecovery(Recovery):
         if callbacks:
             await asyncio.wait(callbacks)
         assignment = consumer.assignment()
+        streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
         if app.consumer_generation_id != generation_id:
             self.log.warning(
                 f"Recovery rebalancing again app id "
@@ -155,10 +192,18 @@ class PipelineRecovery(Recovery):
             # reaches the agents from a position the seek is about to change.
             self.log.info("Seek stream partitions to committed offsets.")
             await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+            # aiokafka's seek leaves a partition without a committed offset where it was
+            # (fix 3); it starts from the beginning, as with no position at all.
+            uncommitted = uncommitted_partitions(consumer, streams)
+            if uncommitted:
+                await self._wait(
+                    seek_to_beginning(consumer, uncommitted),
+                    timeout=app.conf.broker_request_timeout,
+                )
         self.completed.set()
         # Empties every agent's queue: nothing but stale events can be in them now.
         app.flow_control.resume()
-        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+        consumer.resume_partitions(streams)
         consumer.resume_flow()
         await app._fetcher.maybe_start()
         self.tables.on_actives_ready()
@@ -166,6 +211,22 @@ class PipelineRecovery(Recovery):
             self.tables.on_standbys_ready()
         app.on_rebalance_end()
         self.log.info("Worker ready")
+
+
+def uncommitted_partitions(consumer: ConsumerT, partitions: set[TP]) -> set[TP]:
+    """Those of ``partitions`` the group has committed no offset for, or offset 0 (Faust
+    records both as None after its seek)."""
+    committed = cast(faust_aiokafka.Consumer, consumer)._committed_offset
+    return {tp for tp in partitions if committed.get(tp) is None}
+
+
+async def seek_to_beginning(consumer: ConsumerT, partitions: set[TP]) -> None:
+    """Seek the partitions to their first offset (Faust's consumer has no such call; its
+    aiokafka thread does, for aiokafka's partition type)."""
+    thread = cast(faust_aiokafka.Consumer, consumer)._thread
+    await thread.seek_to_beginning(
+        *(aiokafka.TopicPartition(tp.topic, tp.partition) for tp in sorted(partitions))
+    )
 
 
 class PipelineTableManager(TableManager):
@@ -209,6 +270,14 @@ def read_partition(store: Any, partition: int, key: bytes) -> bytes | None:
     if not has_partition(store, partition):
         return None
     return cast(bytes | None, partition_db(store, partition).get(key))
+
+
+def copy_offset(store: Any, tp: TP) -> int | None:
+    """The offset of the last changelog record this worker's copy of the partition holds;
+    None when it holds no copy (none is opened to ask) or the copy holds no record."""
+    if not has_partition(store, tp.partition):
+        return None
+    return cast(int | None, store.persisted_offset(tp))
 
 
 def has_partition(store: Any, partition: int) -> bool:

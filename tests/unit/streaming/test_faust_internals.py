@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+from collections import defaultdict
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
@@ -10,11 +11,14 @@ from unittest.mock import AsyncMock, MagicMock, Mock
 
 import faust
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer.subscription_state import SubscriptionState
+from faust.streams import Stream
 from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer as BaseConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 
 from pipeline.services import shop
 from pipeline.settings import Settings
@@ -41,6 +45,13 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     Consumer._new_consumer_thread: (
         "0870ec53dea75083995e3565c0f0a25a1c63ecceaeb238e92e2585e3623af5a9"
     ),
+    BaseConsumer.ack: "5fcf41cf45153475de3790dc56fec1b83335956dc8b3bf7ff6bbb2b57627f03f",
+    # Seeks only where the committed offset is above 0 (fix 3).
+    AIOKafkaConsumer.seek_to_committed: (
+        "f6cd85c8b70a4ccf7e862de24f6c5d985038eed3e140990f000aa4b52eda8d72"
+    ),
+    # Acknowledges the messages it skips (fix 4), and marks those it hands out tracked.
+    Stream._py_aiter: "3a48ee257a65435b482d51edb74f2993a67867949b1ef89b49fea893769e0614",
 }
 
 
@@ -101,13 +112,19 @@ def test_streams_resume_only_after_the_seek_and_the_queues_emptied(
     paused until the seek is done and the queues are emptied."""
     calls: list[Any] = []
     stream, changelog = TP("orders", 0), TP("unit-stats-changelog", 0)
-    consumer = Mock()
-    consumer.assignment.return_value = {stream, changelog}
+    committed, uncommitted = TP("orders", 1), TP("orders", 2)
+    consumer = Mock(_committed_offset={committed: 40})
+    consumer.assignment.return_value = {stream, committed, uncommitted, changelog}
 
     async def perform_seek() -> None:
         calls.append("perform_seek")
 
+    async def seek_to_beginning(*tps: TopicPartition) -> None:
+        assert all(isinstance(tp, TopicPartition) for tp in tps)  # aiokafka's, not Faust's
+        calls.append(("seek to beginning", set(tps)))
+
     consumer.perform_seek = perform_seek
+    consumer._thread.seek_to_beginning = seek_to_beginning
     consumer.resume_partitions.side_effect = lambda tps: calls.append(("resume", set(tps)))
     consumer.resume_flow.side_effect = lambda: calls.append("resume_flow")
     app = Mock(consumer=consumer, consumer_generation_id=3)
@@ -132,13 +149,50 @@ def test_streams_resume_only_after_the_seek_and_the_queues_emptied(
     )
     asyncio.run(recovery_class.on_recovery_completed(recovery, 3))  # type: ignore[arg-type]
 
-    safe_order = ["perform_seek", "empty queues", ("resume", {stream}), "resume_flow"]
+    streams = {stream, committed, uncommitted}
     if recovery_class is PipelineRecovery:
-        assert calls == safe_order
+        # Partitions without a committed offset go back to their beginning (fix 3).
+        assert calls == [
+            "perform_seek",
+            ("seek to beginning", {stream, uncommitted}),
+            "empty queues",
+            ("resume", streams),
+            "resume_flow",
+        ]
         assert recovery.completed.is_set()
         app.on_rebalance_end.assert_called_once_with()
     else:  # Faust's own: the streams run during the seek, then their queues are emptied
-        assert calls == [("resume", {stream}), "perform_seek", "empty queues", "resume_flow"]
+        assert calls == [("resume", streams), "perform_seek", "empty queues", "resume_flow"]
+
+
+def consumer_counting_acks() -> PipelineConsumer:
+    """A consumer (not started) with the state Faust's ``ack`` keeps."""
+    consumer = PipelineConsumer.__new__(PipelineConsumer)
+    consumer.app = Mock()
+    consumer.app.topics.acks_enabled_for.return_value = True
+    consumer._committed_offset = defaultdict(lambda: None)
+    consumer._acked = defaultdict(list)
+    consumer._acked_index = defaultdict(set)
+    consumer._unacked_messages = set()
+    consumer._n_acked = 0
+    consumer._waiting_for_ack = None
+    return consumer
+
+
+def message(offset: int, *, tracked: bool) -> ConsumerMessage:
+    received = ConsumerMessage("orders", 0, offset, 0.0, None, None, b"k", b"v", None)
+    received.tracked = tracked
+    return received
+
+
+def test_an_ack_counts_only_for_a_message_a_stream_handed_out() -> None:
+    """A stream acknowledges the messages it skips (stale generation, stopped flow):
+    their offsets must not reach a commit (fix 4)."""
+    consumer = consumer_counting_acks()
+    handed_out, skipped = message(3, tracked=True), message(4, tracked=False)
+    assert consumer.ack(handed_out) is True
+    assert consumer.ack(skipped) is False
+    assert consumer._acked[TP("orders", 0)] == [3]
 
 
 def test_fetch_states_read_aiokafkas_subscription_state() -> None:
