@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -37,7 +37,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, AppT, TableT
 
 from pipeline.admin.offsets import EndOffsets
-from pipeline.streaming.faust_internals import read_partition
+from pipeline.streaming.faust_internals import copy_offset, read_partition
 from pipeline.streaming.metrics import Metrics
 from pipeline.web.http import error_response, key_problem
 
@@ -126,9 +126,14 @@ class TableQuery:
     ) -> web.Response:
         store = self.table.data
         changelog = self.table.changelog_topic.get_topic_name()
+        # The copy's offset before its row: the row read then is at least that recent, so
+        # a key missing from a copy whose offset is current has no entry. (The other way
+        # round, a restore running meanwhile could move the offset past a row the read had
+        # not seen: a 404 for a key with an entry.)
+        persisted = copy_offset(store, TP(changelog, partition))
         stored = read_partition(store, partition, raw_key)
         end = await asyncio.to_thread(self.end_offsets.end, changelog, partition)
-        lag = copy_lag(end, cast(Any, store).persisted_offset(TP(changelog, partition)))
+        lag = copy_lag(end, persisted)
         headers = {ANSWERED_BY: self.own_url, COPY: "copy"}
         if lag is not None:
             headers[COPY_LAG] = str(lag)
