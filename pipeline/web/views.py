@@ -153,11 +153,15 @@ class TableQuery:
         return error_response(404, f"{self.table.name} has no entry for {key!r}", headers=headers)
 
     async def forward(self, request: web.Request, owner: str) -> web.Response | None:
-        """The owner's answer, or None when it did not answer."""
+        """The owner's answer, or None when it did not answer (or this worker, stopping,
+        can no longer ask: Faust closes its HTTP client before the web server)."""
+        client = self.app.http_client
+        if client.closed:
+            return None
         self.metrics.routed_requests.labels(self.table.name).inc()
         target = owner + request.rel_url.path_qs
         try:
-            async with self.app.http_client.get(
+            async with client.get(
                 target, headers={ROUTED_HEADER: self.own_url}, timeout=FORWARD_TIMEOUT
             ) as response:
                 body = await response.read()

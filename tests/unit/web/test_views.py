@@ -68,3 +68,13 @@ def test_a_copy_restored_while_asked_is_not_taken_for_current() -> None:
     answer = copy_answer(store, RestoreWhileAsked(store, b"u1", end=10), "u1")
     assert answer.status == 503
     assert answer.headers["Retry-After"]
+
+
+def test_a_stopping_worker_does_not_forward_through_its_closed_client() -> None:
+    """Faust closes the HTTP client before the web server stops: the request is answered
+    from this worker's copy instead of failing with 500."""
+    app = Mock()
+    app.http_client.closed = True
+    query = TableQuery(app, Mock(), 8, Mock(), Mock())
+    assert asyncio.run(query.forward(Mock(), "http://owner:6066")) is None
+    app.http_client.get.assert_not_called()
