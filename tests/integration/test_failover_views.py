@@ -111,9 +111,6 @@ def test_views_never_lie_while_a_worker_dies(stack: StackInfo, tmp_path: Path) -
     assert with_standby["restored at takeover"] == 0
 
 
-# One wrong 404 in about 4,000 answers, in 1 of 4 runs: an open defect (docs/guarantees.md,
-# Known defects), so this runs only with `-m rebalance_defect`.
-@pytest.mark.rebalance_defect
 def test_views_never_lie_while_a_worker_dies_without_a_standby(
     stack: StackInfo, tmp_path: Path
 ) -> None:

@@ -17,8 +17,7 @@ from pipeline.dev.workers import wait_for
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import deployment, views_match
 
-# Loses a few orders in about half the runs: an open defect (docs/guarantees.md, Known defects).
-pytestmark = [pytest.mark.integration, pytest.mark.rebalance_defect]
+pytestmark = pytest.mark.integration
 
 RATE = 100.0  # events per second while the workers restart
 

@@ -25,9 +25,7 @@ from tests.integration import expected
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import deployment, views_match
 
-# A worker joining and one leaving under load can lose orders: an open defect
-# (docs/guarantees.md, Known defects), so this runs only with `-m rebalance_defect`.
-pytestmark = [pytest.mark.integration, pytest.mark.rebalance_defect]
+pytestmark = pytest.mark.integration
 
 RATE = 120.0  # events per second during the scaling: about 14 s of them
 
