@@ -1,7 +1,8 @@
-"""Views through a worker's death: two workers hold the tables, one is SIGKILLed and not
-restarted, and every user is asked through the survivor until it has taken over. A view
-never lies: no 502, no 404 for a user with orders, no wrong count; a 503 only while no copy
-of the key is at hand. With a standby replica the survivor answers from it throughout."""
+"""Views through a worker's death: two workers hold the tables, one is SIGKILLed (left dead,
+or restarted at once as a static member), and every user is asked through the survivor
+until the partitions are processed again. A view never lies: no 502, no 404 for a user with
+orders, no wrong count; a 503 only while no copy of the key is at hand. With a standby
+replica the survivor answers from it throughout."""
 
 from __future__ import annotations
 
@@ -54,7 +55,11 @@ def restored(worker: WorkerProcess) -> float:
     )
 
 
-def run(stack: StackInfo, tmp_path: Path, standbys: int) -> tuple[Counter[str], float]:
+def run(
+    stack: StackInfo, tmp_path: Path, standbys: int, restart: bool = False
+) -> tuple[Counter[str], float]:
+    """Kill the second of two workers and watch the survivor; with ``restart``, both are
+    static members and the killed one is started again at once on its state dir."""
     name = f"it-failover-{standbys}-{uuid.uuid4().hex[:8]}"
     shop = Deployment(
         name=name,
@@ -64,14 +69,20 @@ def run(stack: StackInfo, tmp_path: Path, standbys: int) -> tuple[Counter[str], 
     )
     events = list(generate(LoadConfig(users=40, orders=400, skus=10, seed=13)))
     users = {user: stats.order_count for user, stats in expected.user_stats(events).items()}
-    first = shop.worker("first").start().wait_healthy()
-    second = shop.worker("second").start().wait_healthy()
+
+    def new_worker(label: str) -> WorkerProcess:
+        return shop.worker(label, worker_id=label if restart else None)
+
+    first = new_worker("first").start().wait_healthy()
+    second = new_worker("second").start().wait_healthy()
     try:
         assert send(events, shop.settings, progress=False).failed == 0
         for worker in (first, second):
             wait_for("views through both workers", lambda w=worker: views_match(w, events))
         restored_before = restored(first)
         second.kill()
+        if restart:
+            second = second.replacement().start()
         kinds, non_200 = watch(first, users)
         kinds["answered from a copy"] = int(
             first.metric("pipeline_copy_answers_total", table="user_order_stats")
@@ -80,7 +91,10 @@ def run(stack: StackInfo, tmp_path: Path, standbys: int) -> tuple[Counter[str], 
         wait_for("the survivor to own everything", lambda: views_match(first, events), timeout=60)
         # A standby takes over with what it holds: nothing to bulk-restore.
         kinds["restored at takeover"] = int(restored(first) - restored_before)
-        print(f"\nstandbys={standbys}: answers {dict(kinds)}; non-200 for {non_200:.1f} s")
+        print(
+            f"\nstandbys={standbys}, restarted={restart}: answers {dict(kinds)}; "
+            f"non-200 for {non_200:.1f} s"
+        )
         return kinds, non_200
     finally:
         for worker in (first, second):
@@ -116,3 +130,12 @@ def test_views_never_lie_while_a_worker_dies_without_a_standby(
 ) -> None:
     without_standby, _ = run(stack, tmp_path, standbys=0)
     assert_never_lied(without_standby)
+
+
+def test_views_never_lie_while_a_static_worker_is_restarted_at_once(
+    stack: StackInfo, tmp_path: Path
+) -> None:
+    """Without a standby: the dead worker's keys answer 503 until it is back, under the same
+    worker id and with its state dir, and owns its partitions again without a rebalance."""
+    restarted, _ = run(stack, tmp_path, standbys=0, restart=True)
+    assert_never_lied(restarted)
