@@ -16,7 +16,10 @@ version, so each is checked again before an upgrade):
   each assigned partition's fetch position and high watermark, for the lag metrics
   (``fetch_states``);
 - ``App._new_transport``, ``app._fetcher``, ``Recovery.on_recovery_completed`` and the
-  aiokafka driver's consumer thread: the two fixes below.
+  aiokafka driver's consumer thread: the two fixes below;
+- the agent stream's channel queue (a ``ThrowableQueue``) and what Faust's
+  stream iterator (``Stream._py_aiter``, compiled as ``faust._cython.streams``) does with
+  each event it takes: the agents take their events in bulk (``ArrivedEvents``).
 
 Both were found by the crash soak (tests/integration/test_crash_soak.py): after a few
 rebalances the views stayed short of the input for good, although every worker was idle
@@ -70,8 +73,9 @@ from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, AppT, EventT
+from faust.types import TP, AppT, EventT, StreamT
 from faust.types.transports import ConsumerT, TransportT
+from mode.utils.queues import ThrowableQueue
 from rocksdict import Rdict
 
 # The Faust version whose code these classes replace.
@@ -186,6 +190,70 @@ class FixedFaustApp(faust.App):
         # partition set.
         urls: Any = self.conf.broker_consumer
         return PipelineTransport(urls, self)
+
+
+class ArrivedEvents:
+    """An agent's events, taken in bulk from the queue its Faust stream reads, with what
+    the stream's iterator does for each event, done here for a batch.
+
+    Faust's stream hands out one event per step, with an ``await sleep(0)``, sensors, a
+    context variable and its bookkeeping each time: most of a worker's time once the
+    rest was batched. Taken here, as there, are only the events of the current consumer
+    generation while the flow is on (a fetch from before a rebalance may still be queued).
+    The others are left alone: never tracked nor acknowledged, they are fetched again
+    from the committed offset. Acknowledging one would let the commit skip past it.
+    Each event taken is tracked (a revocation waits until every tracked message was
+    acknowledged), and its message-in sensor called; ``ack`` acknowledges as the stream's
+    does. The stream's per-event sensors (``on_stream_event_in/out``, Faust's monitor)
+    are not called: nothing reads them.
+    """
+
+    def __init__(self, stream: StreamT[Any]) -> None:
+        app = stream.app
+        self.app = app
+        # The clone the agent's stream iterates; the conductor fills its queue.
+        self.queue: ThrowableQueue[EventT[Any]] = stream.channel.queue  # type: ignore[attr-defined]
+        self.consumer = app.consumer
+        self.acks_enabled_for = app.topics.acks_enabled_for
+        self.on_message_out = app.sensors.on_message_out
+
+    async def take(self, limit: int) -> list[EventT[Any]]:
+        """The events waiting, at least one (waited for), at most ``limit``."""
+        queue = self.queue
+        while True:
+            # Raises what was thrown into the channel, as the stream does.
+            taken = [await queue.get()]
+            while len(taken) < limit and queue.qsize():
+                taken.append(queue.get_nowait())
+            events = self._current(taken)
+            if events:
+                return events
+
+    def _current(self, taken: list[EventT[Any]]) -> list[EventT[Any]]:
+        """The events of ``taken`` to process, now tracked. Taken without a pause, so
+        the flow and the generation are the same for them all."""
+        app = self.app
+        if not app.flow_control.is_active():
+            return []
+        generation = app.consumer_generation_id
+        events = []
+        track = self.consumer.track_message
+        acks_enabled_for = self.acks_enabled_for
+        for event in taken:
+            message = event.message
+            if message.generation_id != generation:
+                continue
+            if not message.tracked and acks_enabled_for(message.topic):
+                message.tracked = True
+                track(message)  # into the unacked set; the message-in sensor
+            events.append(event)
+        return events
+
+    def ack(self, event: EventT[Any]) -> None:
+        """Acknowledge ``event`` (its offset may now be committed), as the stream does."""
+        if event.ack():
+            message = event.message
+            self.on_message_out(message.tp, message.offset, message)
 
 
 def bind_event(event: EventT[Any]) -> None:

@@ -4,23 +4,29 @@ import asyncio
 import hashlib
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 from unittest.mock import AsyncMock, MagicMock, Mock
 
 import faust
+import faust._cython as faust_cython
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.consumer.subscription_state import SubscriptionState
+from faust.streams import Stream
 from faust.tables.recovery import Recovery
+from faust.transport.consumer import ConsumerMessage
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
-from faust.types import TP
+from faust.types import TP, EventT, StreamT
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from pipeline.services import shop
 from pipeline.settings import Settings
 from pipeline.streaming.app import create_app
 from pipeline.streaming.faust_internals import (
     FAUST_VERSION,
+    ArrivedEvents,
     FetchState,
     PipelineConsumer,
     PipelineConsumerThread,
@@ -41,7 +47,13 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     Consumer._new_consumer_thread: (
         "0870ec53dea75083995e3565c0f0a25a1c63ecceaeb238e92e2585e3623af5a9"
     ),
+    # What ArrivedEvents does for a batch, the stream's iterator does per event.
+    Stream._py_aiter: "3a48ee257a65435b482d51edb74f2993a67867949b1ef89b49fea893769e0614",
+    Stream.ack: "32d7171a89b0931d806a87dc81dcba5673dd9702f8a6add8426e0e236b9e8fef",
 }
+# The compiled twin of Stream._py_aiter, the one Faust runs.
+CYTHON_STREAMS = Path(cast(str, faust_cython.__file__)).parent / "streams.pyx"
+CYTHON_STREAMS_DIGEST = "0041622f4a251188f53d73e6d51d18d16f0f427512df1e96c043cfdeea4c3250"
 
 
 def test_the_app_uses_the_fixes() -> None:
@@ -62,6 +74,9 @@ def test_the_fixes_match_the_installed_faust() -> None:
             f"Faust's {function.__qualname__} changed: "
             "compare it with pipeline.streaming.faust_internals"
         )
+    assert hashlib.sha256(CYTHON_STREAMS.read_bytes()).hexdigest() == CYTHON_STREAMS_DIGEST, (
+        "Faust's compiled stream iterator changed: compare it with ArrivedEvents"
+    )
 
 
 def fetching_thread(records: dict[TP, list[Any]]) -> tuple[PipelineConsumerThread, Mock]:
@@ -162,3 +177,75 @@ def test_fetch_states_read_aiokafkas_subscription_state() -> None:
 def test_fetch_states_before_the_consumer_started_are_none() -> None:
     app = SimpleNamespace(consumer=SimpleNamespace(_thread=SimpleNamespace(_consumer=None)))
     assert fetch_states(cast(Any, app)) == {}
+
+
+def arrived_events(
+    generation: int = 7, flowing: bool = True, acking: bool = True
+) -> tuple[ArrivedEvents, ThrowableQueue[EventT[Any]], Mock]:
+    """ArrivedEvents over a real channel queue; the app, its consumer and sensors mocked."""
+    flow = FlowControlEvent()
+    if flowing:
+        flow.resume()
+    queue: ThrowableQueue[EventT[Any]] = ThrowableQueue(maxsize=100, flow_control=flow)
+    app = Mock(consumer_generation_id=generation, flow_control=flow)
+    app.topics.acks_enabled_for = lambda topic: acking
+    stream = SimpleNamespace(app=app, channel=SimpleNamespace(queue=queue))
+    return ArrivedEvents(cast(StreamT[Any], stream)), queue, app
+
+
+def queued_event(queue: ThrowableQueue[EventT[Any]], offset: int, generation: int = 7) -> Mock:
+    message = ConsumerMessage(
+        "orders", 0, offset, 0.0, 0, None, b"k", b"v", None, generation_id=generation
+    )
+    event = Mock(message=message)
+    queue.put_nowait(event)
+    return event
+
+
+def test_arrived_events_are_taken_in_bulk_up_to_the_limit_and_tracked() -> None:
+    arrivals, queue, app = arrived_events()
+    queued = [queued_event(queue, offset) for offset in range(5)]
+
+    taken = asyncio.run(arrivals.take(3))
+
+    assert taken == queued[:3]
+    assert queue.qsize() == 2
+    assert all(event.message.tracked for event in taken)
+    assert [call.args[0] for call in app.consumer.track_message.call_args_list] == [
+        event.message for event in taken
+    ]
+
+
+def test_arrived_events_of_another_generation_or_while_stopped_are_never_tracked() -> None:
+    """A fetch from before a rebalance: fetched again from the committed offset, never
+    acknowledged (that would let the commit pass it)."""
+    arrivals, queue, app = arrived_events(generation=8)
+    stale = queued_event(queue, 0, generation=7)
+    current = queued_event(queue, 1, generation=8)
+    assert asyncio.run(arrivals.take(10)) == [current]
+    assert not stale.message.tracked
+    stale.ack.assert_not_called()
+
+    arrivals, queue, app = arrived_events(flowing=False)
+    stopped = queued_event(queue, 0)
+
+    async def take_while_stopped() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(arrivals.take(10), 0.05)
+
+    asyncio.run(take_while_stopped())
+    assert not stopped.message.tracked
+    app.consumer.track_message.assert_not_called()
+
+
+def test_an_acknowledged_event_calls_the_message_out_sensor_when_it_was_the_last() -> None:
+    arrivals, queue, app = arrived_events()
+    last, not_last = queued_event(queue, 0), queued_event(queue, 1)
+    last.ack.return_value, not_last.ack.return_value = True, False
+
+    arrivals.ack(last)
+    arrivals.ack(not_last)
+
+    app.sensors.on_message_out.assert_called_once_with(
+        last.message.tp, last.message.offset, last.message
+    )
