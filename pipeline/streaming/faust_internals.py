@@ -12,6 +12,8 @@ version, so each is checked again before an upgrade):
   (``drop_partition``);
 - ``Recovery.on_rebalance``: the bulk restore of the assigned partitions runs first;
 - ``Web.web_app``: the aiohttp application our routes are added to (``aiohttp_app``);
+- ``Service.wait_first`` as Faust's fetch loop uses it for each message
+  (``PipelineConsumer.wait_first``);
 - the aiokafka consumer behind Faust's (``Consumer._thread``) and its subscription state:
   each assigned partition's fetch position and high watermark, for the lag metrics
   (``fetch_states``);
@@ -60,7 +62,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import types
 import weakref
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, cast
@@ -75,7 +79,9 @@ from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, EventT, StreamT
 from faust.types.transports import ConsumerT, TransportT
+from mode.services import WaitArgT, WaitResults
 from mode.utils.queues import ThrowableQueue
+from mode.utils.times import Seconds
 from rocksdict import Rdict
 
 # The Faust version whose code these classes replace.
@@ -102,6 +108,56 @@ class PipelineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class PipelineConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return PipelineConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def wait_first(self, *coros: WaitArgT, timeout: Seconds | None = None) -> WaitResults:
+        """``Service.wait_first`` without its tasks when the first coroutine finishes
+        without waiting.
+
+        Faust's fetch loop (``Consumer._drain_messages``) hands each message to the
+        agents' queues through ``wait_first(deliver(message), suspend_flow.wait())``, so
+        that a stop of the flow abandons a delivery waiting for room: four tasks and an
+        ``asyncio.wait`` per message, the largest cost of a worker after the batching.
+        A delivery almost never waits. Run to its first wait here, one that finished is
+        the sole winner (the tasks would start it first too); one that waits goes on as
+        Faust's, racing the flow stop, the service's stop and crash.
+        """
+        if timeout is not None:
+            return await super().wait_first(*coros, timeout=timeout)
+        first, *others = coros
+        if not asyncio.iscoroutine(first) or self._stopped.is_set() or self._crashed.is_set():
+            return await super().wait_first(*coros)
+        try:
+            awaited = first.send(None)
+        except StopIteration as finished:
+            for other in others:
+                if asyncio.iscoroutine(other):
+                    other.close()  # never started, as the loser's task is cancelled
+            return WaitResults([first], [finished.value], False)
+        return await super().wait_first(_resume(first, awaited), *others)
+
+
+async def _resume(coroutine: Coroutine[Any, Any, Any], awaited: Any) -> Any:
+    """Await ``coroutine``, already started and now waiting on ``awaited``."""
+    return await _drive(coroutine, awaited)
+
+
+@types.coroutine
+def _drive(coroutine: Coroutine[Any, Any, Any], awaited: Any) -> Generator[Any, Any, Any]:
+    # What ``await`` does with a coroutine, from its first wait on: hand each awaited
+    # future to the task and the outcome back to the coroutine.
+    while True:
+        try:
+            sent = yield awaited
+        except BaseException as error:  # the task was cancelled (or thrown into)
+            try:
+                awaited = coroutine.throw(error)
+            except StopIteration as finished:
+                return finished.value
+        else:
+            try:
+                awaited = coroutine.send(sent)
+            except StopIteration as finished:
+                return finished.value
 
 
 class PipelineTransport(faust_aiokafka.Transport):

@@ -249,3 +249,59 @@ def test_an_acknowledged_event_calls_the_message_out_sensor_when_it_was_the_last
     app.sensors.on_message_out.assert_called_once_with(
         last.message.tp, last.message.offset, last.message
     )
+
+
+def fetch_loop_consumer() -> PipelineConsumer:
+    """A consumer (not started) as far as ``wait_first`` needs one."""
+    consumer = PipelineConsumer.__new__(PipelineConsumer)
+    consumer._stopped = asyncio.Event()
+    consumer._crashed = asyncio.Event()
+    consumer.loop = asyncio.get_running_loop()
+    return consumer
+
+
+def test_a_delivery_that_does_not_wait_wins_at_once_without_a_task() -> None:
+    async def scenario() -> None:
+        consumer = fetch_loop_consumer()
+        flow_stopped = asyncio.Event()
+        tasks_before = len(asyncio.all_tasks())
+
+        async def deliver() -> str:
+            assert len(asyncio.all_tasks()) == tasks_before
+            return "delivered"
+
+        delivery, stop = deliver(), flow_stopped.wait()
+        results = await consumer.wait_first(delivery, stop)
+        assert results == ([delivery], ["delivered"], False)
+        assert stop.cr_frame is None  # closed, never left waiting
+
+    asyncio.run(scenario())
+
+
+def test_a_delivery_that_waits_finishes_or_is_abandoned_when_the_flow_stops() -> None:
+    async def scenario() -> None:
+        consumer = fetch_loop_consumer()
+        flow_stopped = asyncio.Event()
+        room = asyncio.Event()
+        delivered: list[str] = []
+
+        async def deliver(name: str) -> str:
+            await asyncio.sleep(0)
+            await room.wait()
+            delivered.append(name)
+            return name
+
+        asyncio.get_running_loop().call_later(0.01, room.set)
+        results = await consumer.wait_first(deliver("first"), flow_stopped.wait())
+        assert results.results == ["first"] and not results.stopped
+        assert delivered == ["first"]
+
+        room.clear()
+        asyncio.get_running_loop().call_later(0.01, flow_stopped.set)
+        results = await consumer.wait_first(deliver("second"), flow_stopped.wait())
+        await asyncio.sleep(0.02)
+        room.set()
+        await asyncio.sleep(0.01)
+        assert delivered == ["first"]  # cancelled when the flow stopped
+
+    asyncio.run(scenario())
