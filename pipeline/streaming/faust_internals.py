@@ -7,8 +7,9 @@ version, so each is checked again before an upgrade):
 - ``faust.streams._current_event``: tables take the partition of a read or write from
   the current event (``bind_event``);
 - ``Store._db_for_partition`` and ``Store._dbs``: the bulk restore writes into the
-  RocksDB databases Faust opens (``partition_db``), a view reads a partition this worker
-  does not own (``read_partition``), and copies of partitions no longer held are removed
+  RocksDB databases Faust opens (``partition_db``), the agents store their rows in them
+  (``write_partition``), a view reads a partition this worker does not own
+  (``read_partition``), and copies of partitions no longer held are removed
   (``drop_partition``);
 - ``Recovery.on_rebalance``: the bulk restore of the assigned partitions runs first;
 - ``Web.web_app``: the aiohttp application our routes are added to (``aiohttp_app``);
@@ -64,7 +65,7 @@ import asyncio
 import shutil
 import types
 import weakref
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, cast
@@ -82,7 +83,7 @@ from faust.types.transports import ConsumerT, TransportT
 from mode.services import WaitArgT, WaitResults
 from mode.utils.queues import ThrowableQueue
 from mode.utils.times import Seconds
-from rocksdict import Rdict
+from rocksdict import Rdict, WriteBatch
 
 # The Faust version whose code these classes replace.
 FAUST_VERSION = "0.15.3"
@@ -323,6 +324,19 @@ def bind_event(event: EventT[Any]) -> None:
 def partition_db(store: Any, partition: int) -> Rdict:
     """The RocksDB database of one partition of a table's store (opened if need be)."""
     return cast(Rdict, store._db_for_partition(partition))
+
+
+def write_partition(store: Any, partition: int, rows: Iterable[tuple[bytes, bytes]]) -> None:
+    """Store ``rows`` (key, value) in one partition of a table's store: one RocksDB write
+    batch, where the table's own writes cost a put each through its codecs."""
+    if not hasattr(store, "_db_for_partition"):  # memory://: one dict for every partition
+        for key, value in rows:
+            store[key] = value
+        return
+    batch = WriteBatch(raw_mode=True)
+    for key, value in rows:
+        batch.put(key, value)
+    partition_db(store, partition).write(batch)
 
 
 def read_partition(store: Any, partition: int, key: bytes) -> bytes | None:

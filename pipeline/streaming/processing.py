@@ -53,7 +53,7 @@ from faust.types import TP, EventT, Message, StoreT, TableT
 from pipeline.domain.encoding import EncodingError
 from pipeline.serde.errors import PipelineCodecError, RegistryUnavailable
 from pipeline.streaming.dead_letters import DeadLetters, error_class_of
-from pipeline.streaming.faust_internals import bind_event
+from pipeline.streaming.faust_internals import bind_event, write_partition
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.producer import Delivered, Outgoing
 from pipeline.streaming.topology import UndeclaredTopic
@@ -79,8 +79,8 @@ class RowBatch(Generic[Row]):
     once the batch's derived events were acknowledged, and written to the table's
     store once the changelog records were acknowledged too.
 
-    Rows go to the store directly, not through the table (which would send each
-    changelog record again through Faust's producer). Each record goes to the
+    Rows go to the store directly, in one write per partition, not through the table
+    (which would send each changelog record again through Faust's producer). Each record goes to the
     partition of the event that changed the row, as Faust's own table writes do, and
     the store remembers the last changelog offset it holds, as after Faust's writes.
     """
@@ -137,12 +137,15 @@ class RowBatch(Generic[Row]):
     def write(self, delivered: Delivered) -> None:
         """Store the rows, now that their changelog records were ``delivered`` (a send
         of their own: every partition in it is a changelog partition)."""
-        store = self.store
-        for record, (_, event) in zip(self.changelog, self.pending.values(), strict=True):
-            bind_event(event)
-            store[record.key] = record.value
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for record in self.changelog:
+            by_partition.setdefault(cast(int, record.partition), []).append(
+                (record.key, record.value)
+            )
+        for partition, rows in by_partition.items():
+            write_partition(self.store, partition, rows)
         for (topic, partition), offset in delivered.items():
-            store.set_persisted_offset(TP(topic, partition), offset)
+            self.store.set_persisted_offset(TP(topic, partition), offset)
 
 
 @dataclass

@@ -32,7 +32,10 @@ from pipeline.streaming.faust_internals import (
     PipelineConsumerThread,
     PipelineRecovery,
     PipelineTransport,
+    bind_event,
     fetch_states,
+    read_partition,
+    write_partition,
 )
 
 # Faust's code that pipeline.streaming.faust_internals replaces or relies on; a Faust upgrade
@@ -305,3 +308,16 @@ def test_a_delivery_that_waits_finishes_or_is_abandoned_when_the_flow_stops() ->
         assert delivered == ["first"]  # cancelled when the flow stopped
 
     asyncio.run(scenario())
+
+
+def test_rows_written_in_one_batch_read_back_through_faust_s_store(tmp_path: Path) -> None:
+    settings = Settings(app_id="unit", topic_prefix="unit.", data_dir=tmp_path)
+    app = create_app(shop(settings))
+    store = cast(Any, next(iter(app.pipeline_tables.values())).data)
+
+    write_partition(store, 2, [(b"u1", b"row 1"), (b"u2", b"row 2")])
+
+    event = Mock(message=Mock(partition=2))
+    bind_event(event)  # Faust's store reads the partition of the current event
+    assert store[b"u1"] == b"row 1" and store[b"u2"] == b"row 2"
+    assert read_partition(store, 1, b"u1") is None
