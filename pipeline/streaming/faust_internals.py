@@ -4,12 +4,10 @@ rebalance, fixed here.
 
 The internals used (tests/unit/streaming/test_faust_internals.py fails on another Faust
 version, so each is checked again before an upgrade):
-- ``faust.streams._current_event``: tables take the partition of a read or write from
-  the current event (``bind_event``);
 - ``Store._db_for_partition`` and ``Store._dbs``: the bulk restore writes into the
-  RocksDB databases Faust opens (``partition_db``), the agents store their rows in them
-  (``write_partition``), a view reads a partition this worker does not own
-  (``read_partition``), and copies of partitions no longer held are removed
+  RocksDB databases Faust opens (``partition_db``), the agents read and store their rows
+  there (``partition_reader``, ``write_partition``), a view reads a partition this worker
+  does not own (``read_partition``), and copies of partitions no longer held are removed
   (``drop_partition``);
 - ``Recovery.on_rebalance``: the bulk restore of the assigned partitions runs first;
 - ``Web.web_app``: the aiohttp application our routes are added to (``aiohttp_app``);
@@ -64,8 +62,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import types
-import weakref
-from collections.abc import Coroutine, Generator, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, cast
@@ -73,7 +70,6 @@ from typing import Any, ClassVar, Protocol, cast
 import aiokafka
 import faust
 from aiohttp import web
-from faust.streams import _current_event
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import RecordMap
@@ -313,14 +309,6 @@ class ArrivedEvents:
             self.on_message_out(message.tp, message.offset, message)
 
 
-def bind_event(event: EventT[Any]) -> None:
-    """Make ``event`` Faust's current event. Tables take the partition of a read or
-    write (which RocksDB database, which changelog partition) from the current
-    event; in a batch, each row is read and written under the event that changed it.
-    """
-    _current_event.set(weakref.ref(event))
-
-
 def partition_db(store: Any, partition: int) -> Rdict:
     """The RocksDB database of one partition of a table's store (opened if need be)."""
     return cast(Rdict, store._db_for_partition(partition))
@@ -337,6 +325,16 @@ def write_partition(store: Any, partition: int, rows: Iterable[tuple[bytes, byte
     for key, value in rows:
         batch.put(key, value)
     partition_db(store, partition).write(batch)
+
+
+def partition_reader(store: Any) -> Callable[[int, bytes], bytes | None]:
+    """Reads a key in one partition this worker owns of a table's store, straight from
+    its RocksDB database (the table's own read takes the partition from Faust's current
+    event, through its codecs and sensors)."""
+    if not hasattr(store, "_db_for_partition"):  # memory://: one dict for every partition
+        return lambda partition, key: cast(bytes | None, store.get(key))
+    db_for_partition = store._db_for_partition
+    return lambda partition, key: cast(bytes | None, db_for_partition(partition).get(key))
 
 
 def read_partition(store: Any, partition: int, key: bytes) -> bytes | None:

@@ -53,7 +53,7 @@ from faust.types import TP, EventT, Message, StoreT, TableT
 from pipeline.domain.encoding import EncodingError
 from pipeline.serde.errors import PipelineCodecError, RegistryUnavailable
 from pipeline.streaming.dead_letters import DeadLetters, error_class_of
-from pipeline.streaming.faust_internals import bind_event, write_partition
+from pipeline.streaming.faust_internals import partition_reader, write_partition
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.producer import Delivered, Outgoing
 from pipeline.streaming.topology import UndeclaredTopic
@@ -94,6 +94,7 @@ class RowBatch(Generic[Row]):
         previous: Prepared | None = None,
     ) -> None:
         self.store = cast(StoreT[bytes, bytes], table.data)
+        self.read = partition_reader(self.store)
         self.changelog_topic = table.changelog_topic.get_topic_name()
         self.decode = decode
         self.encode = encode
@@ -111,9 +112,7 @@ class RowBatch(Generic[Row]):
             pending = self.previous.pending.get(key)
         if pending is not None:
             return pending[0]
-        bind_event(event)
-        # From the store: the table's own get adds a membership test and sensors.
-        stored = self.store.get(key)
+        stored = self.read(event.message.partition, key)
         return self.decode(stored) if stored is not None else None
 
     def put(self, key: bytes, row: Row, event: Event) -> None:

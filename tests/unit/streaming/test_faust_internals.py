@@ -32,9 +32,8 @@ from pipeline.streaming.faust_internals import (
     PipelineConsumerThread,
     PipelineRecovery,
     PipelineTransport,
-    bind_event,
     fetch_states,
-    read_partition,
+    partition_reader,
     write_partition,
 )
 
@@ -310,14 +309,14 @@ def test_a_delivery_that_waits_finishes_or_is_abandoned_when_the_flow_stops() ->
     asyncio.run(scenario())
 
 
-def test_rows_written_in_one_batch_read_back_through_faust_s_store(tmp_path: Path) -> None:
+def test_rows_written_in_one_batch_are_read_back_by_faust_and_by_partition(tmp_path: Path) -> None:
     settings = Settings(app_id="unit", topic_prefix="unit.", data_dir=tmp_path)
     app = create_app(shop(settings))
     store = cast(Any, next(iter(app.pipeline_tables.values())).data)
 
     write_partition(store, 2, [(b"u1", b"row 1"), (b"u2", b"row 2")])
 
-    event = Mock(message=Mock(partition=2))
-    bind_event(event)  # Faust's store reads the partition of the current event
-    assert store[b"u1"] == b"row 1" and store[b"u2"] == b"row 2"
-    assert read_partition(store, 1, b"u1") is None
+    assert store[b"u1"] == b"row 1" and store[b"u2"] == b"row 2"  # Faust's own read
+    read = partition_reader(store)
+    assert read(2, b"u2") == b"row 2"
+    assert read(1, b"u2") is None
