@@ -80,9 +80,10 @@ class RowBatch(Generic[Row]):
     store once the changelog records were acknowledged too.
 
     Rows go to the store directly, in one write per partition, not through the table
-    (which would send each changelog record again through Faust's producer). Each record goes to the
-    partition of the event that changed the row, as Faust's own table writes do, and
-    the store remembers the last changelog offset it holds, as after Faust's writes.
+    (which would send each changelog record again through Faust's producer). Each
+    record goes to the partition of the event that changed the row, as Faust's own
+    table writes do, and the store remembers the last changelog offset it holds, as
+    after Faust's writes.
     """
 
     def __init__(
