@@ -271,11 +271,15 @@ class ArrivedEvents:
         self.on_message_out = app.sensors.on_message_out
 
     async def take(self, limit: int) -> list[EventT[Any]]:
-        """The events waiting, at least one (waited for), at most ``limit``."""
+        """The events waiting, at least one (waited for), at most ``limit``; none once
+        the agent is stopping."""
         queue = self.queue
         while True:
-            # Raises what was thrown into the channel, as the stream does.
-            taken = [await queue.get()]
+            try:
+                # Raises what was thrown into the channel, as the stream does.
+                taken = [await queue.get()]
+            except StopAsyncIteration:  # the actor's cancel(): the stream's end
+                return []
             while len(taken) < limit and queue.qsize():
                 taken.append(queue.get_nowait())
             events = self._current(taken)

@@ -203,7 +203,8 @@ class Arrivals(Protocol):
     Faust's, in bulk)."""
 
     async def take(self, limit: int) -> list[Event]:
-        """The events that arrived, at least one (waited for), at most ``limit``."""
+        """The events that arrived, at least one (waited for), at most ``limit``; none
+        once the agent stops."""
         ...
 
     def ack(self, event: Event) -> None:
@@ -228,15 +229,16 @@ class EventRunner:
     max_batch: int = MAX_BATCH
 
     async def consume(self, arrivals: Arrivals, handler: BatchHandler) -> None:
-        """Handle the agent's events for as long as it runs (until cancelled)."""
+        """Handle the agent's events for as long as it runs."""
         # Waits for events only with none in hand but the batch in flight, which settles
         # on its own: at a rebalance Faust stops the flow, then waits for every event
         # handed out to be acknowledged, so nothing may wait holding one.
         in_flight: InFlight | None = None
-        while True:
-            batch = await arrivals.take(self.max_batch)
+        while batch := await arrivals.take(self.max_batch):
             self.metrics.batch_size.observe(len(batch))
             in_flight = await self._advance(arrivals, in_flight, batch, handler)
+        if in_flight is not None:
+            await self._finish(arrivals, in_flight, handler)
 
     async def _advance(
         self,

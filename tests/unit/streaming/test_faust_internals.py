@@ -240,6 +240,19 @@ def test_arrived_events_of_another_generation_or_while_stopped_are_never_tracked
     app.consumer.track_message.assert_not_called()
 
 
+def test_arrived_events_end_when_the_actor_is_cancelled() -> None:
+    """Faust's Actor.cancel() throws StopAsyncIteration into the channel: the stream ends."""
+    arrivals, queue, _ = arrived_events()
+
+    async def cancelled_while_waiting() -> list[EventT[Any]]:
+        taking = asyncio.ensure_future(arrivals.take(10))
+        await asyncio.sleep(0)
+        queue._throw(StopAsyncIteration())
+        return await taking
+
+    assert asyncio.run(cancelled_while_waiting()) == []
+
+
 def test_an_acknowledged_event_calls_the_message_out_sensor_when_it_was_the_last() -> None:
     arrivals, queue, app = arrived_events()
     last, not_last = queued_event(queue, 0), queued_event(queue, 1)

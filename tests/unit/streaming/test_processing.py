@@ -17,7 +17,6 @@ from pipeline.serde.errors import NotConfluentFraming, RegistryUnavailable, Unde
 from pipeline.streaming.dead_letters import DeadLetters
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.processing import (
-    BatchHandler,
     Event,
     EventRunner,
     Prepared,
@@ -65,14 +64,9 @@ def runner(max_batch: int = 10) -> tuple[EventRunner, RecordingDeadLetters]:
     return event_runner, dead_letters
 
 
-class Ended(Exception):
-    """Nothing more arrives (an agent's events never end: it is cancelled)."""
-
-
 class FakeArrivals:
     """``Arrivals`` of a list: each inner list arrives at once (all of it waits in the
-    queue), the next a moment after it was taken; then, once the last batch could settle,
-    ``Ended``."""
+    queue), the next a moment after it was taken; then the end."""
 
     def __init__(self, arrivals: list[list[int]], log: list[str]) -> None:
         self.waiting = [events(*arrival) for arrival in arrivals]
@@ -83,7 +77,7 @@ class FakeArrivals:
         if self.between:
             await asyncio.sleep(0.05)  # the next arrival comes once this one was handled
         if not self.waiting:
-            raise Ended
+            return []
         arrival = self.waiting[0]
         batch, arrival[:] = arrival[:limit], arrival[limit:]
         self.between = not arrival
@@ -93,11 +87,6 @@ class FakeArrivals:
 
     def ack(self, event: Event) -> None:
         self.log.append(f"ack {event.message.offset}")
-
-
-def run_to_end(event_runner: EventRunner, arrivals: FakeArrivals, handler: BatchHandler) -> None:
-    with pytest.raises(Ended):
-        asyncio.run(event_runner.consume(arrivals, handler))
 
 
 class Handler:
@@ -158,7 +147,7 @@ def consume(
     arrivals: list[list[int]], handler: Handler, max_batch: int = 10
 ) -> RecordingDeadLetters:
     event_runner, dead_letters = runner(max_batch)
-    run_to_end(event_runner, FakeArrivals(arrivals, handler.log), handler)
+    asyncio.run(event_runner.consume(FakeArrivals(arrivals, handler.log), handler))
     return dead_letters
 
 
@@ -176,7 +165,7 @@ def test_batches_take_what_already_arrived_up_to_the_maximum() -> None:
 
 def test_batches_are_measured_once_each_size_and_latency() -> None:
     event_runner, _ = runner(max_batch=2)
-    run_to_end(event_runner, FakeArrivals([[1, 2, 3, 4, 5]], []), Handler([]))
+    asyncio.run(event_runner.consume(FakeArrivals([[1, 2, 3, 4, 5]], []), Handler([])))
     sample = event_runner.metrics.registry.get_sample_value
     assert sample("pipeline_batch_size_count") == 3
     assert sample("pipeline_batch_size_sum") == 5
