@@ -25,7 +25,11 @@ from pipeline.serde.codec import Codecs
 from pipeline.settings import KafkaSecurity, Settings
 from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
 from pipeline.streaming.dead_letters import DeadLetters
-from pipeline.streaming.faust_internals import FixedFaustApp, PipelineTableManager
+from pipeline.streaming.faust_internals import (
+    ArrivedEvents,
+    FixedFaustApp,
+    PipelineTableManager,
+)
 from pipeline.streaming.lag import read_lags
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.processing import EventRunner
@@ -204,6 +208,6 @@ def _run_agent(app: faust.App, agent: Agent, handler: AgentHandler, runner: Even
     )
 
     async def process(stream: StreamT[Any]) -> None:
-        await runner.consume(stream, handler)
+        await runner.consume(ArrivedEvents(stream), handler)
 
     app.agent(source, name=agent.name)(process)

@@ -4,20 +4,24 @@ loses events around a rebalance, fixed here.
 
 The internals used (tests/unit/streaming/test_faust_internals.py fails on another Faust
 version, so each is checked again before an upgrade):
-- ``faust.streams._current_event``: tables take the partition of a read or write from
-  the current event (``bind_event``);
 - ``Store._db_for_partition`` and ``Store._dbs``: the bulk restore writes into the
-  RocksDB databases Faust opens (``partition_db``), a view reads a partition this worker
+  RocksDB databases Faust opens (``partition_db``), the agents read and store their rows
+  there (``partition_reader``, ``write_partition``), a view reads a partition this worker
   does not own (``read_partition``), and copies of partitions no longer held are removed
   (``drop_partition``);
 - ``Recovery.on_rebalance``: the bulk restore of the assigned partitions runs first;
 - ``Web.web_app``: the aiohttp application our routes are added to (``aiohttp_app``);
+- ``Service.wait_first`` as Faust's fetch loop uses it for each message
+  (``PipelineConsumer.wait_first``);
 - the aiokafka consumer behind Faust's (``Consumer._thread``) and its subscription state:
   each assigned partition's fetch position and high watermark, for the lag metrics
   (``fetch_states``);
 - ``App._new_transport``, ``app._fetcher``, ``Recovery.on_recovery_completed``, the
   aiokafka driver's consumer thread, ``Consumer.ack`` and ``Consumer._committed_offset``:
-  the fixes below.
+  the fixes below;
+- the agent stream's channel queue (a ``ThrowableQueue``) and what Faust's
+  stream iterator (``Stream._py_aiter``, compiled as ``faust._cython.streams``) does with
+  each event it takes: the agents take their events in bulk (``ArrivedEvents``).
 
 The first two were found by the crash soak (tests/integration/test_crash_soak.py), the
 others by the rolling restart (tests/integration/test_rolling_restart.py): after a few
@@ -67,8 +71,10 @@ and the group had nothing left to read (or stopped committing a partition).
    A Faust stream acknowledges each message it skips (of an older generation, or read
    while the flow is stopped) as if it had been processed. Its offset then counts toward
    the next commit, and a commit before the seek back (the commit timer runs throughout)
-   covers an event no agent handled. Here an acknowledgement counts only for a message a
-   stream handed out (Faust marks those ``tracked``).
+   covers an event no agent handled. Our agents take their events through
+   ``ArrivedEvents``, which leaves such messages alone; for any stream iterated the Faust
+   way, an acknowledgement counts here only for a message it handed out (marked
+   ``tracked``).
 
 ``FixedFaustApp`` (the base of every app of ours) uses them all: its transport, and the
 ``TableManager`` it is created with.
@@ -79,7 +85,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import weakref
+import types
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, cast
@@ -87,14 +94,16 @@ from typing import Any, ClassVar, Protocol, cast
 import aiokafka
 import faust
 from aiohttp import web
-from faust.streams import _current_event
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, AppT, EventT, Message
+from faust.types import TP, AppT, EventT, Message, StreamT
 from faust.types.transports import ConsumerT, TransportT
-from rocksdict import Rdict
+from mode.services import WaitArgT, WaitResults
+from mode.utils.queues import ThrowableQueue
+from mode.utils.times import Seconds
+from rocksdict import Rdict, WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +143,56 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             )
             return False
         return super().ack(message)
+
+    async def wait_first(self, *coros: WaitArgT, timeout: Seconds | None = None) -> WaitResults:
+        """``Service.wait_first`` without its tasks when the first coroutine finishes
+        without waiting.
+
+        Faust's fetch loop (``Consumer._drain_messages``) hands each message to the
+        agents' queues through ``wait_first(deliver(message), suspend_flow.wait())``, so
+        that a stop of the flow abandons a delivery waiting for room: four tasks and an
+        ``asyncio.wait`` per message, the largest cost of a worker after the batching.
+        A delivery almost never waits. Run to its first wait here, one that finished is
+        the sole winner (the tasks would start it first too); one that waits goes on as
+        Faust's, racing the flow stop, the service's stop and crash.
+        """
+        if timeout is not None:
+            return await super().wait_first(*coros, timeout=timeout)
+        first, *others = coros
+        if not asyncio.iscoroutine(first) or self._stopped.is_set() or self._crashed.is_set():
+            return await super().wait_first(*coros)
+        try:
+            awaited = first.send(None)
+        except StopIteration as finished:
+            for other in others:
+                if asyncio.iscoroutine(other):
+                    other.close()  # never started, as the loser's task is cancelled
+            return WaitResults([first], [finished.value], False)
+        return await super().wait_first(_resume(first, awaited), *others)
+
+
+async def _resume(coroutine: Coroutine[Any, Any, Any], awaited: Any) -> Any:
+    """Await ``coroutine``, already started and now waiting on ``awaited``."""
+    return await _drive(coroutine, awaited)
+
+
+@types.coroutine
+def _drive(coroutine: Coroutine[Any, Any, Any], awaited: Any) -> Generator[Any, Any, Any]:
+    # What ``await`` does with a coroutine, from its first wait on: hand each awaited
+    # future to the task and the outcome back to the coroutine.
+    while True:
+        try:
+            sent = yield awaited
+        except BaseException as error:  # the task was cancelled (or thrown into)
+            try:
+                awaited = coroutine.throw(error)
+            except StopIteration as finished:
+                return finished.value
+        else:
+            try:
+                awaited = coroutine.send(sent)
+            except StopIteration as finished:
+                return finished.value
 
 
 class PipelineTransport(faust_aiokafka.Transport):
@@ -249,17 +308,100 @@ class FixedFaustApp(faust.App):
         return PipelineTransport(urls, self)
 
 
-def bind_event(event: EventT[Any]) -> None:
-    """Make ``event`` Faust's current event. Tables take the partition of a read or
-    write (which RocksDB database, which changelog partition) from the current
-    event; in a batch, each row is read and written under the event that changed it.
+class ArrivedEvents:
+    """An agent's events, taken in bulk from the queue its Faust stream reads, with what
+    the stream's iterator does for each event, done here for a batch.
+
+    Faust's stream hands out one event per step, with an ``await sleep(0)``, sensors, a
+    context variable and its bookkeeping each time: most of a worker's time once the
+    rest was batched. Taken here, as there, are only the events of the current consumer
+    generation while the flow is on (a fetch from before a rebalance may still be queued).
+    The others are left alone: never tracked nor acknowledged, they are fetched again
+    from the committed offset. Acknowledging one would let the commit skip past it.
+    Each event taken is tracked (a revocation waits until every tracked message was
+    acknowledged), and its message-in sensor called; ``ack`` acknowledges as the stream's
+    does. The stream's per-event sensors (``on_stream_event_in/out``, Faust's monitor)
+    are not called: nothing reads them.
     """
-    _current_event.set(weakref.ref(event))
+
+    def __init__(self, stream: StreamT[Any]) -> None:
+        app = stream.app
+        self.app = app
+        # The clone the agent's stream iterates; the conductor fills its queue.
+        self.queue: ThrowableQueue[EventT[Any]] = stream.channel.queue  # type: ignore[attr-defined]
+        self.consumer = app.consumer
+        self.acks_enabled_for = app.topics.acks_enabled_for
+        self.on_message_out = app.sensors.on_message_out
+
+    async def take(self, limit: int) -> list[EventT[Any]]:
+        """The events waiting, at least one (waited for), at most ``limit``; none once
+        the agent is stopping."""
+        queue = self.queue
+        while True:
+            try:
+                # Raises what was thrown into the channel, as the stream does.
+                taken = [await queue.get()]
+            except StopAsyncIteration:  # the actor's cancel(): the stream's end
+                return []
+            while len(taken) < limit and queue.qsize():
+                taken.append(queue.get_nowait())
+            events = self._current(taken)
+            if events:
+                return events
+
+    def _current(self, taken: list[EventT[Any]]) -> list[EventT[Any]]:
+        """The events of ``taken`` to process, now tracked. Taken without a pause, so
+        the flow and the generation are the same for them all."""
+        app = self.app
+        if not app.flow_control.is_active():
+            return []
+        generation = app.consumer_generation_id
+        events = []
+        track = self.consumer.track_message
+        acks_enabled_for = self.acks_enabled_for
+        for event in taken:
+            message = event.message
+            if message.generation_id != generation:
+                continue
+            if not message.tracked and acks_enabled_for(message.topic):
+                message.tracked = True
+                track(message)  # into the unacked set; the message-in sensor
+            events.append(event)
+        return events
+
+    def ack(self, event: EventT[Any]) -> None:
+        """Acknowledge ``event`` (its offset may now be committed), as the stream does."""
+        if event.ack():
+            message = event.message
+            self.on_message_out(message.tp, message.offset, message)
 
 
 def partition_db(store: Any, partition: int) -> Rdict:
     """The RocksDB database of one partition of a table's store (opened if need be)."""
     return cast(Rdict, store._db_for_partition(partition))
+
+
+def write_partition(store: Any, partition: int, rows: Iterable[tuple[bytes, bytes]]) -> None:
+    """Store ``rows`` (key, value) in one partition of a table's store: one RocksDB write
+    batch, where the table's own writes cost a put each through its codecs."""
+    if not hasattr(store, "_db_for_partition"):  # memory://: one dict for every partition
+        for key, value in rows:
+            store[key] = value
+        return
+    batch = WriteBatch(raw_mode=True)
+    for key, value in rows:
+        batch.put(key, value)
+    partition_db(store, partition).write(batch)
+
+
+def partition_reader(store: Any) -> Callable[[int, bytes], bytes | None]:
+    """Reads a key in one partition this worker owns of a table's store, straight from
+    its RocksDB database (the table's own read takes the partition from Faust's current
+    event, through its codecs and sensors)."""
+    if not hasattr(store, "_db_for_partition"):  # memory://: one dict for every partition
+        return lambda partition, key: cast(bytes | None, store.get(key))
+    db_for_partition = store._db_for_partition
+    return lambda partition, key: cast(bytes | None, db_for_partition(partition).get(key))
 
 
 def read_partition(store: Any, partition: int, key: bytes) -> bytes | None:

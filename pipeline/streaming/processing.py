@@ -35,7 +35,9 @@ the dead-letter topic at once.
 
 Faust's own ``take_events`` is not used: in a SIGKILL crash test a worker batching
 with it never processed one stock_adjusted message (compare robinhood/faust issue
-656 on ``take()``); here the agent iterates the stream itself with manual acks.
+656 on ``take()``); here the agent takes what waits in its stream's queue itself, as the
+stream's own iterator would, and acknowledges each event once its batch settled
+(pipeline.streaming.faust_internals.ArrivedEvents).
 """
 
 from __future__ import annotations
@@ -44,15 +46,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
-from faust.streams import Stream
-from faust.types import TP, EventT, Message, StoreT, StreamT, TableT
+from faust.types import TP, EventT, Message, StoreT, TableT
 
 from pipeline.domain.encoding import EncodingError
 from pipeline.serde.errors import PipelineCodecError, RegistryUnavailable
 from pipeline.streaming.dead_letters import DeadLetters, error_class_of
-from pipeline.streaming.faust_internals import bind_event
+from pipeline.streaming.faust_internals import partition_reader, write_partition
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.producer import Delivered, Outgoing
 from pipeline.streaming.topology import UndeclaredTopic
@@ -78,10 +79,11 @@ class RowBatch(Generic[Row]):
     once the batch's derived events were acknowledged, and written to the table's
     store once the changelog records were acknowledged too.
 
-    Rows go to the store directly, not through the table (which would send each
-    changelog record again through Faust's producer). Each record goes to the
-    partition of the event that changed the row, as Faust's own table writes do, and
-    the store remembers the last changelog offset it holds, as after Faust's writes.
+    Rows go to the store directly, in one write per partition, not through the table
+    (which would send each changelog record again through Faust's producer). Each
+    record goes to the partition of the event that changed the row, as Faust's own
+    table writes do, and the store remembers the last changelog offset it holds, as
+    after Faust's writes.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class RowBatch(Generic[Row]):
         previous: Prepared | None = None,
     ) -> None:
         self.store = cast(StoreT[bytes, bytes], table.data)
+        self.read = partition_reader(self.store)
         self.changelog_topic = table.changelog_topic.get_topic_name()
         self.decode = decode
         self.encode = encode
@@ -110,9 +113,7 @@ class RowBatch(Generic[Row]):
             pending = self.previous.pending.get(key)
         if pending is not None:
             return pending[0]
-        bind_event(event)
-        # From the store: the table's own get adds a membership test and sensors.
-        stored = self.store.get(key)
+        stored = self.read(event.message.partition, key)
         return self.decode(stored) if stored is not None else None
 
     def put(self, key: bytes, row: Row, event: Event) -> None:
@@ -136,12 +137,15 @@ class RowBatch(Generic[Row]):
     def write(self, delivered: Delivered) -> None:
         """Store the rows, now that their changelog records were ``delivered`` (a send
         of their own: every partition in it is a changelog partition)."""
-        store = self.store
-        for record, (_, event) in zip(self.changelog, self.pending.values(), strict=True):
-            bind_event(event)
-            store[record.key] = record.value
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for record in self.changelog:
+            by_partition.setdefault(cast(int, record.partition), []).append(
+                (record.key, record.value)
+            )
+        for partition, rows in by_partition.items():
+            write_partition(self.store, partition, rows)
         for (topic, partition), offset in delivered.items():
-            store.set_persisted_offset(TP(topic, partition), offset)
+            self.store.set_persisted_offset(TP(topic, partition), offset)
 
 
 @dataclass
@@ -194,6 +198,20 @@ def by_topic(events: Sequence[Event]) -> tuple[dict[str, int], dict[str, float]]
     return counts, oldest
 
 
+class Arrivals(Protocol):
+    """Where an agent's events come from (pipeline.streaming.faust_internals.ArrivedEvents:
+    Faust's, in bulk)."""
+
+    async def take(self, limit: int) -> list[Event]:
+        """The events that arrived, at least one (waited for), at most ``limit``; none
+        once the agent stops."""
+        ...
+
+    def ack(self, event: Event) -> None:
+        """``event`` was processed: its offset may be committed."""
+        ...
+
+
 @dataclass
 class InFlight:
     events: list[Event]
@@ -210,44 +228,21 @@ class EventRunner:
     backoff: Sequence[float] = field(default=(0.1, 0.5, 2.0))
     max_batch: int = MAX_BATCH
 
-    async def consume(self, stream: StreamT[Any], handler: BatchHandler) -> None:
-        """Handle the agent's stream for as long as it runs."""
-        # noack is on the concrete Stream only (not on StreamT).
-        manual = cast(Stream[Any], stream).noack()
-        # A task of its own reads the stream into a small queue: the loop below then
-        # never waits on Faust's stream while it holds events it has not acknowledged.
-        # (At a rebalance Faust empties its queues and stops the flow, then waits for every
-        # event handed out to be acknowledged: a loop waiting for the next event with a
-        # partial batch in hand would wait for ever.)
-        arrived: asyncio.Queue[Event] = asyncio.Queue(maxsize=2 * self.max_batch)
-
-        async def read() -> None:
-            async for event in manual.events():
-                await arrived.put(event)
-
-        reader = asyncio.ensure_future(read())
+    async def consume(self, arrivals: Arrivals, handler: BatchHandler) -> None:
+        """Handle the agent's events for as long as it runs."""
+        # Waits for events only with none in hand but the batch in flight, which settles
+        # on its own: at a rebalance Faust stops the flow, then waits for every event
+        # handed out to be acknowledged, so nothing may wait holding one.
         in_flight: InFlight | None = None
-        try:
-            while True:
-                first = asyncio.ensure_future(arrived.get())
-                await asyncio.wait({first, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if not first.done():  # the stream ended (or failed: raise its error)
-                    first.cancel()
-                    reader.result()
-                    break
-                batch = [first.result()]
-                while len(batch) < self.max_batch and not arrived.empty():
-                    batch.append(arrived.get_nowait())
-                self.metrics.batch_size.observe(len(batch))
-                in_flight = await self._advance(manual, in_flight, batch, handler)
-        finally:
-            reader.cancel()
+        while batch := await arrivals.take(self.max_batch):
+            self.metrics.batch_size.observe(len(batch))
+            in_flight = await self._advance(arrivals, in_flight, batch, handler)
         if in_flight is not None:
-            await self._finish(manual, in_flight, handler)
+            await self._finish(arrivals, in_flight, handler)
 
     async def _advance(
         self,
-        stream: StreamT[Any],
+        arrivals: Arrivals,
         in_flight: InFlight | None,
         batch: list[Event],
         handler: BatchHandler,
@@ -259,9 +254,9 @@ class EventRunner:
             raise
         except Exception as error:
             if in_flight is not None:
-                await self._finish(stream, in_flight, handler)
+                await self._finish(arrivals, in_flight, handler)
             log.warning("batch of %d failed (%r): handling it event by event", len(batch), error)
-            await self._one_by_one(stream, batch, handler)
+            await self._one_by_one(arrivals, batch, handler)
             return None
         if in_flight is not None:
             undelivered = await in_flight.settled
@@ -273,28 +268,26 @@ class EventRunner:
                     len(in_flight.events),
                     undelivered,
                 )
-                await self._one_by_one(stream, in_flight.events, handler)
-                await self._one_by_one(stream, batch, handler)
+                await self._one_by_one(arrivals, in_flight.events, handler)
+                await self._one_by_one(arrivals, batch, handler)
                 return None
         # Settles in a task of its own: while the agent waits for its next event, a
         # rebalance waits for every event handed out to be acknowledged, and this batch's
         # would otherwise never be.
-        settled = asyncio.ensure_future(self._settle(stream, batch, prepared))
+        settled = asyncio.ensure_future(self._settle(arrivals, batch, prepared))
         return InFlight(batch, prepared, settled)
 
     async def _settle(
-        self, stream: StreamT[Any], events: Sequence[Event], prepared: Prepared
+        self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared
     ) -> Exception | None:
         try:
             await prepared.complete()
         except Exception as error:
             return error
-        await self._acknowledge(stream, events)
+        self._acknowledge(arrivals, events)
         return None
 
-    async def _finish(
-        self, stream: StreamT[Any], in_flight: InFlight, handler: BatchHandler
-    ) -> None:
+    async def _finish(self, arrivals: Arrivals, in_flight: InFlight, handler: BatchHandler) -> None:
         undelivered = await in_flight.settled
         if undelivered is not None:
             log.warning(
@@ -302,19 +295,20 @@ class EventRunner:
                 len(in_flight.events),
                 undelivered,
             )
-            await self._one_by_one(stream, in_flight.events, handler)
+            await self._one_by_one(arrivals, in_flight.events, handler)
 
-    async def _acknowledge(self, stream: StreamT[Any], events: Sequence[Event]) -> None:
+    def _acknowledge(self, arrivals: Arrivals, events: Sequence[Event]) -> None:
         self.metrics.batch_settled(*by_topic(events))
+        ack = arrivals.ack
         for event in events:
-            await stream.ack(event)
+            ack(event)
 
     async def _one_by_one(
-        self, stream: StreamT[Any], events: Sequence[Event], handler: BatchHandler
+        self, arrivals: Arrivals, events: Sequence[Event], handler: BatchHandler
     ) -> None:
         for event in events:
             await self.run(event, handler)
-            await stream.ack(event)
+            arrivals.ack(event)
 
     async def run(self, event: Event, handler: BatchHandler) -> None:
         """One event, completed before returning: retried, else dead-lettered."""

@@ -5,32 +5,38 @@ import hashlib
 import inspect
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 from unittest.mock import AsyncMock, MagicMock, Mock
 
 import faust
+import faust._cython as faust_cython
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer.subscription_state import SubscriptionState
 from faust.streams import Stream
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer as BaseConsumer
+from faust.transport.consumer import ConsumerMessage
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
-from faust.types import TP
-from faust.types.tuples import ConsumerMessage
+from faust.types import TP, EventT, StreamT
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from pipeline.services import shop
 from pipeline.settings import Settings
 from pipeline.streaming.app import create_app
 from pipeline.streaming.faust_internals import (
     FAUST_VERSION,
+    ArrivedEvents,
     FetchState,
     PipelineConsumer,
     PipelineConsumerThread,
     PipelineRecovery,
     PipelineTransport,
     fetch_states,
+    partition_reader,
+    write_partition,
 )
 
 # Faust's code that pipeline.streaming.faust_internals replaces or relies on; a Faust upgrade
@@ -50,9 +56,14 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     AIOKafkaConsumer.seek_to_committed: (
         "f6cd85c8b70a4ccf7e862de24f6c5d985038eed3e140990f000aa4b52eda8d72"
     ),
-    # Acknowledges the messages it skips (fix 4), and marks those it hands out tracked.
+    # What ArrivedEvents does for a batch, the stream's iterator does per event; it also
+    # acknowledges the messages it skips (fix 4).
     Stream._py_aiter: "3a48ee257a65435b482d51edb74f2993a67867949b1ef89b49fea893769e0614",
+    Stream.ack: "32d7171a89b0931d806a87dc81dcba5673dd9702f8a6add8426e0e236b9e8fef",
 }
+# The compiled twin of Stream._py_aiter, the one Faust runs.
+CYTHON_STREAMS = Path(cast(str, faust_cython.__file__)).parent / "streams.pyx"
+CYTHON_STREAMS_DIGEST = "0041622f4a251188f53d73e6d51d18d16f0f427512df1e96c043cfdeea4c3250"
 
 
 def test_the_app_uses_the_fixes() -> None:
@@ -73,6 +84,9 @@ def test_the_fixes_match_the_installed_faust() -> None:
             f"Faust's {function.__qualname__} changed: "
             "compare it with pipeline.streaming.faust_internals"
         )
+    assert hashlib.sha256(CYTHON_STREAMS.read_bytes()).hexdigest() == CYTHON_STREAMS_DIGEST, (
+        "Faust's compiled stream iterator changed: compare it with ArrivedEvents"
+    )
 
 
 def fetching_thread(records: dict[TP, list[Any]]) -> tuple[PipelineConsumerThread, Mock]:
@@ -216,3 +230,157 @@ def test_fetch_states_read_aiokafkas_subscription_state() -> None:
 def test_fetch_states_before_the_consumer_started_are_none() -> None:
     app = SimpleNamespace(consumer=SimpleNamespace(_thread=SimpleNamespace(_consumer=None)))
     assert fetch_states(cast(Any, app)) == {}
+
+
+def arrived_events(
+    generation: int = 7, flowing: bool = True, acking: bool = True
+) -> tuple[ArrivedEvents, ThrowableQueue[EventT[Any]], Mock]:
+    """ArrivedEvents over a real channel queue; the app, its consumer and sensors mocked."""
+    flow = FlowControlEvent()
+    if flowing:
+        flow.resume()
+    queue: ThrowableQueue[EventT[Any]] = ThrowableQueue(maxsize=100, flow_control=flow)
+    app = Mock(consumer_generation_id=generation, flow_control=flow)
+    app.topics.acks_enabled_for = lambda topic: acking
+    stream = SimpleNamespace(app=app, channel=SimpleNamespace(queue=queue))
+    return ArrivedEvents(cast(StreamT[Any], stream)), queue, app
+
+
+def queued_event(queue: ThrowableQueue[EventT[Any]], offset: int, generation: int = 7) -> Mock:
+    message = ConsumerMessage(
+        "orders", 0, offset, 0.0, 0, None, b"k", b"v", None, generation_id=generation
+    )
+    event = Mock(message=message)
+    queue.put_nowait(event)
+    return event
+
+
+def test_arrived_events_are_taken_in_bulk_up_to_the_limit_and_tracked() -> None:
+    arrivals, queue, app = arrived_events()
+    queued = [queued_event(queue, offset) for offset in range(5)]
+
+    taken = asyncio.run(arrivals.take(3))
+
+    assert taken == queued[:3]
+    assert queue.qsize() == 2
+    assert all(event.message.tracked for event in taken)
+    assert [call.args[0] for call in app.consumer.track_message.call_args_list] == [
+        event.message for event in taken
+    ]
+
+
+def test_arrived_events_of_another_generation_or_while_stopped_are_never_tracked() -> None:
+    """A fetch from before a rebalance: fetched again from the committed offset, never
+    acknowledged (that would let the commit pass it)."""
+    arrivals, queue, app = arrived_events(generation=8)
+    stale = queued_event(queue, 0, generation=7)
+    current = queued_event(queue, 1, generation=8)
+    assert asyncio.run(arrivals.take(10)) == [current]
+    assert not stale.message.tracked
+    stale.ack.assert_not_called()
+
+    arrivals, queue, app = arrived_events(flowing=False)
+    stopped = queued_event(queue, 0)
+
+    async def take_while_stopped() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(arrivals.take(10), 0.05)
+
+    asyncio.run(take_while_stopped())
+    assert not stopped.message.tracked
+    app.consumer.track_message.assert_not_called()
+
+
+def test_arrived_events_end_when_the_actor_is_cancelled() -> None:
+    """Faust's Actor.cancel() throws StopAsyncIteration into the channel: the stream ends."""
+    arrivals, queue, _ = arrived_events()
+
+    async def cancelled_while_waiting() -> list[EventT[Any]]:
+        taking = asyncio.ensure_future(arrivals.take(10))
+        await asyncio.sleep(0)
+        queue._throw(StopAsyncIteration())
+        return await taking
+
+    assert asyncio.run(cancelled_while_waiting()) == []
+
+
+def test_an_acknowledged_event_calls_the_message_out_sensor_when_it_was_the_last() -> None:
+    arrivals, queue, app = arrived_events()
+    last, not_last = queued_event(queue, 0), queued_event(queue, 1)
+    last.ack.return_value, not_last.ack.return_value = True, False
+
+    arrivals.ack(last)
+    arrivals.ack(not_last)
+
+    app.sensors.on_message_out.assert_called_once_with(
+        last.message.tp, last.message.offset, last.message
+    )
+
+
+def fetch_loop_consumer() -> PipelineConsumer:
+    """A consumer (not started) as far as ``wait_first`` needs one."""
+    consumer = PipelineConsumer.__new__(PipelineConsumer)
+    consumer._stopped = asyncio.Event()
+    consumer._crashed = asyncio.Event()
+    consumer.loop = asyncio.get_running_loop()
+    return consumer
+
+
+def test_a_delivery_that_does_not_wait_wins_at_once_without_a_task() -> None:
+    async def scenario() -> None:
+        consumer = fetch_loop_consumer()
+        flow_stopped = asyncio.Event()
+        tasks_before = len(asyncio.all_tasks())
+
+        async def deliver() -> str:
+            assert len(asyncio.all_tasks()) == tasks_before
+            return "delivered"
+
+        delivery, stop = deliver(), flow_stopped.wait()
+        results = await consumer.wait_first(delivery, stop)
+        assert results == ([delivery], ["delivered"], False)
+        assert stop.cr_frame is None  # closed, never left waiting
+
+    asyncio.run(scenario())
+
+
+def test_a_delivery_that_waits_finishes_or_is_abandoned_when_the_flow_stops() -> None:
+    async def scenario() -> None:
+        consumer = fetch_loop_consumer()
+        flow_stopped = asyncio.Event()
+        room = asyncio.Event()
+        delivered: list[str] = []
+
+        async def deliver(name: str) -> str:
+            await asyncio.sleep(0)
+            await room.wait()
+            delivered.append(name)
+            return name
+
+        asyncio.get_running_loop().call_later(0.01, room.set)
+        results = await consumer.wait_first(deliver("first"), flow_stopped.wait())
+        assert results.results == ["first"] and not results.stopped
+        assert delivered == ["first"]
+
+        room.clear()
+        asyncio.get_running_loop().call_later(0.01, flow_stopped.set)
+        results = await consumer.wait_first(deliver("second"), flow_stopped.wait())
+        await asyncio.sleep(0.02)
+        room.set()
+        await asyncio.sleep(0.01)
+        assert delivered == ["first"]  # cancelled when the flow stopped
+
+    asyncio.run(scenario())
+
+
+def test_rows_written_in_one_batch_are_read_back_by_faust_and_by_partition(tmp_path: Path) -> None:
+    settings = Settings(app_id="unit", topic_prefix="unit.", data_dir=tmp_path)
+    app = create_app(shop(settings))
+    store = cast(Any, next(iter(app.pipeline_tables.values())).data)
+
+    write_partition(store, 2, [(b"u1", b"row 1"), (b"u2", b"row 2")])
+
+    assert store[b"u1"] == b"row 1" and store[b"u2"] == b"row 2"  # Faust's own read
+    read = partition_reader(store)
+    assert read(2, b"u2") == b"row 2"
+    assert read(1, b"u2") is None

@@ -1,4 +1,4 @@
-"""The agents' runner without a broker: a fake stream delivers events in arrivals (what
+"""The agents' runner without a broker: fake arrivals deliver events in arrivals (what
 is waiting in the channel's queue at once); a recording handler prepares batches whose
 delivery the test resolves or fails."""
 
@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
 from confluent_kafka import KafkaError
-from faust.types import StreamT
 
 from pipeline.serde.errors import NotConfluentFraming, RegistryUnavailable, UndecodableKey
 from pipeline.streaming.dead_letters import DeadLetters
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.processing import Event, EventRunner, Prepared, RowBatch, by_topic
+from pipeline.streaming.processing import (
+    Event,
+    EventRunner,
+    Prepared,
+    RowBatch,
+    by_topic,
+)
 from pipeline.streaming.producer import Delivered, DeliveryFailed, Outgoing
 from tests.unit.streaming.fakes import FakeTable
 
@@ -59,26 +64,29 @@ def runner(max_batch: int = 10) -> tuple[EventRunner, RecordingDeadLetters]:
     return event_runner, dead_letters
 
 
-class FakeStream:
-    """What the runner uses of a Faust stream: noack(), events() and ack()."""
+class FakeArrivals:
+    """``Arrivals`` of a list: each inner list arrives at once (all of it waits in the
+    queue), the next a moment after it was taken; then the end."""
 
     def __init__(self, arrivals: list[list[int]], log: list[str]) -> None:
-        # Each inner list arrives at once: all of it is waiting in the queue.
-        self.arrivals = arrivals
+        self.waiting = [events(*arrival) for arrival in arrivals]
         self.log = log
+        self.between = False
 
-    def noack(self) -> FakeStream:
-        return self
-
-    async def events(self) -> AsyncIterator[Event]:
-        for arrival in self.arrivals:
-            for event in events(*arrival):
-                yield event
+    async def take(self, limit: int) -> list[Event]:
+        if self.between:
             await asyncio.sleep(0.05)  # the next arrival comes once this one was handled
+        if not self.waiting:
+            return []
+        arrival = self.waiting[0]
+        batch, arrival[:] = arrival[:limit], arrival[limit:]
+        self.between = not arrival
+        if not arrival:
+            self.waiting.pop(0)
+        return batch
 
-    async def ack(self, event: Event) -> bool:
+    def ack(self, event: Event) -> None:
         self.log.append(f"ack {event.message.offset}")
-        return True
 
 
 class Handler:
@@ -139,8 +147,7 @@ def consume(
     arrivals: list[list[int]], handler: Handler, max_batch: int = 10
 ) -> RecordingDeadLetters:
     event_runner, dead_letters = runner(max_batch)
-    stream = FakeStream(arrivals, handler.log)
-    asyncio.run(event_runner.consume(cast(StreamT[Any], stream), handler))
+    asyncio.run(event_runner.consume(FakeArrivals(arrivals, handler.log), handler))
     return dead_letters
 
 
@@ -158,8 +165,7 @@ def test_batches_take_what_already_arrived_up_to_the_maximum() -> None:
 
 def test_batches_are_measured_once_each_size_and_latency() -> None:
     event_runner, _ = runner(max_batch=2)
-    stream = FakeStream([[1, 2, 3, 4, 5]], [])
-    asyncio.run(event_runner.consume(cast(StreamT[Any], stream), Handler([])))
+    asyncio.run(event_runner.consume(FakeArrivals([[1, 2, 3, 4, 5]], []), Handler([])))
     sample = event_runner.metrics.registry.get_sample_value
     assert sample("pipeline_batch_size_count") == 3
     assert sample("pipeline_batch_size_sum") == 5
@@ -207,7 +213,7 @@ def test_the_next_batch_is_prepared_while_one_is_in_flight_and_acks_follow_compl
 def test_a_batch_abandoned_mid_way_is_never_acknowledged() -> None:
     log: list[str] = []
     event_runner, _ = runner()
-    stream = FakeStream([[1, 2], [3]], log)
+    arrivals = FakeArrivals([[1, 2], [3]], log)
 
     async def crash_on_3(batch: Sequence[Event], in_flight: Prepared | None) -> Prepared:
         if batch[0].message.offset == 3:
@@ -217,7 +223,7 @@ def test_a_batch_abandoned_mid_way_is_never_acknowledged() -> None:
         return Prepared(done)
 
     with pytest.raises(asyncio.CancelledError):
-        asyncio.run(event_runner.consume(cast(StreamT[Any], stream), crash_on_3))
+        asyncio.run(event_runner.consume(arrivals, crash_on_3))
     assert log == ["ack 1", "ack 2"]
 
 
