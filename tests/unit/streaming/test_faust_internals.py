@@ -8,11 +8,14 @@ from types import SimpleNamespace
 from typing import Any, cast
 from unittest.mock import AsyncMock, MagicMock, Mock
 
+import aiokafka
 import faust
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.consumer.subscription_state import SubscriptionState
 from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.types import TP
 
@@ -22,11 +25,16 @@ from pipeline.streaming.app import create_app
 from pipeline.streaming.faust_internals import (
     FAUST_VERSION,
     FetchState,
+    GroupMember,
     PipelineConsumer,
     PipelineConsumerThread,
     PipelineRecovery,
     PipelineTransport,
+    TransactionalConsumer,
+    TransactionalConsumerThread,
+    TransactionalTransport,
     fetch_states,
+    group_member,
 )
 
 # Faust's code that pipeline.streaming.faust_internals replaces or relies on; a Faust upgrade
@@ -41,6 +49,16 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     Consumer._new_consumer_thread: (
         "0870ec53dea75083995e3565c0f0a25a1c63ecceaeb238e92e2585e3623af5a9"
     ),
+    # exactly_once: the consumer made read_committed, Faust's commit replaced, the group
+    # membership read from aiokafka's coordinator.
+    AIOKafkaConsumerThread._create_worker_consumer: (
+        "c2701bfc3e6f6cad95c2be36d6a255a86e2c57d18d36cc1082b5fb5c482d99d7"
+    ),
+    FaustConsumer.commit: "a354437baaa08bf8096d978ca195963e22f7a497d18392960dd53dacb7c9f2d8",
+    aiokafka.AIOKafkaConsumer.__init__: (
+        "01506f316191f7c99c785bec915756d1560029a6fad75cba6f4da71e343a8163"
+    ),
+    GroupCoordinator.__init__: "9e729f077efc4f3a4f3e672047bcdde1f557517f9417415245af851ac25e44fd",
 }
 
 
@@ -162,3 +180,34 @@ def test_fetch_states_read_aiokafkas_subscription_state() -> None:
 def test_fetch_states_before_the_consumer_started_are_none() -> None:
     app = SimpleNamespace(consumer=SimpleNamespace(_thread=SimpleNamespace(_consumer=None)))
     assert fetch_states(cast(Any, app)) == {}
+
+
+def test_under_exactly_once_the_consumer_reads_committed_records_and_faust_commits_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = create_app(shop(Settings(app_id="unit", processing_guarantee="exactly_once")))
+    assert isinstance(app.transport, TransactionalTransport)
+    assert app.transport.Consumer is TransactionalConsumer
+
+    async def made() -> Any:
+        # What Faust makes (read_uncommitted), as aiokafka keeps it until its Fetcher starts.
+        made = aiokafka.AIOKafkaConsumer(isolation_level="read_uncommitted")
+        monkeypatch.setattr(
+            PipelineConsumerThread, "_create_worker_consumer", lambda self, transport: made
+        )
+        thread = TransactionalConsumerThread.__new__(TransactionalConsumerThread)
+        return thread._create_worker_consumer(cast(Any, None))
+
+    assert asyncio.run(made())._isolation_level == "read_committed"
+    assert asyncio.run(TransactionalConsumer.commit(cast(Any, None))) is False
+
+
+def test_the_group_membership_is_read_from_aiokafkas_coordinator() -> None:
+    coordinator = GroupCoordinator.__new__(GroupCoordinator)
+    coordinator.group_id, coordinator.generation, coordinator.member_id = "unit", 4, "m-1"
+    coordinator._group_instance_id = "worker-1"
+    consumer = SimpleNamespace(_coordinator=coordinator)
+    app = SimpleNamespace(consumer=SimpleNamespace(_thread=SimpleNamespace(_consumer=consumer)))
+    assert group_member(cast(Any, app)) == GroupMember("unit", 4, "m-1", "worker-1")
+    idle = SimpleNamespace(consumer=SimpleNamespace(_thread=SimpleNamespace(_consumer=None)))
+    assert group_member(cast(Any, idle)) is None

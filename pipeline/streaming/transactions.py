@@ -1,0 +1,352 @@
+"""Exactly-once processing (``PIPELINE_PROCESSING_GUARANTEE=exactly_once``): every
+worker's outputs and consumed offsets in Kafka transactions of its own.
+
+Faust's ``exactly_once`` is not used (it opens a transaction per source partition and
+fails for topics the app does not consume, pipeline.streaming.app). Instead, as Kafka
+Streams' ``exactly_once_v2`` does (KIP-447):
+
+- **One transactional producer per worker**, with a ``transactional.id`` that stays the
+  same across restarts of the worker (``transactional_id``): starting it aborts what
+  the previous incarnation left open, and fences that incarnation's producer out.
+- **A transaction spans a commit interval** (``PIPELINE_COMMIT_INTERVAL_MS``), across the
+  batches of every agent of the worker. A batch prepares without sending anything; when
+  it settles (pipeline.streaming.processing's ``Settlement``), its derived events, dead
+  letters and changelog records are handed to the producer inside the open transaction,
+  in one step with its events' offsets (so no commit can fall between them). At the end
+  of the interval the offsets are sent to the transaction with the consumer group's
+  metadata and the transaction is committed: a ``read_committed`` consumer sees all of
+  it or nothing.
+- **Rows reach the store only after their transaction committed.** Until then the batches
+  read after them find them in the settlement's ``unsettled`` rows; the events are
+  acknowledged to Faust (which commits nothing itself in this mode,
+  pipeline.streaming.faust_internals) only after the commit too, so a rebalance, which
+  waits for every event handed out to be acknowledged, waits for the commit.
+- **Fencing.** The offsets carry the group generation, member id and group instance id
+  the worker's aiokafka consumer holds (``group_metadata``): a worker whose membership
+  the group has moved past (a zombie, paused past its session timeout) has its
+  ``TxnOffsetCommit`` rejected by the broker, and never gets a write committed. A
+  transaction whose membership changed while it was open, or that has none, is not
+  committed either.
+- **A failed transaction is a crash.** Aborting it leaves no trace in Kafka, but the worker
+  has moved its consumer positions past the events and holds their rows in memory; the
+  simplest state that is right is the one after a SIGKILL: the transaction is aborted,
+  the process exits (``EXIT_TRANSACTION_FAILED``), and the events are consumed again from
+  the committed offsets by whichever worker holds them next, their rows read back from the
+  store and changelog, which never saw the aborted ones. Transient broker errors are
+  retried by librdkafka first (and the commit itself while they are retriable).
+
+librdkafka only makes the group metadata from its own consumer, and aiokafka consumes
+here: ``group_metadata`` writes librdkafka's serialized form from aiokafka's
+membership. The format is librdkafka's own, undocumented
+(``rd_kafka_consumer_group_metadata_write`` in src/rdkafka_cgrp.c, "CGMDv2", unchanged
+since librdkafka 1.4 up to the 2.x confluent-kafka 2.16 bundles); ``check_group_metadata``
+compares it at start-up with what a real confluent-kafka consumer writes, and the worker
+refuses to start when they differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from faust.types import StoreT, StreamT
+
+from pipeline.settings import Settings
+from pipeline.streaming.dead_letters import DeadLetters
+from pipeline.streaming.faust_internals import GroupMember
+from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.processing import Event, Prepared, RowBatch
+from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing, producer_config
+
+log = logging.getLogger(__name__)
+
+# How a worker whose transaction failed exits (EX_TEMPFAIL: restart it).
+EXIT_TRANSACTION_FAILED = 75
+# The broker aborts a transaction left open this long (a worker that died with one open,
+# unless it restarts first under the same transactional id). Until then read_committed
+# readers of the partitions it wrote wait; it also bounds how long librdkafka retries a
+# send (a broker away) before the transaction fails.
+TRANSACTION_TIMEOUT_MS = 30_000
+# How long the start-up calls (init_transactions) and one commit may take.
+CALL_TIMEOUT_S = 30.0
+
+MAGIC = b"CGMDv2:"
+
+
+def group_metadata(member: GroupMember) -> bytes:
+    """``member`` as librdkafka serializes consumer group metadata
+    (``rd_kafka_consumer_group_metadata_write``): ``CGMDv2:``, the generation id as a
+    native-endian int32, the group id and the member id each NUL-terminated, then 1 when
+    there is no group instance id, else 0 and the id NUL-terminated."""
+    parts = [
+        MAGIC,
+        struct.pack("=i", member.generation_id),
+        member.group_id.encode() + b"\0",
+        member.member_id.encode() + b"\0",
+    ]
+    if member.group_instance_id is None:
+        parts.append(b"\x01")
+    else:
+        parts += [b"\x00", member.group_instance_id.encode() + b"\0"]
+    return b"".join(parts)
+
+
+class GroupMetadataMismatch(RuntimeError):
+    """This librdkafka serializes consumer group metadata otherwise than we do."""
+
+
+def check_group_metadata(config: Mapping[str, Any], group_id: str, instance: str | None) -> None:
+    """Refuse to run unless ``group_metadata`` writes exactly the bytes a confluent-kafka
+    consumer of the same group (and instance id) writes before it joins."""
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": group_id,
+            **({"group.instance.id": instance} if instance is not None else {}),
+        }
+    )
+    try:
+        theirs = consumer.consumer_group_metadata()
+    finally:
+        consumer.close()
+    ours = group_metadata(GroupMember(group_id, -1, "", instance))
+    if ours != theirs:
+        raise GroupMetadataMismatch(
+            f"librdkafka's consumer group metadata is {theirs!r}, ours {ours!r}: this "
+            "confluent-kafka serializes it otherwise, and exactly_once would commit offsets "
+            "without fencing; see pipeline.streaming.transactions"
+        )
+
+
+def transactional_id(settings: Settings) -> str:
+    """The same for every incarnation of a worker: its worker id, else its state dir."""
+    if settings.worker_id is not None:
+        return f"{settings.app_id}-{settings.worker_id}"
+    state = hashlib.sha256(str(settings.data_dir.absolute()).encode()).hexdigest()[:16]
+    return f"{settings.app_id}-{state}"
+
+
+def transactional_config(settings: Settings) -> dict[str, Any]:
+    return {
+        **producer_config(settings),
+        "transactional.id": transactional_id(settings),
+        "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+    }
+
+
+class TransactionalProducer(BatchProducer):
+    """The worker's producer with librdkafka's transactional calls (blocking: call them
+    off the event loop)."""
+
+    def init(self) -> None:
+        self._producer.init_transactions(CALL_TIMEOUT_S)
+
+    def begin(self) -> None:
+        """Local to librdkafka: no request."""
+        self._producer.begin_transaction()
+
+    def commit(self, offsets: Mapping[tuple[str, int], int], metadata: bytes) -> None:
+        """Add ``offsets`` (next offsets to consume) under the group ``metadata`` and commit,
+        retrying while librdkafka says the error is retriable."""
+        producer = self._producer
+        positions = [TopicPartition(topic, p, offset) for (topic, p), offset in offsets.items()]
+        deadline = time.monotonic() + CALL_TIMEOUT_S
+        if positions:
+            _retrying(
+                lambda: producer.send_offsets_to_transaction(positions, metadata, CALL_TIMEOUT_S),
+                deadline,
+            )
+        _retrying(lambda: producer.commit_transaction(CALL_TIMEOUT_S), deadline)
+
+    def abort(self, timeout: float) -> None:
+        self._producer.abort_transaction(timeout)
+
+
+def _retrying(call: Callable[[], None], deadline: float) -> None:
+    while True:
+        try:
+            call()
+            return
+        except KafkaException as error:
+            if not error.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            log.warning("transaction call failed, retrying: %s", error)
+
+
+@dataclass
+class Settled:
+    """A batch (or a dead letter) in the open transaction, stored and acknowledged once
+    it committed."""
+
+    stream: StreamT[Any]
+    events: Sequence[Event]
+    rows: RowBatch[Any] | None = None
+    changelog: asyncio.Future[Delivered] | None = None
+
+
+@dataclass
+class Transaction:
+    """What one transaction holds: the batches settled in it and, per source partition,
+    the next offset to consume once it committed."""
+
+    member: GroupMember | None
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    batches: list[Settled] = field(default_factory=list)
+    deliveries: list[asyncio.Future[Delivered]] = field(default_factory=list)
+
+    def add(self, settled: Settled) -> None:
+        self.batches.append(settled)
+        offsets = self.offsets
+        for event in settled.events:
+            message = event.message
+            place = (message.topic, message.partition)
+            following = message.offset + 1
+            if following > offsets.get(place, -1):
+                offsets[place] = following
+
+    @property
+    def events(self) -> int:
+        return sum(len(batch.events) for batch in self.batches)
+
+    def fencing_error(self, now: GroupMember | None) -> str | None:
+        """Why the transaction must not be committed under the membership ``now``."""
+        if self.member is None or self.member.generation_id < 0 or not self.member.member_id:
+            return f"it was opened outside the group ({self.member})"
+        if now != self.member:
+            return f"the group membership changed from {self.member} to {now} while it was open"
+        return None
+
+
+class ExactlyOnce:
+    """The exactly-once ``Settlement`` (pipeline.streaming.processing): settles batches
+    into the worker's open transaction; ``commit`` (every commit interval) commits it."""
+
+    def __init__(
+        self,
+        producer: TransactionalProducer,
+        dead_letters: DeadLetters,
+        member: Callable[[], GroupMember | None],
+        metrics: Metrics,
+    ) -> None:
+        self.producer = producer
+        self.dead_letters = dead_letters
+        self.member = member
+        self.metrics = metrics
+        self._open: Transaction | None = None
+        # Settling and committing exclude each other: a batch's records and its offsets
+        # are in the same transaction.
+        self._lock = asyncio.Lock()
+        # By store (its id): the rows of batches settled in the open transaction.
+        self._unsettled: dict[int, dict[bytes, Any]] = {}
+
+    async def start(self) -> None:
+        """Fence out and abort what the worker's previous incarnation left open."""
+        await asyncio.to_thread(self.producer.init)
+
+    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+        """Nothing is sent while a batch is prepared: ``settle`` sends its records."""
+        done: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        done.set_result({})
+        return done
+
+    def unsettled(self, store: StoreT[bytes, bytes]) -> Mapping[bytes, Any] | None:
+        return self._unsettled.setdefault(id(store), {})
+
+    def _transaction(self) -> Transaction:
+        if self._open is None:
+            self.producer.begin()
+            self._open = Transaction(self.member())
+        return self._open
+
+    async def settle(
+        self, stream: StreamT[Any], events: Sequence[Event], prepared: Prepared
+    ) -> None:
+        rows = prepared.rows
+        async with self._lock:
+            transaction = self._transaction()
+            transaction.deliveries.append(await self.producer.send(prepared.derived))
+            settled = Settled(stream, events)
+            if rows is not None:
+                settled.rows = rows
+                settled.changelog = await self.producer.send(rows.changelog)
+                transaction.deliveries.append(settled.changelog)
+                unsettled = self._unsettled.setdefault(id(rows.store), {})
+                for key, (row, _) in rows.pending.items():
+                    unsettled[key] = row
+            transaction.add(settled)
+
+    async def dead_letter(
+        self, stream: StreamT[Any], event: Event, error: BaseException, attempts: int
+    ) -> None:
+        record = self.dead_letters.record(event.message, error, attempts)
+        async with self._lock:
+            transaction = self._transaction()
+            transaction.deliveries.append(await self.producer.send([record]))
+            transaction.add(Settled(stream, [event]))
+        self.dead_letters.report(event.message, error, attempts)
+
+    async def commit(self) -> None:
+        """Commit the open transaction with its offsets, then store its rows and
+        acknowledge its events; exit the worker if it cannot be committed."""
+        async with self._lock:
+            transaction = self._open
+            if transaction is None:
+                return
+            started = time.monotonic()
+            try:
+                for delivery in transaction.deliveries:
+                    await delivery
+                now = self.member()
+                refused = transaction.fencing_error(now)
+                if refused is not None:
+                    raise Fenced(refused)
+                assert now is not None
+                await asyncio.to_thread(
+                    self.producer.commit, transaction.offsets, group_metadata(now)
+                )
+            except Exception as error:
+                self._fail(error)
+            self._open = None
+            for batch in transaction.batches:
+                if batch.rows is not None and batch.changelog is not None:
+                    batch.rows.write(batch.changelog.result())
+            for rows in self._unsettled.values():
+                rows.clear()
+            self.metrics.transaction_committed(transaction.events, time.monotonic() - started)
+            for batch in transaction.batches:
+                for event in batch.events:
+                    await batch.stream.ack(event)
+
+    async def close(self) -> None:
+        """At shutdown: abort the open transaction (its events are consumed again by the
+        partitions' next owner, their outputs written once, by it)."""
+        async with self._lock:
+            if self._open is not None:
+                self._open = None
+                await asyncio.to_thread(self.producer.abort, CALL_TIMEOUT_S)
+
+    def _fail(self, error: BaseException) -> NoReturn:
+        log.critical(
+            "the transaction cannot be committed (%r): aborting it and exiting; its events "
+            "are consumed again from the committed offsets",
+            error,
+        )
+        try:
+            self.producer.abort(5.0)
+        except Exception as abort_error:  # fenced producers cannot abort: the broker will
+            log.error("abort failed too: %r", abort_error)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(EXIT_TRANSACTION_FAILED)
+
+
+class Fenced(RuntimeError):
+    """The worker is no longer the group member its transaction was opened under."""
