@@ -198,9 +198,11 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
             lambda: group_member(app),
             metrics,
         )
-        app.timer(settings.commit_interval_ms / 1000, name="commit_transaction")(
-            transactions.commit
-        )
+
+        async def commit_transactions() -> None:
+            await transactions.run(settings.commit_interval_ms / 1000)
+
+        app.task(commit_transactions)
         settlement = transactions
     else:
         settlement = AtLeastOnce(app.batch_producer, dead_letters)

@@ -227,7 +227,7 @@ class Transaction:
 
 class ExactlyOnce:
     """The exactly-once ``Settlement`` (pipeline.streaming.processing): settles batches
-    into the worker's open transaction; ``commit`` (every commit interval) commits it."""
+    into the worker's open transaction; ``run`` commits it every commit interval."""
 
     def __init__(
         self,
@@ -292,6 +292,13 @@ class ExactlyOnce:
             transaction.deliveries.append(await self.producer.send([record]))
             transaction.add(Settled(stream, [event]))
         self.dead_letters.report(event.message, error, attempts)
+
+    async def run(self, interval: float) -> None:
+        """Commit every ``interval`` seconds after the previous commit ended, for as long
+        as the worker runs."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.commit()
 
     async def commit(self) -> None:
         """Commit the open transaction with its offsets, then store its rows and
