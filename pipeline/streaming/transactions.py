@@ -64,7 +64,13 @@ from pipeline.streaming.dead_letters import DeadLetters
 from pipeline.streaming.faust_internals import GroupMember
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.processing import Event, Prepared, RowBatch
-from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing, producer_config
+from pipeline.streaming.producer import (
+    BatchProducer,
+    Delivered,
+    Outgoing,
+    ProducerRecord,
+    producer_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +233,12 @@ class Transaction:
 
 class ExactlyOnce:
     """The exactly-once ``Settlement`` (pipeline.streaming.processing): settles batches
-    into the worker's open transaction; ``run`` commits it every commit interval."""
+    into the worker's open transaction; ``run`` commits it every commit interval.
+
+    A commit does not hold up the agents: batches settled while it waits for the broker
+    are kept (their rows already readable by the batches after them) and handed to the
+    next transaction as soon as the commit returns (librdkafka takes no records for the
+    next transaction before)."""
 
     def __init__(
         self,
@@ -241,10 +252,13 @@ class ExactlyOnce:
         self.member = member
         self.metrics = metrics
         self._open: Transaction | None = None
-        # Settling and committing exclude each other: a batch's records and its offsets
-        # are in the same transaction.
+        # Set while the open transaction commits: what settles meanwhile waits here.
+        self._committing = False
+        self._waiting: list[tuple[Settled, Sequence[ProducerRecord]]] = []
+        # Handing a batch to the transaction and starting or ending a commit exclude each
+        # other: a batch's records and its offsets are in the same transaction.
         self._lock = asyncio.Lock()
-        # By store (its id): the rows of batches settled in the open transaction.
+        # By store (its id): the rows of batches settled and not stored yet.
         self._unsettled: dict[int, dict[bytes, Any]] = {}
 
     async def start(self) -> None:
@@ -260,38 +274,50 @@ class ExactlyOnce:
     def unsettled(self, store: StoreT[bytes, bytes]) -> Mapping[bytes, Any] | None:
         return self._unsettled.setdefault(id(store), {})
 
-    def _transaction(self) -> Transaction:
-        if self._open is None:
-            self.producer.begin()
-            self._open = Transaction(self.member())
-        return self._open
-
     async def settle(
         self, stream: StreamT[Any], events: Sequence[Event], prepared: Prepared
     ) -> None:
-        rows = prepared.rows
-        async with self._lock:
-            transaction = self._transaction()
-            transaction.deliveries.append(await self.producer.send(prepared.derived))
-            settled = Settled(stream, events)
-            if rows is not None:
-                settled.rows = rows
-                settled.changelog = await self.producer.send(rows.changelog)
-                transaction.deliveries.append(settled.changelog)
-                unsettled = self._unsettled.setdefault(id(rows.store), {})
-                for key, (row, _) in rows.pending.items():
-                    unsettled[key] = row
-            transaction.add(settled)
+        await self._add(Settled(stream, events, prepared.rows), prepared.derived)
 
     async def dead_letter(
         self, stream: StreamT[Any], event: Event, error: BaseException, attempts: int
     ) -> None:
-        record = self.dead_letters.record(event.message, error, attempts)
+        message = event.message
+        record = self.dead_letters.record(message, error, attempts)
+        await self._add(Settled(stream, [event]), [record])
+        self.dead_letters.report(message, error, attempts)
+
+    def _keep_rows(self, settled: Settled) -> None:
+        rows = settled.rows
+        if rows is not None:
+            unsettled = self._unsettled.setdefault(id(rows.store), {})
+            for key, (row, _) in rows.pending.items():
+                unsettled[key] = row
+
+    async def _add(self, settled: Settled, records: Sequence[ProducerRecord]) -> None:
         async with self._lock:
-            transaction = self._transaction()
-            transaction.deliveries.append(await self.producer.send([record]))
-            transaction.add(Settled(stream, [event]))
-        self.dead_letters.report(event.message, error, attempts)
+            self._keep_rows(settled)
+            if self._committing:
+                self._waiting.append((settled, records))
+            else:
+                await self._hand_over(settled, records)
+
+    async def _hand_over(self, settled: Settled, records: Sequence[ProducerRecord]) -> None:
+        """``records`` and the batch's changelog records into the open transaction, with
+        the batch's offsets (under the lock). A failure part-way through would leave part
+        of the batch in the transaction: the transaction has failed."""
+        try:
+            if self._open is None:
+                self.producer.begin()
+                self._open = Transaction(self.member())
+            transaction = self._open
+            transaction.deliveries.append(await self.producer.send(records))
+            if settled.rows is not None:
+                settled.changelog = await self.producer.send(settled.rows.changelog)
+                transaction.deliveries.append(settled.changelog)
+        except Exception as error:
+            self._fail(error)
+        transaction.add(settled)
 
     async def run(self, interval: float) -> None:
         """Commit every ``interval`` seconds after the previous commit ended, for as long
@@ -307,36 +333,42 @@ class ExactlyOnce:
             transaction = self._open
             if transaction is None:
                 return
-            started = time.monotonic()
-            try:
-                for delivery in transaction.deliveries:
-                    await delivery
-                now = self.member()
-                refused = transaction.fencing_error(now)
-                if refused is not None:
-                    raise Fenced(refused)
-                assert now is not None
-                await asyncio.to_thread(
-                    self.producer.commit, transaction.offsets, group_metadata(now)
-                )
-            except Exception as error:
-                self._fail(error)
+            self._committing = True
+        started = time.monotonic()
+        try:
+            for delivery in transaction.deliveries:
+                await delivery
+            now = self.member()
+            refused = transaction.fencing_error(now)
+            if refused is not None:
+                raise Fenced(refused)
+            assert now is not None
+            await asyncio.to_thread(self.producer.commit, transaction.offsets, group_metadata(now))
+        except Exception as error:
+            self._fail(error)
+        async with self._lock:
             self._open = None
+            self._committing = False
             for batch in transaction.batches:
                 if batch.rows is not None and batch.changelog is not None:
                     batch.rows.write(batch.changelog.result())
+            # Now in the store; what settled during the commit is still to be stored.
             for rows in self._unsettled.values():
                 rows.clear()
-            self.metrics.transaction_committed(transaction.events, time.monotonic() - started)
-            for batch in transaction.batches:
-                for event in batch.events:
-                    await batch.stream.ack(event)
+            waiting, self._waiting = self._waiting, []
+            for settled, records in waiting:
+                self._keep_rows(settled)
+                await self._hand_over(settled, records)
+        self.metrics.transaction_committed(transaction.events, time.monotonic() - started)
+        for batch in transaction.batches:
+            for event in batch.events:
+                await batch.stream.ack(event)
 
     async def close(self) -> None:
         """At shutdown: abort the open transaction (its events are consumed again by the
         partitions' next owner, their outputs written once, by it)."""
         async with self._lock:
-            if self._open is not None:
+            if self._open is not None and not self._committing:
                 self._open = None
                 await asyncio.to_thread(self.producer.abort, CALL_TIMEOUT_S)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,8 @@ def test_a_transaction_is_not_committed_under_another_membership() -> None:
 class RecordingProducer:
     log: list[Any] = field(default_factory=list)
     fail_commit: bool = False
+    # Set: a commit waits for it (in its thread, as librdkafka's does for the broker).
+    hold: threading.Event | None = None
 
     def begin(self) -> None:
         self.log.append("begin")
@@ -118,6 +121,8 @@ class RecordingProducer:
         return delivered
 
     def commit(self, offsets: Mapping[tuple[str, int], int], metadata: bytes) -> None:
+        if self.hold is not None:
+            self.hold.wait(5)
         if self.fail_commit:
             raise RuntimeError("fenced")
         self.log.append(("commit", dict(offsets), metadata))
@@ -232,3 +237,34 @@ def test_a_transaction_that_cannot_commit_is_aborted_and_nothing_is_stored(
     asyncio.run(scenario())
     assert producer.log[-1] == "abort"
     assert table.data == {} and stream.acked == []
+
+
+def test_a_batch_settled_during_a_commit_goes_into_the_next_transaction() -> None:
+    """The agents are not held up by a commit: their batches wait for the next
+    transaction, their rows readable meanwhile."""
+    producer, table, stream = RecordingProducer(), FakeTable(), RecordingStream()
+    producer.hold = threading.Event()
+    settlement = exactly_once(producer)
+    store = cast(Any, table.data)
+
+    async def scenario() -> None:
+        first, second = events(4), events(5)
+        rows = stock_rows(settlement, table, first[0], 5)
+        await settlement.settle(cast(StreamT[Any], stream), first, await rows.send([]))
+        committing = asyncio.ensure_future(settlement.commit())
+        await asyncio.sleep(0.05)  # the commit waits for the broker
+        later = stock_rows(settlement, table, second[0], -2)
+        assert later.pending[b"sku-1"][0] == 3
+        await settlement.settle(cast(StreamT[Any], stream), second, await later.send([]))
+        assert len(producer.log) == 3  # begin and the first batch's two sends: nothing new
+        producer.hold.set()
+        await committing
+        assert stream.acked == [4] and table.data == {b"sku-1": b"5"}
+        assert settlement.unsettled(store) == {b"sku-1": 3}  # the second, not stored yet
+        await settlement.commit()
+
+    asyncio.run(scenario())
+    names = [entry if isinstance(entry, str) else entry[0] for entry in producer.log[3:]]
+    assert names == ["commit", "begin", "send", "send", "commit"]
+    assert producer.log[-1][1] == {("order_created", 3): 6}
+    assert stream.acked == [4, 5] and table.data == {b"sku-1": b"3"}
