@@ -6,7 +6,10 @@ RocksDB tables from their changelogs (pipeline.streaming.restore). Each agent of
 the topology becomes a Faust agent over its source topics, read as raw bytes and
 handled in batches (pipeline.streaming.processing); each table a Faust table of
 raw bytes (pipeline.streaming.tables); the views and ingest routes are served by
-the app's web server (pipeline.web.server).
+the app's web server (pipeline.web.server). How batches settle is the processing
+guarantee's: under exactly_once, into the worker's Kafka transactions, committed by a
+task every commit interval (pipeline.streaming.transactions), with Faust's own commits
+off and its consumer reading committed records only.
 """
 
 from __future__ import annotations
