@@ -78,9 +78,11 @@ log = logging.getLogger(__name__)
 EXIT_TRANSACTION_FAILED = 75
 # The broker aborts a transaction left open this long (a worker that died with one open,
 # unless it restarts first under the same transactional id). Until then read_committed
-# readers of the partitions it wrote wait; it also bounds how long librdkafka retries a
-# send (a broker away) before the transaction fails.
-TRANSACTION_TIMEOUT_MS = 30_000
+# readers of the partitions it wrote wait. It also bounds how long librdkafka retries a
+# send while the broker is away (message.timeout.ms may not exceed it): a broker away
+# longer fails the transaction, and the worker exits to be restarted. The Java client's
+# default; 30 s was too short for a broker restart on a loaded machine here.
+TRANSACTION_TIMEOUT_MS = 60_000
 # How long the start-up calls (init_transactions) and one commit may take.
 CALL_TIMEOUT_S = 30.0
 

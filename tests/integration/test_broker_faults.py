@@ -26,6 +26,7 @@ from pipeline.dev.stack.launcher import Stack
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
 from pipeline.services import shop as shop_topology
 from pipeline.settings import read_env_file
+from pipeline.streaming.transactions import EXIT_TRANSACTION_FAILED
 from tests.integration.exactly_once import derived_tallies
 from tests.integration.harness import views_match
 
@@ -78,6 +79,17 @@ def assert_nothing_lost_or_doubled(
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def restarted_if_its_transaction_failed(worker: WorkerProcess) -> WorkerProcess:
+    """What a supervisor does: a worker under exactly_once whose transaction failed (the
+    broker away longer than the transaction timeout) exits with EXIT_TRANSACTION_FAILED,
+    and its replacement resumes from the committed offsets. Any other exit is a failure."""
+    if worker.running() or worker.process is None:
+        return worker
+    assert worker.process.returncode == EXIT_TRANSACTION_FAILED, worker.failure("exited")
+    print("\nthe worker's transaction failed while the broker was away: restarted")
+    return worker.replacement().start().wait_healthy()
+
+
 def test_the_only_broker_restarted_mid_stream(tmp_path: Path, guarantee: str) -> None:
     with own_stack(tmp_path / "stack", brokers=1) as stack:
         shop = shop_on(stack, tmp_path / "shop", "broker-restart", guarantee)
@@ -90,6 +102,7 @@ def test_the_only_broker_restarted_mid_stream(tmp_path: Path, guarantee: str) ->
                 stack.start_server("kafka-1")
                 back = time.monotonic()
                 report = sent.result()
+            worker = restarted_if_its_transaction_failed(worker)
             assert_nothing_lost_or_doubled(worker, shop, events, report)
             applied = time.monotonic() - back
             tallies = derived_tallies(shop.settings, events)
