@@ -78,7 +78,6 @@ def assert_nothing_lost_or_doubled(
         consumer.close()
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def restarted_if_its_transaction_failed(worker: WorkerProcess) -> WorkerProcess:
     """What a supervisor does: a worker under exactly_once whose transaction failed (the
     broker away longer than the transaction timeout) exits with EXIT_TRANSACTION_FAILED,
@@ -90,6 +89,7 @@ def restarted_if_its_transaction_failed(worker: WorkerProcess) -> WorkerProcess:
     return worker.replacement().start().wait_healthy()
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_the_only_broker_restarted_mid_stream(tmp_path: Path, guarantee: str) -> None:
     with own_stack(tmp_path / "stack", brokers=1) as stack:
         shop = shop_on(stack, tmp_path / "shop", "broker-restart", guarantee)
