@@ -158,7 +158,8 @@ class TransactionalProducer(BatchProducer):
         self._producer.init_transactions(CALL_TIMEOUT_S)
 
     def begin(self) -> None:
-        """Local to librdkafka: no request."""
+        """No request to the broker, but librdkafka waits for its main thread without a
+        timeout: call it off the event loop too."""
         self._producer.begin_transaction()
 
     def commit(self, offsets: Mapping[tuple[str, int], int], metadata: bytes) -> None:
@@ -310,7 +311,7 @@ class ExactlyOnce:
         of the batch in the transaction: the transaction has failed."""
         try:
             if self._open is None:
-                self.producer.begin()
+                await asyncio.to_thread(self.producer.begin)
                 self._open = Transaction(self.member())
             transaction = self._open
             transaction.deliveries.append(await self.producer.send(records))
