@@ -53,6 +53,7 @@ import os
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -263,10 +264,18 @@ class ExactlyOnce:
         self._lock = asyncio.Lock()
         # By store (its id): the rows of batches settled and not stored yet.
         self._unsettled: dict[int, dict[bytes, Any]] = {}
+        # librdkafka's transactional calls block: they run in a thread of their own, not
+        # the loop's default executor, where they would queue behind whatever else waits
+        # there (views ask for end offsets there, and while the broker is away hundreds of
+        # such calls can wait: the commit, and every acknowledgement, waited minutes).
+        self._calls = ThreadPoolExecutor(1, thread_name_prefix="transactions")
+
+    async def _call(self, function: Callable[..., None], *args: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._calls, function, *args)
 
     async def start(self) -> None:
         """Fence out and abort what the worker's previous incarnation left open."""
-        await asyncio.to_thread(self.producer.init)
+        await self._call(self.producer.init)
 
     async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
         """Nothing is sent while a batch is prepared: ``settle`` sends its records."""
@@ -311,7 +320,7 @@ class ExactlyOnce:
         of the batch in the transaction: the transaction has failed."""
         try:
             if self._open is None:
-                await asyncio.to_thread(self.producer.begin)
+                await self._call(self.producer.begin)
                 self._open = Transaction(self.member())
             transaction = self._open
             transaction.deliveries.append(await self.producer.send(records))
@@ -346,7 +355,7 @@ class ExactlyOnce:
             if refused is not None:
                 raise Fenced(refused)
             assert now is not None
-            await asyncio.to_thread(self.producer.commit, transaction.offsets, group_metadata(now))
+            await self._call(self.producer.commit, transaction.offsets, group_metadata(now))
         except Exception as error:
             self._fail(error)
         async with self._lock:
@@ -373,7 +382,7 @@ class ExactlyOnce:
         async with self._lock:
             if self._open is not None and not self._committing:
                 self._open = None
-                await asyncio.to_thread(self.producer.abort, CALL_TIMEOUT_S)
+                await self._call(self.producer.abort, CALL_TIMEOUT_S)
 
     def _fail(self, error: BaseException) -> NoReturn:
         log.critical(
