@@ -86,6 +86,10 @@ EXIT_TRANSACTION_FAILED = 75
 TRANSACTION_TIMEOUT_MS = 60_000
 # How long the start-up calls (init_transactions) and one commit may take.
 CALL_TIMEOUT_S = 30.0
+# A transaction not committed this long after its interval ended has failed, whatever
+# librdkafka is still waiting for (after a restart of the only broker, here, a commit
+# once waited for ever although the broker was back): the worker exits, to be restarted.
+COMMIT_DEADLINE_S = TRANSACTION_TIMEOUT_MS / 1000 + CALL_TIMEOUT_S
 
 MAGIC = b"CGMDv2:"
 
@@ -348,15 +352,8 @@ class ExactlyOnce:
             self._committing = True
         started = time.monotonic()
         try:
-            for delivery in transaction.deliveries:
-                await delivery
-            now = self.member()
-            refused = transaction.fencing_error(now)
-            if refused is not None:
-                raise Fenced(refused)
-            assert now is not None
-            await self._call(self.producer.commit, transaction.offsets, group_metadata(now))
-        except Exception as error:
+            await asyncio.wait_for(self._complete(transaction), COMMIT_DEADLINE_S)
+        except Exception as error:  # a TimeoutError too
             self._fail(error)
         async with self._lock:
             self._open = None
@@ -375,6 +372,18 @@ class ExactlyOnce:
         for batch in transaction.batches:
             for event in batch.events:
                 await batch.stream.ack(event)
+
+    async def _complete(self, transaction: Transaction) -> None:
+        """Wait for the transaction's records to be delivered, then commit it with its
+        offsets, under the membership it was opened in."""
+        for delivery in transaction.deliveries:
+            await delivery
+        now = self.member()
+        refused = transaction.fencing_error(now)
+        if refused is not None:
+            raise Fenced(refused)
+        assert now is not None
+        await self._call(self.producer.commit, transaction.offsets, group_metadata(now))
 
     async def close(self) -> None:
         """At shutdown: abort the open transaction (its events are consumed again by the
