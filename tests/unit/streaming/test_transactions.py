@@ -268,3 +268,22 @@ def test_a_batch_settled_during_a_commit_goes_into_the_next_transaction() -> Non
     assert names == ["commit", "begin", "send", "send", "commit"]
     assert producer.log[-1][1] == {("order_created", 3): 6}
     assert stream.acked == [4, 5] and table.data == {b"sku-1": b"3"}
+
+
+def test_a_commit_that_never_completes_fails_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transactions.os, "_exit", exit_raises)
+    monkeypatch.setattr(transactions, "COMMIT_DEADLINE_S", 0.1)
+    producer, table, stream = RecordingProducer(), FakeTable(), RecordingStream()
+    producer.hold = threading.Event()  # never set: the broker never answers
+    settlement = exactly_once(producer)
+
+    async def scenario() -> None:
+        rows = stock_rows(settlement, table, events(4)[0], 5)
+        await settlement.settle(cast(StreamT[Any], stream), events(4), await rows.send([]))
+        with pytest.raises(Exited):
+            await settlement.commit()
+
+    asyncio.run(scenario())
+    producer.hold.set()
+    assert producer.log[-1] == "abort"
+    assert table.data == {} and stream.acked == []
