@@ -2,6 +2,10 @@
 
     python -m bench all                          # every part, one table, bench/RESULTS.md
     python -m bench throughput --orders 20000    # one part, small, for a quick check
+    python -m bench --commit-interval-ms 100 throughput --no-bare --no-quix \
+        --guarantee at_least_once --guarantee exactly_once   # the cost of exactly-once
+    python -m bench sustained --no-quix --sustained-rate 500 \
+        --guarantee at_least_once --guarantee exactly_once
 
 Start a stack of its own first, so the shared one is left alone:
 
@@ -11,6 +15,7 @@ Start a stack of its own first, so the shared one is left alone:
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import tempfile
@@ -23,6 +28,7 @@ import click
 from bench import codec_part, latency, profile, recovery, scaling, sustained, throughput
 from bench.common import BENCH_DIR, Row, use_pipeline_commit
 from bench.report import publish
+from pipeline.settings import PROCESSING_GUARANTEES
 
 F = TypeVar("F", bound=Callable[..., Any])
 RESULTS = BENCH_DIR / "RESULTS.md"
@@ -47,6 +53,19 @@ def output_option(default: Path | None) -> Callable[[F], F]:
         show_default=True,
         help="Also write the table here as Markdown.",
     )
+
+
+def guarantee_option(func: F) -> F:
+    return click.option(
+        "--guarantee",
+        "guarantees",
+        type=click.Choice(PROCESSING_GUARANTEES),
+        multiple=True,
+        default=("at_least_once",),
+        show_default=True,
+        help="Run the pipeline worker under this processing guarantee (repeatable: each one, "
+        "interleaved, in one run).",
+    )(func)
 
 
 def size_options(func: F) -> F:
@@ -75,8 +94,17 @@ def size_options(func: F) -> F:
     show_default=True,
     help="Workers run pipeline/ as committed here (git archive), or 'worktree' as it is.",
 )
-def main(pipeline_commit: str) -> None:
+@click.option(
+    "--commit-interval-ms",
+    type=int,
+    default=None,
+    help="PIPELINE_COMMIT_INTERVAL_MS for the workers (exactly_once: the transactions' span).",
+)
+def main(pipeline_commit: str, commit_interval_ms: int | None) -> None:
     """Benchmarks of the pipeline on the local stack; each part alone or all of them."""
+    if commit_interval_ms is not None:
+        # Workers inherit the environment (bench.common.base_env).
+        os.environ["PIPELINE_COMMIT_INTERVAL_MS"] = str(commit_interval_ms)
     commit = use_pipeline_commit(pipeline_commit)
     print(f"workers run the pipeline at {commit}", flush=True)
 
@@ -84,12 +112,23 @@ def main(pipeline_commit: str) -> None:
 @main.command("throughput")
 @size_options
 @click.option("--quix/--no-quix", default=True, show_default=True, help="Run the Quix peer.")
+@click.option("--bare/--no-bare", default=True, show_default=True, help="Run the bare loops.")
+@guarantee_option
 @output_option(None)
 def throughput_command(
-    orders: int | None, repeats: int, users: int, skus: int, quix: bool, output: Path | None
+    orders: int | None,
+    repeats: int,
+    users: int,
+    skus: int,
+    quix: bool,
+    bare: bool,
+    guarantees: tuple[str, ...],
+    output: Path | None,
 ) -> None:
     """Part 1: one worker vs the bare loops (stateless, topology) vs the Quix Streams peer."""
-    rows = throughput.run(workdir(), orders, users, skus, repeats, quix=quix)
+    rows = throughput.run(
+        workdir(), orders, users, skus, repeats, quix=quix, guarantees=guarantees, bare=bare
+    )
     publish(rows, command_line(), output)
 
 
@@ -148,16 +187,20 @@ def sustained_options(func: F) -> F:
 @sustained_options
 @click.option("--repeats", default=1, show_default=True, help="Runs of each system at each rate.")
 @click.option("--quix/--no-quix", default=True, show_default=True, help="Run the Quix peer.")
+@guarantee_option
 @output_option(None)
 def sustained_command(
     sustained_rates: tuple[float, ...],
     sustained_seconds: float,
     repeats: int,
     quix: bool,
+    guarantees: tuple[str, ...],
     output: Path | None,
 ) -> None:
     """Offered rate against p50/p99 latency: one worker and the Quix peer, steady input."""
-    rows = sustained.run(workdir(), sustained_rates, sustained_seconds, repeats, quix=quix)
+    rows = sustained.run(
+        workdir(), sustained_rates, sustained_seconds, repeats, quix=quix, guarantees=guarantees
+    )
     publish(rows, command_line(), output)
 
 

@@ -90,9 +90,23 @@ def base_env() -> dict[str, str]:
     return {**read_env_file(stack_env_file()), **os.environ}
 
 
-def make_deployment(name: str, root: Path) -> Deployment:
+EXACTLY_ONCE = "exactly_once"
+
+
+def guarantee_of(system: str) -> str:
+    """A pipeline system's processing guarantee: "pipeline x1 exactly_once" runs under
+    exactly_once, "pipeline x1" under at_least_once."""
+    return EXACTLY_ONCE if system.endswith(EXACTLY_ONCE) else "at_least_once"
+
+
+def make_deployment(name: str, root: Path, guarantee: str = "at_least_once") -> Deployment:
     """A deployment of its own (app id and topic prefix) on the stack the settings name."""
-    return Deployment(name=name, root=root, base_env=base_env())
+    return Deployment(
+        name=name,
+        root=root,
+        base_env=base_env(),
+        extra_env={"PIPELINE_PROCESSING_GUARANTEE": guarantee},
+    )
 
 
 def prepare(deployment: Deployment) -> Codecs:

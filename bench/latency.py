@@ -32,6 +32,7 @@ from bench.common import (
     Offsets,
     Row,
     cores,
+    guarantee_of,
     make_deployment,
     median,
     order_stream,
@@ -132,7 +133,7 @@ def measure_once(
     root: Path, label: str, system: str, rate: float, seconds: float, grace: float = 15.0
 ) -> Live:
     """``system`` on a fresh deployment, offered ``rate`` orders/s for ``seconds``."""
-    deployment = make_deployment(f"bench-{run_id()}-{label}", root / label)
+    deployment = make_deployment(f"bench-{run_id()}-{label}", root / label, guarantee_of(system))
     codecs = prepare(deployment)
     names = deployment.names
     topic = names.order_created

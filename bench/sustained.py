@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import Row, cores, median
+from bench.common import EXACTLY_ONCE, Row, cores, median
 from bench.latency import PIPELINE, QUIX, WARMUP, Live, measure_once, raw_round_trip
 from bench.probe import ms
 
@@ -87,8 +87,12 @@ def run(
     seconds: float = 20.0,
     repeats: int = 1,
     quix: bool = True,
+    guarantees: Sequence[str] = ("at_least_once",),
 ) -> list[Row]:
-    systems = [PIPELINE] + ([QUIX] if quix else [])
+    pipelines = [
+        f"{PIPELINE} {EXACTLY_ONCE}" if g == EXACTLY_ONCE else PIPELINE for g in guarantees
+    ]
+    systems = pipelines + ([QUIX] if quix else [])
     rows = [raw_round_trip(root, PART)]
     results: dict[str, dict[float, list[Live]]] = {system: {} for system in systems}
     for rate in rates:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +26,14 @@ from pathlib import Path
 from bench import quix_env
 from bench.common import (
     BENCH_DIR,
+    EXACTLY_ONCE,
     Offsets,
     Preloaded,
     Row,
     Window,
     copy_topic,
     cores,
+    guarantee_of,
     make_deployment,
     median,
     preload_orders,
@@ -49,8 +52,9 @@ QUIX = "quix"
 BARE_MODULES = {BARE: "bench.bare", BARE_TOPOLOGY: "bench.bare_topology"}
 
 
-def pipeline_system(workers: int) -> str:
-    return f"pipeline x{workers}"
+def pipeline_system(workers: int, guarantee: str = "at_least_once") -> str:
+    name = f"pipeline x{workers}"
+    return f"{name} {EXACTLY_ONCE}" if guarantee == EXACTLY_ONCE else name
 
 
 # Orders pre-loaded for each system by default: 20 s or more of its work at the upper end
@@ -60,6 +64,7 @@ DEFAULT_ORDERS = {
     BARE: 600_000,
     BARE_TOPOLOGY: 200_000,
     pipeline_system(1): 35_000,
+    pipeline_system(1, EXACTLY_ONCE): 35_000,
     pipeline_system(2): 60_000,
     QUIX: 80_000,
 }
@@ -88,16 +93,21 @@ def make_input(root: Path, orders: int, users: int, skus: int) -> Input:
     return Input(deployment, preload_orders(deployment, codecs, orders, users, skus))
 
 
-def run_pipeline(source: Input, workers: int, label: str) -> Window:
+def run_pipeline(source: Input, workers: int, label: str, guarantee: str) -> Window:
     """``workers`` workers of a deployment of their own; once their group has settled, the
     input is copied to its order_created topic; the window of their outputs.
 
     The workers start on an empty topic because a group that rebalances while working
     through a backlog measures the rebalance (and, at the time of writing, can stall a
     worker: see the bench report).
+
+    Under exactly_once the outputs' end offsets also count transaction markers (one per
+    partition and commit), so they reach their target early: the window ends when the group
+    has committed every input offset and every re-keyed order line instead, which is when
+    the last outputs became visible to read_committed readers (in the same transaction).
     """
     deployment = make_deployment(
-        f"{source.deployment.name}-{label}", source.deployment.root / label
+        f"{source.deployment.name}-{label}", source.deployment.root / label, guarantee
     )
     prepare(deployment)
     names = deployment.names
@@ -118,9 +128,21 @@ def run_pipeline(source: Input, workers: int, label: str) -> Window:
             alive=lambda: all(w.process is not None and w.process.poll() is None for w in started),
             start=start,
         )
-        # Completeness: the group committed every input offset (commits every 2.8 s).
         group = deployment.settings.app_id
         topic = names.order_created
+        if guarantee == EXACTLY_ONCE:
+            lines = names.order_lines_by_sku
+            wait_for(
+                f"{group} to commit {topic} and {lines}",
+                lambda: (
+                    offsets.committed(group, topic) >= source.loaded.orders
+                    and offsets.committed(group, lines) >= source.loaded.lines
+                ),
+                timeout=source.timeout(),
+                interval=0.02,
+            )
+            return Window(window.first, time.monotonic())
+        # Completeness: the group committed every input offset (commits every 2.8 s).
         wait_for(
             f"{group} to commit {topic}",
             lambda: offsets.committed(group, topic) >= source.loaded.orders,
@@ -281,7 +303,8 @@ def measure(
             elif system == QUIX:
                 window = run_quix(source, label)
             else:
-                window = run_pipeline(source, int(system.rsplit("x", 1)[1]), label)
+                workers = int(system.split()[1].removeprefix("x"))
+                window = run_pipeline(source, workers, label, guarantee_of(system))
             results.add(system, window)
     return results
 
@@ -309,8 +332,18 @@ def rows(results: Results, part: str, baseline: str) -> list[Row]:
 
 
 def run(
-    root: Path, orders: int | None, users: int, skus: int, repeats: int, quix: bool = True
+    root: Path,
+    orders: int | None,
+    users: int,
+    skus: int,
+    repeats: int,
+    quix: bool = True,
+    guarantees: Sequence[str] = ("at_least_once",),
+    bare: bool = True,
 ) -> list[Row]:
-    systems = [BARE, BARE_TOPOLOGY, pipeline_system(1)] + ([QUIX] if quix else [])
+    """The bare loops (unless not ``bare``), one worker under each of ``guarantees``, and
+    the Quix peer."""
+    pipelines = [pipeline_system(1, guarantee) for guarantee in guarantees]
+    systems = ([BARE, BARE_TOPOLOGY] if bare else []) + pipelines + ([QUIX] if quix else [])
     results = measure(root, sizes(systems, orders), users, skus, repeats, systems)
-    return rows(results, "1 throughput", BARE)
+    return rows(results, "1 throughput", BARE if bare else pipelines[0])

@@ -129,6 +129,10 @@ class Settings:
     ingest_enabled: bool = True
     ingest_token: str | None = field(default=None, repr=False)
     processing_guarantee: str = "at_least_once"
+    # exactly_once: how long a transaction collects the batches of every agent before it
+    # commits (Kafka Streams' commit.interval.ms). Longer: fewer commits (throughput), and
+    # derived events visible to read_committed readers that much later (latency).
+    commit_interval_ms: int = 100
     # The consumer's static group membership (KIP-345 group.instance.id); None: dynamic.
     # A worker restarted with the same id gets its partitions back without a rebalance.
     worker_id: str | None = None
@@ -217,6 +221,11 @@ class Settings:
             ingest_enabled=_bool(PREFIX + "INGEST_ENABLED", get("INGEST_ENABLED", "true")),
             ingest_token=optional("INGEST_TOKEN"),
             processing_guarantee=guarantee,
+            commit_interval_ms=_int(
+                PREFIX + "COMMIT_INTERVAL_MS",
+                get("COMMIT_INTERVAL_MS", str(defaults.commit_interval_ms)),
+                1,
+            ),
             worker_id=worker_id,
             kafka_security=KafkaSecurity(
                 protocol=protocol,

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from faust.types import Message, TableT
+from faust.types import Message, StoreT, TableT
 
 from pipeline.serde.errors import UndecodableKey
 from pipeline.streaming.dead_letters import is_replay_for_another
@@ -38,8 +38,8 @@ from pipeline.streaming.positions import (
     source_id,
     unframe_origin,
 )
-from pipeline.streaming.processing import Event, Prepared, RowBatch
-from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing
+from pipeline.streaming.processing import Event, Prepared, RowBatch, Settlement
+from pipeline.streaming.producer import Delivered, Outgoing
 from pipeline.streaming.topology import (
     Agent,
     Emit,
@@ -121,17 +121,18 @@ class Serdes:
 
 @dataclass(frozen=True)
 class Outputs:
-    """Where derived events and changelog records go: the producer, counted by topic."""
+    """Where derived events and changelog records go: the guarantee's settlement
+    (pipeline.streaming.processing), counted by topic."""
 
-    producer: BatchProducer
+    settlement: Settlement
     metrics: Metrics
 
     async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
-        """Hand ``messages`` to the producer; the future resolves once the broker
-        acknowledged every one."""
+        """Hand ``messages`` to the settlement; the future resolves once the broker
+        acknowledged every one it sent."""
         for topic, count in Counter(message.topic for message in messages).items():
             self.metrics.derived_events.labels(topic).inc(count)
-        return await self.producer.send(messages)
+        return await self.settlement.send(messages)
 
 
 class AgentHandler:
@@ -175,7 +176,12 @@ class AgentHandler:
             return await self._stateless(events)
         rules = self.agent.rules
         rows = RowBatch(
-            self.table, self.codec.decode, self.codec.encode, self.outputs.send, in_flight
+            self.table,
+            self.codec.decode,
+            self.codec.encode,
+            self.outputs.send,
+            in_flight,
+            self.outputs.settlement.unsettled(cast(StoreT[bytes, bytes], self.table.data)),
         )
         derived: list[Outgoing] = []
         for event in events:
@@ -209,4 +215,4 @@ class AgentHandler:
             key = decode_key(message)
             value, origin = await self.serdes.decode(message, key)
             derived += self._encode(rules[message.topic](key, value), origin)
-        return Prepared(await self.outputs.send(derived))
+        return Prepared(await self.outputs.send(derived), derived=derived)

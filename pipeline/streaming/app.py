@@ -6,7 +6,10 @@ RocksDB tables from their changelogs (pipeline.streaming.restore). Each agent of
 the topology becomes a Faust agent over its source topics, read as raw bytes and
 handled in batches (pipeline.streaming.processing); each table a Faust table of
 raw bytes (pipeline.streaming.tables); the views and ingest routes are served by
-the app's web server (pipeline.web.server).
+the app's web server (pipeline.web.server). How batches settle is the processing
+guarantee's: under exactly_once, into the worker's Kafka transactions, committed by a
+task every commit interval (pipeline.streaming.transactions), with Faust's own commits
+off and its consumer reading committed records only.
 """
 
 from __future__ import annotations
@@ -29,15 +32,22 @@ from pipeline.streaming.faust_internals import (
     ArrivedEvents,
     FixedFaustApp,
     PipelineTableManager,
+    group_member,
 )
 from pipeline.streaming.lag import read_lags
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.processing import EventRunner
+from pipeline.streaming.processing import AtLeastOnce, EventRunner, Settlement
 from pipeline.streaming.producer import BatchProducer, producer_config
 from pipeline.streaming.restore import ChangelogStore, restore
 from pipeline.streaming.state import StateCleaner
 from pipeline.streaming.tables import faust_table
 from pipeline.streaming.topology import Agent, Topology
+from pipeline.streaming.transactions import (
+    ExactlyOnce,
+    TransactionalProducer,
+    check_group_metadata,
+    transactional_config,
+)
 from pipeline.web import server
 
 
@@ -48,7 +58,10 @@ class PipelineApp(FixedFaustApp):
     topology: Topology
     codecs: Codecs
     pipeline_metrics: Metrics
+    # Ingest (POSTs); under at-least-once the agents' outputs and dead letters too.
     batch_producer: BatchProducer
+    # exactly_once only: the worker's transactions.
+    transactions: ExactlyOnce | None = None
     pipeline_tables: dict[str, TableT[bytes, bytes]]
     end_offsets: EndOffsets
 
@@ -61,6 +74,15 @@ class PipelineApp(FixedFaustApp):
         topology = self.topology
         await asyncio.to_thread(ensure_topics, topology.settings, topology.specs())
         await self.codecs.prepare_async(topology.encoded_topics)
+        if self.transactions is not None:
+            settings = topology.settings
+            await asyncio.to_thread(
+                check_group_metadata,
+                settings.kafka_client_config(),
+                settings.app_id,
+                settings.worker_id,
+            )
+            await self.transactions.start()
         await super().on_first_start()
 
     def on_rebalance_start(self) -> None:
@@ -75,6 +97,9 @@ class PipelineApp(FixedFaustApp):
 
     async def on_shutdown(self) -> None:
         # After the agents stopped: deliver what their last batches queued.
+        if self.transactions is not None:
+            await self.transactions.close()
+            await asyncio.to_thread(self.transactions.producer.close)
         await asyncio.to_thread(self.batch_producer.close)
         await asyncio.to_thread(self.end_offsets.close)
         await super().on_shutdown()
@@ -119,14 +144,13 @@ class UnsupportedGuarantee(ValueError):
 def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
     """The Faust app of ``topology``; nothing is started until a worker runs it."""
     settings = topology.settings
-    if settings.processing_guarantee != "at_least_once":
-        # Faust's exactly_once derives each transactional id from the destination
-        # topic's partition and fails for topics the app does not consume (all our
-        # derived topics). The tables are exact without it: every row remembers the
-        # positions it applied (pipeline.streaming.positions), so a redelivery is a no-op.
+    exactly_once = settings.processing_guarantee == "exactly_once"
+    if exactly_once and not settings.store.startswith("rocksdb://"):
+        # Faust's recovery of a memory:// table reads the changelog up to its end, which
+        # is a transaction marker: it would wait for ever for a record that never comes.
+        # (The bulk restore of RocksDB tables, pipeline.streaming.restore, accounts for it.)
         raise UnsupportedGuarantee(
-            f"PIPELINE_PROCESSING_GUARANTEE={settings.processing_guarantee!r} is not supported: "
-            "use at_least_once; table updates are idempotent, so replays never double-count"
+            "PIPELINE_PROCESSING_GUARANTEE=exactly_once needs PIPELINE_STORE=rocksdb://"
         )
     topology.check()
     brokers = [
@@ -141,7 +165,10 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         table_standby_replicas=settings.standby_replicas,
-        processing_guarantee=settings.processing_guarantee,
+        # Faust's exactly_once derives each transactional id from the destination topic's
+        # partition and fails for topics the app does not consume (all our derived topics):
+        # ours is pipeline.streaming.transactions, and Faust's own stays at-least-once.
+        processing_guarantee="at_least_once",
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
@@ -169,14 +196,30 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
     metrics = app.pipeline_metrics = Metrics()
     metrics.lags.read = lambda: read_lags(app)
     app.batch_producer = BatchProducer(producer_config(settings))
+    dead_letters = DeadLetters(app.batch_producer, settings.app_id)
+    settlement: Settlement
+    if exactly_once:
+        app.commits_in_transactions = True
+        transactions = app.transactions = ExactlyOnce(
+            TransactionalProducer(transactional_config(settings)),
+            dead_letters,
+            lambda: group_member(app),
+            metrics,
+        )
+
+        async def commit_transactions() -> None:
+            await transactions.run(settings.commit_interval_ms / 1000)
+
+        app.task(commit_transactions)
+        settlement = transactions
+    else:
+        settlement = AtLeastOnce(app.batch_producer, dead_letters)
     app.pipeline_tables = {
         spec.name: faust_table(app, settings, metrics, spec) for spec in topology.tables
     }
     serdes = Serdes(records=app.codecs, internal=topology.internal, topology=topology)
-    outputs = Outputs(producer=app.batch_producer, metrics=metrics)
-    runner = EventRunner(
-        dead_letters=DeadLetters(app.batch_producer, settings.app_id), metrics=metrics
-    )
+    outputs = Outputs(settlement=settlement, metrics=metrics)
+    runner = EventRunner(settlement=settlement, metrics=metrics)
     if settings.store.startswith("rocksdb://"):
         cleaner = StateCleaner(
             app, app.pipeline_tables, settings.partitions, settings.state_cleanup_delay_s

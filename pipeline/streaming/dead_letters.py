@@ -120,6 +120,13 @@ class DeadLetters:
     app_id: str
 
     async def send(self, message: Message, error: BaseException, attempts: int) -> None:
+        record = self.record(message, error, attempts)
+        await self.producer.send_and_wait(record)
+        self.report(message, error, attempts)
+
+    def record(self, message: Message, error: BaseException, attempts: int) -> ProducerRecord:
+        """The dead letter of ``message``: sent here, or in a transaction
+        (pipeline.streaming.transactions)."""
         headers = dead_letter_headers(
             original=_header_pairs(message.headers),
             source_topic=message.topic,
@@ -132,15 +139,15 @@ class DeadLetters:
             app_id=self.app_id,
         )
         target = TopicNames.dead_letters(message.topic)
-        await self.producer.send_and_wait(
-            ProducerRecord(target, message.key, message.value, headers=headers)
-        )
+        return ProducerRecord(target, message.key, message.value, headers=headers)
+
+    def report(self, message: Message, error: BaseException, attempts: int) -> None:
         log.warning(
             "dead-lettered %s[%d]@%d to %s after %d attempt(s): %s: %s",
             message.topic,
             message.partition,
             message.offset,
-            target,
+            TopicNames.dead_letters(message.topic),
             attempts,
             error_class_of(error),
             error,

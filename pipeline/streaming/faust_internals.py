@@ -21,7 +21,15 @@ version, so each is checked again before an upgrade):
   the fixes below;
 - the agent stream's channel queue (a ``ThrowableQueue``) and what Faust's
   stream iterator (``Stream._py_aiter``, compiled as ``faust._cython.streams``) does with
-  each event it takes: the agents take their events in bulk (``ArrivedEvents``).
+  each event it takes: the agents take their events in bulk (``ArrivedEvents``);
+- for exactly-once (pipeline.streaming.transactions), where our transactions commit the
+  consumed offsets: ``AIOKafkaConsumerThread._create_worker_consumer`` and aiokafka's
+  ``AIOKafkaConsumer._isolation_level`` (the worker's consumer reads with
+  ``read_committed`` although Faust's own guarantee stays at-least-once),
+  ``Consumer.commit`` (Faust commits nothing), and aiokafka's group coordinator
+  (``AIOKafkaConsumer._coordinator``: ``group_id``, ``generation``, ``member_id``,
+  ``_group_instance_id``), the membership each transaction's offsets are committed
+  under (``group_member``).
 
 The first two were found by the crash soak (tests/integration/test_crash_soak.py), the
 others by the rolling restart (tests/integration/test_rolling_restart.py): after a few
@@ -201,6 +209,65 @@ class PipelineTransport(faust_aiokafka.Transport):
     Consumer: ClassVar[type[ConsumerT]] = PipelineConsumer
 
 
+class TransactionalConsumerThread(PipelineConsumerThread):
+    def _create_worker_consumer(
+        self, transport: faust_aiokafka.Transport
+    ) -> aiokafka.AIOKafkaConsumer:
+        """Faust's consumer, reading only committed records: Faust picks read_committed
+        only for its own exactly_once, which is not used (pipeline.streaming.app). The
+        Fetcher is made from this attribute when the consumer starts."""
+        consumer = super()._create_worker_consumer(transport)
+        consumer._isolation_level = "read_committed"
+        return consumer
+
+
+class TransactionalConsumer(PipelineConsumer):
+    """The consumer of an app whose offsets our transactions commit
+    (pipeline.streaming.transactions)."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return TransactionalConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Never: an offset committed outside the transaction that wrote the event's
+        outputs would skip them after a crash, or repeat them."""
+        return False
+
+
+class TransactionalTransport(PipelineTransport):
+    Consumer: ClassVar[type[ConsumerT]] = TransactionalConsumer
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """This worker's membership of its consumer group, as the group coordinator knows
+    it: a transaction's offsets are committed under it, and the broker rejects them
+    once the group has moved on without this member (KIP-447)."""
+
+    group_id: str
+    generation_id: int  # -1 while not a member
+    member_id: str  # empty while not a member
+    group_instance_id: str | None  # static membership (KIP-345)
+
+
+def group_member(app: AppT) -> GroupMember | None:
+    """The worker consumer's current membership; None before its consumer exists. Read
+    from the consumer thread's coordinator without a call into that thread (plain
+    attributes; the transaction checks it did not change while it was open)."""
+    consumer = cast(faust_aiokafka.Consumer, app.consumer)._thread._consumer
+    if consumer is None:
+        return None
+    coordinator = consumer._coordinator
+    if coordinator is None:
+        return None
+    return GroupMember(
+        group_id=coordinator.group_id,
+        generation_id=coordinator.generation,
+        member_id=coordinator.member_id,
+        group_instance_id=coordinator._group_instance_id,
+    )
+
+
 class RestoresAssigned(Protocol):
     """An app that bulk-restores the changelog partitions it was just assigned."""
 
@@ -301,10 +368,16 @@ class PipelineTableManager(TableManager):
 class FixedFaustApp(faust.App):
     """A Faust app with both fixes: pass ``TableManager=PipelineTableManager``."""
 
+    # Set before the app starts when our transactions commit its offsets: its consumer
+    # then reads committed records only and Faust commits nothing.
+    commits_in_transactions: bool = False
+
     def _new_transport(self) -> TransportT:
         # Faust's, for our consumer's transport class: never fetches with an empty
         # partition set.
         urls: Any = self.conf.broker_consumer
+        if self.commits_in_transactions:
+            return TransactionalTransport(urls, self)
         return PipelineTransport(urls, self)
 
 

@@ -150,6 +150,22 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.transactions_committed = Counter(
+            "pipeline_transactions_committed",
+            "Transactions this worker committed (exactly_once; pipeline.streaming.transactions).",
+            registry=self.registry,
+        )
+        self.transaction_events = Counter(
+            "pipeline_transaction_events",
+            "Consumed events whose outputs and offsets this worker committed in transactions.",
+            registry=self.registry,
+        )
+        self.transaction_commit_seconds = Histogram(
+            "pipeline_transaction_commit_seconds",
+            "From the end of a transaction's commit interval to its commit acknowledged.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.rebalances = Counter(
             "pipeline_rebalances",
             "Rebalances of the consumer group this worker took part in (its first "
@@ -165,6 +181,11 @@ class Metrics:
         self._rebalance_started_at: float | None = None
         self.lags = LagCollector()
         self.registry.register(self.lags)
+
+    def transaction_committed(self, events: int, seconds: float) -> None:
+        self.transactions_committed.inc()
+        self.transaction_events.inc(events)
+        self.transaction_commit_seconds.observe(seconds)
 
     def batch_settled(self, counts: Mapping[str, int], oldest: Mapping[str, float]) -> None:
         """A batch was acknowledged: ``counts`` events by topic, the ``oldest`` event's

@@ -33,6 +33,15 @@ agent moves on, so one bad message never blocks its partition. A message that
 cannot be decoded is not retried: the same bytes will never decode, so it goes to
 the dead-letter topic at once.
 
+How a prepared batch is settled (its outputs made durable, its events
+acknowledged) is the processing guarantee's: a ``Settlement``. Under
+at-least-once (``AtLeastOnce``, here) it is the order above. Under exactly-once
+(pipeline.streaming.transactions) nothing is sent while a batch is prepared: its
+derived events, dead letters and changelog records go out at settlement, in the
+worker's open Kafka transaction with the batch's offsets, and its rows reach the
+store and its events are acknowledged only once that transaction committed (until
+then later batches read them from the settlement's ``unsettled`` rows).
+
 Faust's own ``take_events`` is not used: in a SIGKILL crash test a worker batching
 with it never processed one stock_adjusted message (compare robinhood/faust issue
 656 on ``take()``); here the agent takes what waits in its stream's queue itself, as the
@@ -44,7 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -55,7 +64,7 @@ from pipeline.serde.errors import PipelineCodecError, RegistryUnavailable
 from pipeline.streaming.dead_letters import DeadLetters, error_class_of
 from pipeline.streaming.faust_internals import partition_reader, write_partition
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.producer import Delivered, Outgoing
+from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing
 from pipeline.streaming.topology import UndeclaredTopic
 
 log = logging.getLogger(__name__)
@@ -93,6 +102,7 @@ class RowBatch(Generic[Row]):
         encode: Callable[[Row], bytes],
         send: Sender,
         previous: Prepared | None = None,
+        unsettled: Mapping[bytes, Row] | None = None,
     ) -> None:
         self.store = cast(StoreT[bytes, bytes], table.data)
         self.read = partition_reader(self.store)
@@ -106,6 +116,10 @@ class RowBatch(Generic[Row]):
         self.previous: RowBatch[Row] | None = (
             cast(RowBatch[Row], previous.rows) if previous is not None else None
         )
+        # Rows of settled batches not in the store yet (exactly-once: their transaction
+        # has not committed); None under at-least-once, which stores a batch's rows
+        # before the next batch settles.
+        self.unsettled = unsettled
 
     def get(self, key: bytes, event: Event) -> Row | None:
         pending = self.pending.get(key)
@@ -113,6 +127,10 @@ class RowBatch(Generic[Row]):
             pending = self.previous.pending.get(key)
         if pending is not None:
             return pending[0]
+        if self.unsettled:
+            row = self.unsettled.get(key)
+            if row is not None:
+                return row
         stored = self.read(event.message.partition, key)
         return self.decode(stored) if stored is not None else None
 
@@ -127,7 +145,7 @@ class RowBatch(Generic[Row]):
         ]
         delivery = await self._send(derived)
         self.previous = None  # from here on only this batch's own rows are asked for
-        return Prepared(delivery, self)
+        return Prepared(delivery, self, derived)
 
     async def persist(self) -> None:
         """Send the changelog records, then, once acknowledged, store the rows. Only
@@ -154,6 +172,8 @@ class Prepared:
 
     delivery: asyncio.Future[Delivered]
     rows: RowBatch[Any] | None = None
+    # What ``delivery`` is for: exactly-once sends them at settlement instead.
+    derived: Sequence[Outgoing] = ()
 
     async def complete(self) -> None:
         """Wait for the broker's acknowledgement of every derived event, then persist
@@ -212,6 +232,57 @@ class Arrivals(Protocol):
         ...
 
 
+class Settlement(Protocol):
+    """What the processing guarantee decides: when a batch's outputs are sent, and how
+    a prepared batch (or a dead letter) becomes durable and its events acknowledged."""
+
+    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+        """What a batch hands over while it is prepared (its derived events)."""
+        ...
+
+    def unsettled(self, store: StoreT[bytes, bytes]) -> Mapping[bytes, Any] | None:
+        """Rows of settled batches not yet in ``store`` (by key), for the batches read
+        after them."""
+        ...
+
+    async def settle(self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared) -> None:
+        """Make ``prepared`` durable and acknowledge ``events``; raises what stopped it."""
+        ...
+
+    async def dead_letter(
+        self, arrivals: Arrivals, event: Event, error: BaseException, attempts: int
+    ) -> None:
+        """Send ``event`` to its dead-letter topic and acknowledge it."""
+        ...
+
+
+@dataclass
+class AtLeastOnce:
+    """The order of the module's docstring: derived events, then changelog records,
+    then the store, then the acknowledgements."""
+
+    producer: BatchProducer
+    dead_letters: DeadLetters
+
+    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+        return await self.producer.send(messages)
+
+    def unsettled(self, store: StoreT[bytes, bytes]) -> Mapping[bytes, Any] | None:
+        return None
+
+    async def settle(self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared) -> None:
+        await prepared.complete()
+        ack = arrivals.ack
+        for event in events:
+            ack(event)
+
+    async def dead_letter(
+        self, arrivals: Arrivals, event: Event, error: BaseException, attempts: int
+    ) -> None:
+        await self.dead_letters.send(event.message, error, attempts)
+        arrivals.ack(event)
+
+
 @dataclass
 class InFlight:
     events: list[Event]
@@ -222,7 +293,7 @@ class InFlight:
 
 @dataclass
 class EventRunner:
-    dead_letters: DeadLetters
+    settlement: Settlement
     metrics: Metrics
     # Pauses between attempts; len(backoff) + 1 attempts in all.
     backoff: Sequence[float] = field(default=(0.1, 0.5, 2.0))
@@ -281,10 +352,10 @@ class EventRunner:
         self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared
     ) -> Exception | None:
         try:
-            await prepared.complete()
+            await self.settlement.settle(arrivals, events, prepared)
         except Exception as error:
             return error
-        self._acknowledge(arrivals, events)
+        self.metrics.batch_settled(*by_topic(events))
         return None
 
     async def _finish(self, arrivals: Arrivals, in_flight: InFlight, handler: BatchHandler) -> None:
@@ -297,21 +368,14 @@ class EventRunner:
             )
             await self._one_by_one(arrivals, in_flight.events, handler)
 
-    def _acknowledge(self, arrivals: Arrivals, events: Sequence[Event]) -> None:
-        self.metrics.batch_settled(*by_topic(events))
-        ack = arrivals.ack
-        for event in events:
-            ack(event)
-
     async def _one_by_one(
         self, arrivals: Arrivals, events: Sequence[Event], handler: BatchHandler
     ) -> None:
         for event in events:
-            await self.run(event, handler)
-            arrivals.ack(event)
+            await self.run(arrivals, event, handler)
 
-    async def run(self, event: Event, handler: BatchHandler) -> None:
-        """One event, completed before returning: retried, else dead-lettered."""
+    async def run(self, arrivals: Arrivals, event: Event, handler: BatchHandler) -> None:
+        """One event, settled before returning: retried, else dead-lettered."""
         message: Message = event.message
         self.metrics.events_processed.labels(message.topic).inc()
         attempt = 0
@@ -319,14 +383,14 @@ class EventRunner:
             attempt += 1
             try:
                 prepared = await handler([event], None)
-                await prepared.complete()
+                await self.settlement.settle(arrivals, [event], prepared)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 last_attempt = attempt > len(self.backoff)
                 if is_permanent(error) or last_attempt:
-                    await self.dead_letters.send(message, error, attempt)
+                    await self.settlement.dead_letter(arrivals, event, error, attempt)
                     self.metrics.dead_letters.labels(message.topic, error_class_of(error)).inc()
                     return
                 self.metrics.retries.labels(message.topic).inc()

@@ -10,6 +10,12 @@ databases Faust opens, with the persisted offsets Faust's recovery would have
 written. Faust's recovery then starts from there and reads only what was written
 since.
 
+Only committed records are read (``read_committed``): under exactly-once a changelog
+record of a transaction that was aborted never reaches a table. A transaction's
+commit marker takes an offset of its own, at the partition's end: a partition read
+to its end is recorded as applied up to the offset before the end, not only up to
+its last record, or Faust's recovery would wait for a record at the marker's offset.
+
 Only the assigned partitions are restored, so a worker's disk, memory and start time
 grow with its share of the state, not with all of it (pipeline.streaming.state
 removes the copies of partitions it no longer holds, after a delay).
@@ -74,6 +80,7 @@ def restore(
             "group.id": f"{settings.app_id}-restore",  # never joins or commits: assign() only
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "isolation.level": "read_committed",
             "fetch.max.bytes": 16 * 1024**2,
             "max.partition.fetch.bytes": 4 * 1024**2,
             # Bounds what librdkafka prefetches: the worker's peak memory.
@@ -89,6 +96,7 @@ def restore(
         while pending:
             writes: dict[tuple[str, int], WriteBatch] = {}
             last: dict[tuple[str, int], int] = {}
+            ends: dict[tuple[str, int], int] = {}
             for message in consumer.consume(BATCH, timeout=1.0):
                 # Set on every consumed message; typed Optional for produced ones.
                 place = (cast(str, message.topic()), cast(int, message.partition()))
@@ -96,6 +104,7 @@ def restore(
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
                         pending.discard(place)
+                        ends[place] = cast(int, message.offset())  # the next offset
                         continue
                     raise RuntimeError(f"restoring {place[0]}[{place[1]}]: {error}")
                 batch = writes.get(place)
@@ -117,6 +126,9 @@ def restore(
                 # apply_changelog_batch's per-event loop.
                 partition_db(store, partition).write(batch)
                 store.set_persisted_offset(TP(topic, partition), last[topic, partition])
+            for (topic, partition), end in ends.items():
+                # Past a trailing transaction marker (at-least-once: the last record).
+                stores[topic].set_persisted_offset(TP(topic, partition), end - 1)
         report = RestoreReport(records, len(assignment), time.monotonic() - started)
     finally:
         consumer.close()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from pipeline.admin.offsets import watermarks
 from pipeline.dev.loadgen import ShopEvent
@@ -23,9 +23,16 @@ from tests.integration import expected
 from tests.integration.conftest import StackInfo
 
 
-def deployment(stack: StackInfo, name: str, root: Path) -> Deployment:
+def deployment(
+    stack: StackInfo, name: str, root: Path, guarantee: str = "at_least_once"
+) -> Deployment:
     """A deployment of its own (app id and topic prefix) on the session's stack."""
-    return Deployment(name=name, root=root, base_env=stack.env)
+    return Deployment(
+        name=name,
+        root=root,
+        base_env=stack.env,
+        extra_env={"PIPELINE_PROCESSING_GUARANTEE": guarantee},
+    )
 
 
 @dataclass(frozen=True)
@@ -38,12 +45,17 @@ class Record:
 
 
 def read_topic(settings: Settings, topic: str) -> list[Record]:
-    """Every record of ``topic`` from the start up to its current end, by partition."""
+    """Every committed record of ``topic`` from the start up to its current end, by
+    partition (``read_committed``: nothing of an aborted or open transaction). The end is
+    where the consumer says it is: the last offset of a partition may be a transaction's
+    commit marker, which is never delivered."""
     consumer = Consumer(
         {
             **settings.kafka_client_config(),
             "group.id": f"test-reader-{os.getpid()}",
             "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
         }
     )
     records: list[Record] = []
@@ -55,10 +67,13 @@ def read_topic(settings: Settings, topic: str) -> list[Record]:
                 continue
             consumer.assign([TopicPartition(topic, partition, low)])
             offset = low
-            while offset < high:
+            while True:
                 message = consumer.poll(30)
                 assert message is not None, f"{topic}[{partition}]: nothing at {offset}"
-                assert message.error() is None, message.error()
+                error = message.error()
+                if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                    break
+                assert error is None, error
                 offset = (message.offset() or 0) + 1
                 found = message.headers() or []
                 pairs = list(found.items()) if isinstance(found, dict) else list(found)

@@ -2,7 +2,9 @@
 
 Each test has a stack of its own, so stopping a broker disturbs no other test. The stream is
 sent while the fault happens; at the end every user's stats and every SKU's stock must equal
-what the input says: nothing lost, nothing counted twice, nothing dead-lettered.
+what the input says: nothing lost, nothing counted twice, nothing dead-lettered. The restart
+runs under both guarantees; under exactly_once every derived event is also in its topic
+exactly once (read_committed).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pipeline.dev.stack.launcher import Stack
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
 from pipeline.services import shop as shop_topology
 from pipeline.settings import read_env_file
+from pipeline.streaming.transactions import EXIT_TRANSACTION_FAILED
+from tests.integration.exactly_once import derived_tallies
 from tests.integration.harness import views_match
 
 pytestmark = pytest.mark.integration
@@ -39,10 +43,11 @@ def own_stack(root: Path, brokers: int) -> Iterator[Stack]:
         stack.down()
 
 
-def shop_on(stack: Stack, root: Path, kind: str) -> Deployment:
+def shop_on(stack: Stack, root: Path, kind: str, guarantee: str = "at_least_once") -> Deployment:
     # The stack's env file also carries its replication factor (3 on a 3-broker stack).
     env = {**os.environ, **read_env_file(stack.env_file)}
-    return Deployment(f"it-{kind}-{uuid.uuid4().hex[:8]}", root, env)
+    guaranteed = {"PIPELINE_PROCESSING_GUARANTEE": guarantee}
+    return Deployment(f"it-{kind}-{uuid.uuid4().hex[:8]}", root, env, guaranteed)
 
 
 @contextmanager
@@ -73,9 +78,21 @@ def assert_nothing_lost_or_doubled(
         consumer.close()
 
 
-def test_the_only_broker_restarted_mid_stream(tmp_path: Path) -> None:
+def restarted_if_its_transaction_failed(worker: WorkerProcess) -> WorkerProcess:
+    """What a supervisor does: a worker under exactly_once whose transaction failed (the
+    broker away longer than the transaction timeout) exits with EXIT_TRANSACTION_FAILED,
+    and its replacement resumes from the committed offsets. Any other exit is a failure."""
+    if worker.running() or worker.process is None:
+        return worker
+    assert worker.process.returncode == EXIT_TRANSACTION_FAILED, worker.failure("exited")
+    print("\nthe worker's transaction failed while the broker was away: restarted")
+    return worker.replacement().start().wait_healthy()
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_the_only_broker_restarted_mid_stream(tmp_path: Path, guarantee: str) -> None:
     with own_stack(tmp_path / "stack", brokers=1) as stack:
-        shop = shop_on(stack, tmp_path / "shop", "broker-restart")
+        shop = shop_on(stack, tmp_path / "shop", "broker-restart", guarantee)
         events = list(generate(LoadConfig(users=30, orders=1200, skus=10, seed=7)))
         worker = shop.worker("w").start().wait_healthy()
         try:
@@ -85,8 +102,26 @@ def test_the_only_broker_restarted_mid_stream(tmp_path: Path) -> None:
                 stack.start_server("kafka-1")
                 back = time.monotonic()
                 report = sent.result()
+            if guarantee == "exactly_once":
+                # A transaction that failed while the broker was away ends its worker.
+                live = [worker]
+
+                def caught_up() -> bool:
+                    live[0] = restarted_if_its_transaction_failed(live[0])
+                    return views_match(live[0], events)
+
+                wait_for("the views to match the input", caught_up, timeout=600)
+                worker = live[0]
             assert_nothing_lost_or_doubled(worker, shop, events, report)
-            print(f"\nbroker back: every event applied {time.monotonic() - back:.1f} s later")
+            applied = time.monotonic() - back
+            tallies = derived_tallies(shop.settings, events)
+            print(
+                f"\nbroker back ({guarantee}): every event applied {applied:.1f} s later; "
+                + "; ".join(f"{t}: {v}" for t, v in tallies.items())
+            )
+            assert not [t for t, tally in tallies.items() if tally.missing], tallies
+            if guarantee == "exactly_once":
+                assert not [t for t, tally in tallies.items() if tally.duplicates], tallies
         finally:
             worker.stop()
 

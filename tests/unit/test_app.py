@@ -5,6 +5,7 @@ import pytest
 from pipeline.services import loyalty_points, points_settings, shop
 from pipeline.settings import Settings
 from pipeline.streaming.app import UnsupportedGuarantee, create_app
+from pipeline.streaming.faust_internals import TransactionalTransport
 
 
 def test_the_shop_app_runs_its_agents_on_raw_tables() -> None:
@@ -27,9 +28,17 @@ def test_the_points_app_is_a_consumer_group_of_its_own() -> None:
     assert [table.name for table in app.tables.values()] == ["points"]
 
 
-def test_exactly_once_is_refused_with_a_reason() -> None:
-    with pytest.raises(UnsupportedGuarantee, match="idempotent"):
-        create_app(shop(Settings(processing_guarantee="exactly_once")))
+def test_exactly_once_needs_rocksdb() -> None:
+    with pytest.raises(UnsupportedGuarantee, match="rocksdb"):
+        create_app(shop(Settings(processing_guarantee="exactly_once", store="memory://")))
+
+
+def test_exactly_once_commits_in_transactions_and_faust_commits_nothing() -> None:
+    app = create_app(shop(Settings(processing_guarantee="exactly_once")))
+    assert app.transactions is not None and app.commits_in_transactions
+    assert not app.in_transaction  # Faust's own exactly_once is not used
+    assert isinstance(app.transport, TransactionalTransport)
+    assert create_app(shop(Settings())).transactions is None
 
 
 def test_the_worker_id_is_the_consumers_group_instance_id() -> None:

@@ -20,9 +20,10 @@ from pipeline.serde.errors import UndecodableKey
 from pipeline.services import loyalty_points, points_settings, shop
 from pipeline.settings import Settings
 from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
+from pipeline.streaming.dead_letters import DeadLetters
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.positions import Origin, Position, TrackedCodec, unframe_origin
-from pipeline.streaming.processing import Event
+from pipeline.streaming.processing import AtLeastOnce, Event
 from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing
 from pipeline.streaming.topology import Agent, Emit, Topology, UndeclaredTopic
 from tests.unit.streaming.fakes import FakeTable, FakeTopic
@@ -79,7 +80,8 @@ class Harness:
 
     def handler(self, agent: Agent) -> AgentHandler:
         table = self.tables[agent.table.name] if agent.table is not None else None
-        outputs = Outputs(cast(BatchProducer, self.broker), self.metrics)
+        settlement = AtLeastOnce(cast(BatchProducer, self.broker), cast(DeadLetters, None))
+        outputs = Outputs(settlement, self.metrics)
         return AgentHandler(agent, cast(Any, table), self.serdes, outputs, self.metrics)
 
     def run(self, agent_name: str, *messages: FakeMessage) -> list[Outgoing]:

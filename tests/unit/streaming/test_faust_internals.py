@@ -10,14 +10,16 @@ from types import SimpleNamespace
 from typing import Any, cast
 from unittest.mock import AsyncMock, MagicMock, Mock
 
+import aiokafka
 import faust
 import faust._cython as faust_cython
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.consumer.subscription_state import SubscriptionState
 from faust.streams import Stream
 from faust.tables.recovery import Recovery
-from faust.transport.consumer import Consumer as BaseConsumer
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.consumer import ConsumerMessage
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.types import TP, EventT, StreamT
@@ -30,11 +32,16 @@ from pipeline.streaming.faust_internals import (
     FAUST_VERSION,
     ArrivedEvents,
     FetchState,
+    GroupMember,
     PipelineConsumer,
     PipelineConsumerThread,
     PipelineRecovery,
     PipelineTransport,
+    TransactionalConsumer,
+    TransactionalConsumerThread,
+    TransactionalTransport,
     fetch_states,
+    group_member,
     partition_reader,
     write_partition,
 )
@@ -51,7 +58,7 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     Consumer._new_consumer_thread: (
         "0870ec53dea75083995e3565c0f0a25a1c63ecceaeb238e92e2585e3623af5a9"
     ),
-    BaseConsumer.ack: "5fcf41cf45153475de3790dc56fec1b83335956dc8b3bf7ff6bbb2b57627f03f",
+    FaustConsumer.ack: "5fcf41cf45153475de3790dc56fec1b83335956dc8b3bf7ff6bbb2b57627f03f",
     # Seeks only where the committed offset is above 0 (fix 3).
     AIOKafkaConsumer.seek_to_committed: (
         "f6cd85c8b70a4ccf7e862de24f6c5d985038eed3e140990f000aa4b52eda8d72"
@@ -60,6 +67,16 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     # acknowledges the messages it skips (fix 4).
     Stream._py_aiter: "3a48ee257a65435b482d51edb74f2993a67867949b1ef89b49fea893769e0614",
     Stream.ack: "32d7171a89b0931d806a87dc81dcba5673dd9702f8a6add8426e0e236b9e8fef",
+    # exactly_once: the consumer made read_committed, Faust's commit replaced, the group
+    # membership read from aiokafka's coordinator.
+    AIOKafkaConsumerThread._create_worker_consumer: (
+        "c2701bfc3e6f6cad95c2be36d6a255a86e2c57d18d36cc1082b5fb5c482d99d7"
+    ),
+    FaustConsumer.commit: "a354437baaa08bf8096d978ca195963e22f7a497d18392960dd53dacb7c9f2d8",
+    aiokafka.AIOKafkaConsumer.__init__: (
+        "01506f316191f7c99c785bec915756d1560029a6fad75cba6f4da71e343a8163"
+    ),
+    GroupCoordinator.__init__: "9e729f077efc4f3a4f3e672047bcdde1f557517f9417415245af851ac25e44fd",
 }
 # The compiled twin of Stream._py_aiter, the one Faust runs.
 CYTHON_STREAMS = Path(cast(str, faust_cython.__file__)).parent / "streams.pyx"
@@ -384,3 +401,34 @@ def test_rows_written_in_one_batch_are_read_back_by_faust_and_by_partition(tmp_p
     read = partition_reader(store)
     assert read(2, b"u2") == b"row 2"
     assert read(1, b"u2") is None
+
+
+def test_under_exactly_once_the_consumer_reads_committed_records_and_faust_commits_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = create_app(shop(Settings(app_id="unit", processing_guarantee="exactly_once")))
+    assert isinstance(app.transport, TransactionalTransport)
+    assert app.transport.Consumer is TransactionalConsumer
+
+    async def made() -> Any:
+        # What Faust makes (read_uncommitted), as aiokafka keeps it until its Fetcher starts.
+        made = aiokafka.AIOKafkaConsumer(isolation_level="read_uncommitted")
+        monkeypatch.setattr(
+            PipelineConsumerThread, "_create_worker_consumer", lambda self, transport: made
+        )
+        thread = TransactionalConsumerThread.__new__(TransactionalConsumerThread)
+        return thread._create_worker_consumer(cast(Any, None))
+
+    assert asyncio.run(made())._isolation_level == "read_committed"
+    assert asyncio.run(TransactionalConsumer.commit(cast(Any, None))) is False
+
+
+def test_the_group_membership_is_read_from_aiokafkas_coordinator() -> None:
+    coordinator = GroupCoordinator.__new__(GroupCoordinator)
+    coordinator.group_id, coordinator.generation, coordinator.member_id = "unit", 4, "m-1"
+    coordinator._group_instance_id = "worker-1"
+    consumer = SimpleNamespace(_coordinator=coordinator)
+    app = SimpleNamespace(consumer=SimpleNamespace(_thread=SimpleNamespace(_consumer=consumer)))
+    assert group_member(cast(Any, app)) == GroupMember("unit", 4, "m-1", "worker-1")
+    idle = SimpleNamespace(consumer=SimpleNamespace(_thread=SimpleNamespace(_consumer=None)))
+    assert group_member(cast(Any, idle)) is None

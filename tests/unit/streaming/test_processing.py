@@ -17,13 +17,14 @@ from pipeline.serde.errors import NotConfluentFraming, RegistryUnavailable, Unde
 from pipeline.streaming.dead_letters import DeadLetters
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.processing import (
+    AtLeastOnce,
     Event,
     EventRunner,
     Prepared,
     RowBatch,
     by_topic,
 )
-from pipeline.streaming.producer import Delivered, DeliveryFailed, Outgoing
+from pipeline.streaming.producer import BatchProducer, Delivered, DeliveryFailed, Outgoing
 from tests.unit.streaming.fakes import FakeTable
 
 
@@ -56,7 +57,7 @@ def events(*offsets: int) -> list[Event]:
 def runner(max_batch: int = 10) -> tuple[EventRunner, RecordingDeadLetters]:
     dead_letters = RecordingDeadLetters()
     event_runner = EventRunner(
-        dead_letters=cast(DeadLetters, dead_letters),
+        settlement=AtLeastOnce(cast(BatchProducer, None), cast(DeadLetters, dead_letters)),
         metrics=Metrics(),
         backoff=(0, 0, 0),
         max_batch=max_batch,

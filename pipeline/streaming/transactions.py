@@ -1,0 +1,411 @@
+"""Exactly-once processing (``PIPELINE_PROCESSING_GUARANTEE=exactly_once``): every
+worker's outputs and consumed offsets in Kafka transactions of its own.
+
+Faust's ``exactly_once`` is not used (it opens a transaction per source partition and
+fails for topics the app does not consume, pipeline.streaming.app). Instead, as Kafka
+Streams' ``exactly_once_v2`` does (KIP-447):
+
+- **One transactional producer per worker**, with a ``transactional.id`` that stays the
+  same across restarts of the worker (``transactional_id``): starting it aborts what
+  the previous incarnation left open, and fences that incarnation's producer out.
+- **A transaction spans a commit interval** (``PIPELINE_COMMIT_INTERVAL_MS``), across the
+  batches of every agent of the worker. A batch prepares without sending anything; when
+  it settles (pipeline.streaming.processing's ``Settlement``), its derived events, dead
+  letters and changelog records are handed to the producer inside the open transaction,
+  in one step with its events' offsets (so no commit can fall between them). At the end
+  of the interval the offsets are sent to the transaction with the consumer group's
+  metadata and the transaction is committed: a ``read_committed`` consumer sees all of
+  it or nothing.
+- **Rows reach the store only after their transaction committed.** Until then the batches
+  read after them find them in the settlement's ``unsettled`` rows; the events are
+  acknowledged to Faust (which commits nothing itself in this mode,
+  pipeline.streaming.faust_internals) only after the commit too, so a rebalance, which
+  waits for every event handed out to be acknowledged, waits for the commit.
+- **Fencing.** The offsets carry the group generation, member id and group instance id
+  the worker's aiokafka consumer holds (``group_metadata``): a worker whose membership
+  the group has moved past (a zombie, paused past its session timeout) has its
+  ``TxnOffsetCommit`` rejected by the broker, and never gets a write committed. A
+  transaction whose membership changed while it was open, or that has none, is not
+  committed either.
+- **A failed transaction is a crash.** Aborting it leaves no trace in Kafka, but the worker
+  has moved its consumer positions past the events and holds their rows in memory; the
+  simplest state that is right is the one after a SIGKILL: the transaction is aborted,
+  the process exits (``EXIT_TRANSACTION_FAILED``), and the events are consumed again from
+  the committed offsets by whichever worker holds them next, their rows read back from the
+  store and changelog, which never saw the aborted ones. Transient broker errors are
+  retried by librdkafka first (and the commit itself while they are retriable).
+
+librdkafka only makes the group metadata from its own consumer, and aiokafka consumes
+here: ``group_metadata`` writes librdkafka's serialized form from aiokafka's
+membership. The format is librdkafka's own, undocumented
+(``rd_kafka_consumer_group_metadata_write`` in src/rdkafka_cgrp.c, "CGMDv2", unchanged
+since librdkafka 1.4 up to the 2.x confluent-kafka 2.16 bundles); ``check_group_metadata``
+compares it at start-up with what a real confluent-kafka consumer writes, and the worker
+refuses to start when they differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from faust.types import StoreT
+
+from pipeline.settings import Settings
+from pipeline.streaming.dead_letters import DeadLetters
+from pipeline.streaming.faust_internals import GroupMember
+from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.processing import Arrivals, Event, Prepared, RowBatch
+from pipeline.streaming.producer import (
+    BatchProducer,
+    Delivered,
+    Outgoing,
+    ProducerRecord,
+    producer_config,
+)
+
+log = logging.getLogger(__name__)
+
+# How a worker whose transaction failed exits (EX_TEMPFAIL: restart it).
+EXIT_TRANSACTION_FAILED = 75
+# The broker aborts a transaction left open this long (a worker that died with one open,
+# unless it restarts first under the same transactional id). Until then read_committed
+# readers of the partitions it wrote wait. It also bounds how long librdkafka retries a
+# send while the broker is away (message.timeout.ms may not exceed it): a broker away
+# longer fails the transaction, and the worker exits to be restarted. The Java client's
+# default; 30 s was too short for a broker restart on a loaded machine here.
+TRANSACTION_TIMEOUT_MS = 60_000
+# How long the start-up calls (init_transactions) and one commit may take.
+CALL_TIMEOUT_S = 30.0
+# A transaction not committed this long after its interval ended has failed, whatever
+# librdkafka is still waiting for (after a restart of the only broker, here, a commit
+# once waited for ever although the broker was back): the worker exits, to be restarted.
+COMMIT_DEADLINE_S = TRANSACTION_TIMEOUT_MS / 1000 + CALL_TIMEOUT_S
+
+MAGIC = b"CGMDv2:"
+
+
+def group_metadata(member: GroupMember) -> bytes:
+    """``member`` as librdkafka serializes consumer group metadata
+    (``rd_kafka_consumer_group_metadata_write``): ``CGMDv2:``, the generation id as a
+    native-endian int32, the group id and the member id each NUL-terminated, then 1 when
+    there is no group instance id, else 0 and the id NUL-terminated."""
+    parts = [
+        MAGIC,
+        struct.pack("=i", member.generation_id),
+        member.group_id.encode() + b"\0",
+        member.member_id.encode() + b"\0",
+    ]
+    if member.group_instance_id is None:
+        parts.append(b"\x01")
+    else:
+        parts += [b"\x00", member.group_instance_id.encode() + b"\0"]
+    return b"".join(parts)
+
+
+class GroupMetadataMismatch(RuntimeError):
+    """This librdkafka serializes consumer group metadata otherwise than we do."""
+
+
+def check_group_metadata(config: Mapping[str, Any], group_id: str, instance: str | None) -> None:
+    """Refuse to run unless ``group_metadata`` writes exactly the bytes a confluent-kafka
+    consumer of the same group (and instance id) writes before it joins."""
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": group_id,
+            **({"group.instance.id": instance} if instance is not None else {}),
+        }
+    )
+    try:
+        theirs = consumer.consumer_group_metadata()
+    finally:
+        consumer.close()
+    ours = group_metadata(GroupMember(group_id, -1, "", instance))
+    if ours != theirs:
+        raise GroupMetadataMismatch(
+            f"librdkafka's consumer group metadata is {theirs!r}, ours {ours!r}: this "
+            "confluent-kafka serializes it otherwise, and exactly_once would commit offsets "
+            "without fencing; see pipeline.streaming.transactions"
+        )
+
+
+def transactional_id(settings: Settings) -> str:
+    """The same for every incarnation of a worker: its worker id, else its state dir."""
+    if settings.worker_id is not None:
+        return f"{settings.app_id}-{settings.worker_id}"
+    state = hashlib.sha256(str(settings.data_dir.absolute()).encode()).hexdigest()[:16]
+    return f"{settings.app_id}-{state}"
+
+
+def transactional_config(settings: Settings) -> dict[str, Any]:
+    return {
+        **producer_config(settings),
+        "transactional.id": transactional_id(settings),
+        "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+    }
+
+
+class TransactionalProducer(BatchProducer):
+    """The worker's producer with librdkafka's transactional calls (blocking: call them
+    off the event loop)."""
+
+    def init(self) -> None:
+        self._producer.init_transactions(CALL_TIMEOUT_S)
+
+    def begin(self) -> None:
+        """No request to the broker, but librdkafka waits for its main thread without a
+        timeout: call it off the event loop too."""
+        self._producer.begin_transaction()
+
+    def commit(self, offsets: Mapping[tuple[str, int], int], metadata: bytes) -> None:
+        """Add ``offsets`` (next offsets to consume) under the group ``metadata`` and commit,
+        retrying while librdkafka says the error is retriable."""
+        producer = self._producer
+        positions = [TopicPartition(topic, p, offset) for (topic, p), offset in offsets.items()]
+        deadline = time.monotonic() + CALL_TIMEOUT_S
+        if positions:
+            _retrying(
+                lambda: producer.send_offsets_to_transaction(positions, metadata, CALL_TIMEOUT_S),
+                deadline,
+            )
+        _retrying(lambda: producer.commit_transaction(CALL_TIMEOUT_S), deadline)
+
+    def abort(self, timeout: float) -> None:
+        self._producer.abort_transaction(timeout)
+
+
+def _retrying(call: Callable[[], None], deadline: float) -> None:
+    while True:
+        try:
+            call()
+            return
+        except KafkaException as error:
+            if not error.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            log.warning("transaction call failed, retrying: %s", error)
+
+
+@dataclass
+class Settled:
+    """A batch (or a dead letter) in the open transaction, stored and acknowledged once
+    it committed."""
+
+    arrivals: Arrivals
+    events: Sequence[Event]
+    rows: RowBatch[Any] | None = None
+    changelog: asyncio.Future[Delivered] | None = None
+
+
+@dataclass
+class Transaction:
+    """What one transaction holds: the batches settled in it and, per source partition,
+    the next offset to consume once it committed."""
+
+    member: GroupMember | None
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    batches: list[Settled] = field(default_factory=list)
+    deliveries: list[asyncio.Future[Delivered]] = field(default_factory=list)
+
+    def add(self, settled: Settled) -> None:
+        self.batches.append(settled)
+        offsets = self.offsets
+        for event in settled.events:
+            message = event.message
+            place = (message.topic, message.partition)
+            following = message.offset + 1
+            if following > offsets.get(place, -1):
+                offsets[place] = following
+
+    @property
+    def events(self) -> int:
+        return sum(len(batch.events) for batch in self.batches)
+
+    def fencing_error(self, now: GroupMember | None) -> str | None:
+        """Why the transaction must not be committed under the membership ``now``."""
+        if self.member is None or self.member.generation_id < 0 or not self.member.member_id:
+            return f"it was opened outside the group ({self.member})"
+        if now != self.member:
+            return f"the group membership changed from {self.member} to {now} while it was open"
+        return None
+
+
+class ExactlyOnce:
+    """The exactly-once ``Settlement`` (pipeline.streaming.processing): settles batches
+    into the worker's open transaction; ``run`` commits it every commit interval.
+
+    A commit does not hold up the agents: batches settled while it waits for the broker
+    are kept (their rows already readable by the batches after them) and handed to the
+    next transaction as soon as the commit returns (librdkafka takes no records for the
+    next transaction before)."""
+
+    def __init__(
+        self,
+        producer: TransactionalProducer,
+        dead_letters: DeadLetters,
+        member: Callable[[], GroupMember | None],
+        metrics: Metrics,
+    ) -> None:
+        self.producer = producer
+        self.dead_letters = dead_letters
+        self.member = member
+        self.metrics = metrics
+        self._open: Transaction | None = None
+        # Set while the open transaction commits: what settles meanwhile waits here.
+        self._committing = False
+        self._waiting: list[tuple[Settled, Sequence[ProducerRecord]]] = []
+        # Handing a batch to the transaction and starting or ending a commit exclude each
+        # other: a batch's records and its offsets are in the same transaction.
+        self._lock = asyncio.Lock()
+        # By store (its id): the rows of batches settled and not stored yet.
+        self._unsettled: dict[int, dict[bytes, Any]] = {}
+        # librdkafka's transactional calls block: they run in a thread of their own, not
+        # the loop's default executor, where they would queue behind whatever else waits
+        # there (views ask for end offsets there, and while the broker is away hundreds of
+        # such calls can wait: the commit, and every acknowledgement, waited minutes).
+        self._calls = ThreadPoolExecutor(1, thread_name_prefix="transactions")
+
+    async def _call(self, function: Callable[..., None], *args: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._calls, function, *args)
+
+    async def start(self) -> None:
+        """Fence out and abort what the worker's previous incarnation left open."""
+        await self._call(self.producer.init)
+
+    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+        """Nothing is sent while a batch is prepared: ``settle`` sends its records."""
+        done: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        done.set_result({})
+        return done
+
+    def unsettled(self, store: StoreT[bytes, bytes]) -> Mapping[bytes, Any] | None:
+        return self._unsettled.setdefault(id(store), {})
+
+    async def settle(self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared) -> None:
+        await self._add(Settled(arrivals, events, prepared.rows), prepared.derived)
+
+    async def dead_letter(
+        self, arrivals: Arrivals, event: Event, error: BaseException, attempts: int
+    ) -> None:
+        message = event.message
+        record = self.dead_letters.record(message, error, attempts)
+        await self._add(Settled(arrivals, [event]), [record])
+        self.dead_letters.report(message, error, attempts)
+
+    def _keep_rows(self, settled: Settled) -> None:
+        rows = settled.rows
+        if rows is not None:
+            unsettled = self._unsettled.setdefault(id(rows.store), {})
+            for key, (row, _) in rows.pending.items():
+                unsettled[key] = row
+
+    async def _add(self, settled: Settled, records: Sequence[ProducerRecord]) -> None:
+        async with self._lock:
+            self._keep_rows(settled)
+            if self._committing:
+                self._waiting.append((settled, records))
+            else:
+                await self._hand_over(settled, records)
+
+    async def _hand_over(self, settled: Settled, records: Sequence[ProducerRecord]) -> None:
+        """``records`` and the batch's changelog records into the open transaction, with
+        the batch's offsets (under the lock). A failure part-way through would leave part
+        of the batch in the transaction: the transaction has failed."""
+        try:
+            if self._open is None:
+                await self._call(self.producer.begin)
+                self._open = Transaction(self.member())
+            transaction = self._open
+            transaction.deliveries.append(await self.producer.send(records))
+            if settled.rows is not None:
+                settled.changelog = await self.producer.send(settled.rows.changelog)
+                transaction.deliveries.append(settled.changelog)
+        except Exception as error:
+            self._fail(error)
+        transaction.add(settled)
+
+    async def run(self, interval: float) -> None:
+        """Commit every ``interval`` seconds after the previous commit ended, for as long
+        as the worker runs."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.commit()
+
+    async def commit(self) -> None:
+        """Commit the open transaction with its offsets, then store its rows and
+        acknowledge its events; exit the worker if it cannot be committed."""
+        async with self._lock:
+            transaction = self._open
+            if transaction is None:
+                return
+            self._committing = True
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._complete(transaction), COMMIT_DEADLINE_S)
+        except Exception as error:  # a TimeoutError too
+            self._fail(error)
+        async with self._lock:
+            self._open = None
+            self._committing = False
+            for batch in transaction.batches:
+                if batch.rows is not None and batch.changelog is not None:
+                    batch.rows.write(batch.changelog.result())
+            # Now in the store; what settled during the commit is still to be stored.
+            for rows in self._unsettled.values():
+                rows.clear()
+            waiting, self._waiting = self._waiting, []
+            for settled, records in waiting:
+                self._keep_rows(settled)
+                await self._hand_over(settled, records)
+        self.metrics.transaction_committed(transaction.events, time.monotonic() - started)
+        for batch in transaction.batches:
+            ack = batch.arrivals.ack
+            for event in batch.events:
+                ack(event)
+
+    async def _complete(self, transaction: Transaction) -> None:
+        """Wait for the transaction's records to be delivered, then commit it with its
+        offsets, under the membership it was opened in."""
+        for delivery in transaction.deliveries:
+            await delivery
+        now = self.member()
+        refused = transaction.fencing_error(now)
+        if refused is not None:
+            raise Fenced(refused)
+        assert now is not None
+        await self._call(self.producer.commit, transaction.offsets, group_metadata(now))
+
+    async def close(self) -> None:
+        """At shutdown: abort the open transaction (its events are consumed again by the
+        partitions' next owner, their outputs written once, by it)."""
+        async with self._lock:
+            if self._open is not None and not self._committing:
+                self._open = None
+                await self._call(self.producer.abort, CALL_TIMEOUT_S)
+
+    def _fail(self, error: BaseException) -> NoReturn:
+        log.critical(
+            "the transaction cannot be committed (%r): aborting it and exiting; its events "
+            "are consumed again from the committed offsets",
+            error,
+        )
+        try:
+            self.producer.abort(5.0)
+        except Exception as abort_error:  # fenced producers cannot abort: the broker will
+            log.error("abort failed too: %r", abort_error)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(EXIT_TRANSACTION_FAILED)
+
+
+class Fenced(RuntimeError):
+    """The worker is no longer the group member its transaction was opened under."""

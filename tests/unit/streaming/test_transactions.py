@@ -1,0 +1,290 @@
+"""The pure parts of exactly-once (pipeline.streaming.transactions): librdkafka's group
+metadata bytes, what a transaction commits, and the order of commit, store and acks, with
+a recording producer in place of librdkafka's."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from pipeline.settings import Settings
+from pipeline.streaming import transactions
+from pipeline.streaming.dead_letters import DeadLetters
+from pipeline.streaming.faust_internals import GroupMember
+from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.processing import Event, RowBatch
+from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing, ProducerRecord
+from pipeline.streaming.transactions import (
+    ExactlyOnce,
+    GroupMetadataMismatch,
+    Transaction,
+    TransactionalProducer,
+    check_group_metadata,
+    group_metadata,
+    transactional_id,
+)
+from tests.unit.streaming.fakes import FakeTable
+
+# No broker is needed to make a consumer's group metadata; none is asked.
+OFFLINE = {"bootstrap.servers": "127.0.0.1:9", "log_level": 0}
+MEMBER = GroupMember("shop", 7, "member-1", None)
+
+
+def test_the_encoding_is_librdkafkas_for_a_consumer_that_has_not_joined() -> None:
+    check_group_metadata(OFFLINE, "shop-pipeline", None)
+    check_group_metadata(OFFLINE, "shop-pipeline", "worker-1")
+
+
+def test_a_different_encoding_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transactions, "group_metadata", lambda member: b"CGMDv3:")
+    with pytest.raises(GroupMetadataMismatch):
+        check_group_metadata(OFFLINE, "shop-pipeline", None)
+
+
+def test_a_members_generation_and_ids_are_in_librdkafkas_layout() -> None:
+    generation = struct.pack("=i", 7)
+    assert group_metadata(MEMBER) == b"CGMDv2:" + generation + b"shop\0member-1\0\x01"
+    static = GroupMember("shop", 7, "member-1", "worker-1")
+    assert group_metadata(static) == b"CGMDv2:" + generation + b"shop\0member-1\0\x00worker-1\0"
+
+
+def test_the_transactional_id_survives_a_restart_and_differs_between_workers() -> None:
+    one = Settings(app_id="shop", data_dir=Path("/data/a"))
+    assert transactional_id(one) == transactional_id(
+        Settings(app_id="shop", data_dir=Path("/data/a"))
+    )
+    assert transactional_id(one) != transactional_id(
+        Settings(app_id="shop", data_dir=Path("/data/b"))
+    )
+    assert transactional_id(Settings(app_id="shop", worker_id="w1")) == "shop-w1"
+
+
+@dataclass
+class Message:
+    offset: int
+    topic: str = "order_created"
+    partition: int = 3
+    key: bytes = b"u1"
+    value: bytes = b"v"
+    headers: Any = None
+
+
+@dataclass
+class FakeEvent:
+    message: Message
+
+
+def events(*offsets: int, partition: int = 3) -> list[Event]:
+    return [cast(Event, FakeEvent(Message(offset, partition=partition))) for offset in offsets]
+
+
+def test_a_transaction_commits_the_offset_after_the_last_event_of_each_partition() -> None:
+    transaction = Transaction(MEMBER)
+    arrivals = RecordingArrivals()
+    transaction.add(transactions.Settled(arrivals, events(4, 5)))
+    transaction.add(transactions.Settled(arrivals, events(9, partition=0)))
+    transaction.add(transactions.Settled(arrivals, events(6)))
+    assert transaction.offsets == {("order_created", 3): 7, ("order_created", 0): 10}
+    assert transaction.events == 4
+
+
+def test_a_transaction_is_not_committed_under_another_membership() -> None:
+    transaction = Transaction(MEMBER)
+    assert transaction.fencing_error(MEMBER) is None
+    assert transaction.fencing_error(GroupMember("shop", 8, "member-1", None)) is not None
+    assert transaction.fencing_error(GroupMember("shop", -1, "", None)) is not None
+    assert Transaction(GroupMember("shop", -1, "", None)).fencing_error(None) is not None
+
+
+@dataclass
+class RecordingProducer:
+    log: list[Any] = field(default_factory=list)
+    fail_commit: bool = False
+    # Set: a commit waits for it (in its thread, as librdkafka's does for the broker).
+    hold: threading.Event | None = None
+
+    def begin(self) -> None:
+        self.log.append("begin")
+
+    async def send(self, messages: Sequence[ProducerRecord]) -> asyncio.Future[Delivered]:
+        self.log.append(("send", [m.topic for m in messages]))
+        delivered: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
+        delivered.set_result({(m.topic, m.partition or 0): 20 + i for i, m in enumerate(messages)})
+        return delivered
+
+    def commit(self, offsets: Mapping[tuple[str, int], int], metadata: bytes) -> None:
+        if self.hold is not None:
+            self.hold.wait(5)
+        if self.fail_commit:
+            raise RuntimeError("fenced")
+        self.log.append(("commit", dict(offsets), metadata))
+
+    def abort(self, timeout: float) -> None:
+        self.log.append("abort")
+
+
+@dataclass
+class RecordingArrivals:
+    acked: list[int] = field(default_factory=list)
+
+    async def take(self, limit: int) -> list[Event]:
+        return []
+
+    def ack(self, event: Event) -> None:
+        self.acked.append(event.message.offset)
+
+
+def exactly_once(producer: RecordingProducer, member: GroupMember = MEMBER) -> ExactlyOnce:
+    dead_letters = DeadLetters(cast(BatchProducer, None), "shop")
+    return ExactlyOnce(
+        cast(TransactionalProducer, producer), dead_letters, lambda: member, Metrics()
+    )
+
+
+def stock_rows(
+    settlement: ExactlyOnce, table: FakeTable, event: Event, delta: int
+) -> RowBatch[int]:
+    rows = RowBatch(
+        cast(Any, table),
+        int,
+        lambda row: str(row).encode(),
+        settlement.send,
+        unsettled=settlement.unsettled(cast(Any, table.data)),
+    )
+    rows.put(b"sku-1", (rows.get(b"sku-1", event) or 0) + delta, event)
+    return rows
+
+
+def test_rows_are_stored_and_events_acknowledged_only_after_the_commit() -> None:
+    producer, table, arrivals = RecordingProducer(), FakeTable(), RecordingArrivals()
+    settlement = exactly_once(producer)
+
+    async def scenario() -> None:
+        first, second = events(4), events(5)
+        rows = stock_rows(settlement, table, first[0], 5)
+        prepared = await rows.send([Outgoing("stock_levels", b"sku-1", b"5")])
+        assert producer.log == []  # nothing is sent while a batch is prepared
+        await settlement.settle(arrivals, first, prepared)
+        # A later batch reads the row from the open transaction, not the store.
+        later = stock_rows(settlement, table, second[0], -2)
+        assert later.pending[b"sku-1"][0] == 3
+        await settlement.settle(arrivals, second, await later.send([]))
+        assert table.data == {} and arrivals.acked == []
+        await settlement.commit()
+
+    asyncio.run(scenario())
+    assert producer.log == [
+        "begin",
+        ("send", ["stock_levels"]),
+        ("send", ["stock-changelog"]),
+        ("send", []),
+        ("send", ["stock-changelog"]),
+        ("commit", {("order_created", 3): 6}, group_metadata(MEMBER)),
+    ]
+    assert table.data == {b"sku-1": b"3"}
+    assert arrivals.acked == [4, 5]
+    assert settlement.unsettled(cast(Any, table.data)) == {}
+
+
+def test_a_dead_letter_is_committed_with_its_events_offset() -> None:
+    producer, arrivals = RecordingProducer(), RecordingArrivals()
+    settlement = exactly_once(producer)
+
+    async def scenario() -> None:
+        await settlement.dead_letter(arrivals, events(8)[0], ValueError(), 1)
+        assert arrivals.acked == []
+        await settlement.commit()
+
+    asyncio.run(scenario())
+    assert producer.log[1] == ("send", ["order_created.dlq"])
+    assert producer.log[2][:2] == ("commit", {("order_created", 3): 9})
+    assert arrivals.acked == [8]
+
+
+class Exited(Exception):
+    pass
+
+
+def exit_raises(code: int) -> None:
+    raise Exited(code)
+
+
+@pytest.mark.parametrize("fenced", ["by the broker", "by a new generation"])
+def test_a_transaction_that_cannot_commit_is_aborted_and_nothing_is_stored(
+    monkeypatch: pytest.MonkeyPatch, fenced: str
+) -> None:
+    monkeypatch.setattr(transactions.os, "_exit", exit_raises)
+    producer, table, arrivals = RecordingProducer(), FakeTable(), RecordingArrivals()
+    member = [MEMBER]
+    settlement = exactly_once(producer)
+    settlement.member = lambda: member[0]
+    producer.fail_commit = fenced == "by the broker"
+
+    async def scenario() -> None:
+        rows = stock_rows(settlement, table, events(4)[0], 5)
+        await settlement.settle(arrivals, events(4), await rows.send([]))
+        if fenced == "by a new generation":
+            member[0] = GroupMember("shop", 8, "member-1", None)
+        with pytest.raises(Exited):
+            await settlement.commit()
+
+    asyncio.run(scenario())
+    assert producer.log[-1] == "abort"
+    assert table.data == {} and arrivals.acked == []
+
+
+def test_a_batch_settled_during_a_commit_goes_into_the_next_transaction() -> None:
+    """The agents are not held up by a commit: their batches wait for the next
+    transaction, their rows readable meanwhile."""
+    producer, table, arrivals = RecordingProducer(), FakeTable(), RecordingArrivals()
+    producer.hold = threading.Event()
+    settlement = exactly_once(producer)
+    store = cast(Any, table.data)
+
+    async def scenario() -> None:
+        first, second = events(4), events(5)
+        rows = stock_rows(settlement, table, first[0], 5)
+        await settlement.settle(arrivals, first, await rows.send([]))
+        committing = asyncio.ensure_future(settlement.commit())
+        await asyncio.sleep(0.05)  # the commit waits for the broker
+        later = stock_rows(settlement, table, second[0], -2)
+        assert later.pending[b"sku-1"][0] == 3
+        await settlement.settle(arrivals, second, await later.send([]))
+        assert len(producer.log) == 3  # begin and the first batch's two sends: nothing new
+        producer.hold.set()
+        await committing
+        assert arrivals.acked == [4] and table.data == {b"sku-1": b"5"}
+        assert settlement.unsettled(store) == {b"sku-1": 3}  # the second, not stored yet
+        await settlement.commit()
+
+    asyncio.run(scenario())
+    names = [entry if isinstance(entry, str) else entry[0] for entry in producer.log[3:]]
+    assert names == ["commit", "begin", "send", "send", "commit"]
+    assert producer.log[-1][1] == {("order_created", 3): 6}
+    assert arrivals.acked == [4, 5] and table.data == {b"sku-1": b"3"}
+
+
+def test_a_commit_that_never_completes_fails_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transactions.os, "_exit", exit_raises)
+    monkeypatch.setattr(transactions, "COMMIT_DEADLINE_S", 0.1)
+    producer, table, arrivals = RecordingProducer(), FakeTable(), RecordingArrivals()
+    producer.hold = threading.Event()  # never set: the broker never answers
+    settlement = exactly_once(producer)
+
+    async def scenario() -> None:
+        rows = stock_rows(settlement, table, events(4)[0], 5)
+        await settlement.settle(arrivals, events(4), await rows.send([]))
+        with pytest.raises(Exited):
+            await settlement.commit()
+
+    asyncio.run(scenario())
+    producer.hold.set()
+    assert producer.log[-1] == "abort"
+    assert table.data == {} and arrivals.acked == []
