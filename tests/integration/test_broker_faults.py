@@ -105,6 +105,8 @@ def test_the_only_broker_restarted_mid_stream(tmp_path: Path, guarantee: str) ->
         shop = shop_on(stack, tmp_path / "shop", "broker-restart", guarantee)
         events = list(generate(LoadConfig(users=30, orders=1200, skus=10, seed=7)))
         worker = shop.worker("w").start().wait_healthy()
+        # The worker running now: under exactly_once, a replacement (see below).
+        live = [worker]
         try:
             with sending(events, shop, rate=300.0) as sent:
                 mid_stream(worker, shop, 200)
@@ -114,7 +116,6 @@ def test_the_only_broker_restarted_mid_stream(tmp_path: Path, guarantee: str) ->
                 report = sent.result()
             if guarantee == "exactly_once":
                 # A transaction that failed while the broker was away ends its worker.
-                live = [worker]
 
                 def caught_up() -> bool:
                     live[0] = restarted_if_its_transaction_failed(live[0])
@@ -133,7 +134,7 @@ def test_the_only_broker_restarted_mid_stream(tmp_path: Path, guarantee: str) ->
             if guarantee == "exactly_once":
                 assert not [t for t, tally in tallies.items() if tally.duplicates], tallies
         finally:
-            worker.stop()
+            live[0].stop()
 
 
 def test_one_broker_of_three_killed_mid_stream(tmp_path: Path) -> None:
