@@ -359,12 +359,15 @@ class ExactlyOnce:
             for batch in transaction.batches:
                 if batch.rows is not None and batch.changelog is not None:
                     batch.rows.write(batch.changelog.result())
-            # Now in the store; what settled during the commit is still to be stored.
+            # Now in the store; what settled during the commit is still to be stored, and
+            # stays readable throughout: each hand-over below waits for librdkafka while
+            # the agents prepare batches that read these rows.
             for rows in self._unsettled.values():
                 rows.clear()
             waiting, self._waiting = self._waiting, []
-            for settled, records in waiting:
+            for settled, _ in waiting:
                 self._keep_rows(settled)
+            for settled, records in waiting:
                 await self._hand_over(settled, records)
         self.metrics.transaction_committed(transaction.events, time.monotonic() - started)
         for batch in transaction.batches:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -109,9 +109,13 @@ class RecordingProducer:
     fail_commit: bool = False
     # Set: a commit waits for it (in its thread, as librdkafka's does for the broker).
     hold: threading.Event | None = None
+    # Called as a transaction begins (in its thread, while the loop awaits it).
+    on_begin: Callable[[], None] | None = None
 
     def begin(self) -> None:
         self.log.append("begin")
+        if self.on_begin is not None:
+            self.on_begin()
 
     async def send(self, messages: Sequence[ProducerRecord]) -> asyncio.Future[Delivered]:
         self.log.append(("send", [m.topic for m in messages]))
@@ -149,7 +153,7 @@ def exactly_once(producer: RecordingProducer, member: GroupMember = MEMBER) -> E
 
 
 def stock_rows(
-    settlement: ExactlyOnce, table: FakeTable, event: Event, delta: int
+    settlement: ExactlyOnce, table: FakeTable, event: Event, delta: int, sku: bytes = b"sku-1"
 ) -> RowBatch[int]:
     rows = RowBatch(
         cast(Any, table),
@@ -158,7 +162,7 @@ def stock_rows(
         settlement.send,
         unsettled=settlement.unsettled(cast(Any, table.data)),
     )
-    rows.put(b"sku-1", (rows.get(b"sku-1", event) or 0) + delta, event)
+    rows.put(sku, (rows.get(sku, event) or 0) + delta, event)
     return rows
 
 
@@ -269,6 +273,33 @@ def test_a_batch_settled_during_a_commit_goes_into_the_next_transaction() -> Non
     assert names == ["commit", "begin", "send", "send", "commit"]
     assert producer.log[-1][1] == {("order_created", 3): 6}
     assert arrivals.acked == [4, 5] and table.data == {b"sku-1": b"3"}
+
+
+def test_the_batches_settled_during_a_commit_stay_readable_while_handed_over() -> None:
+    """After a commit, the batches that settled during it go into the next transaction one
+    at a time, each hand-over waiting for librdkafka; meanwhile the agents prepare their
+    next batches, which must still read the rows of every one of them (read from the store
+    instead, a row would be stale: an update lost)."""
+    producer, table, arrivals = RecordingProducer(), FakeTable(), RecordingArrivals()
+    producer.hold = threading.Event()
+    settlement = exactly_once(producer)
+    store = cast(Any, table.data)
+    readable: list[dict[bytes, Any]] = []
+
+    async def scenario() -> None:
+        rows = stock_rows(settlement, table, events(4)[0], 5)
+        await settlement.settle(arrivals, events(4), await rows.send([]))
+        committing = asyncio.ensure_future(settlement.commit())
+        await asyncio.sleep(0.05)  # the commit waits for the broker
+        for offset, sku in ((5, b"sku-2"), (6, b"sku-3")):
+            later = stock_rows(settlement, table, events(offset)[0], 1, sku)
+            await settlement.settle(arrivals, events(offset), await later.send([]))
+        producer.on_begin = lambda: readable.append(dict(settlement.unsettled(store) or {}))
+        producer.hold.set()
+        await committing
+
+    asyncio.run(scenario())
+    assert readable == [{b"sku-2": 1, b"sku-3": 1}]
 
 
 def test_a_commit_that_never_completes_fails_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
