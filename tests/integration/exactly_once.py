@@ -90,3 +90,16 @@ def derived_tallies(settings: Settings, events: list[ShopEvent]) -> dict[str, Ta
         len(lines), len(lines) - unique, max(0, wanted - unique)
     )
     return tallies
+
+
+def assert_derived_exact(
+    settings: Settings, events: list[ShopEvent], guarantee: str, label: str
+) -> None:
+    """Every derived topic, read ``read_committed``, misses no record, and under
+    exactly_once holds none twice (at-least-once may repeat some: counted, printed after
+    ``label``)."""
+    tallies = derived_tallies(settings, events)
+    print(f"\n{label}, read_committed: " + "; ".join(f"{t}: {v}" for t, v in tallies.items()))
+    assert not [t for t, tally in tallies.items() if tally.missing], tallies
+    if guarantee == "exactly_once":
+        assert not [t for t, tally in tallies.items() if tally.duplicates], tallies

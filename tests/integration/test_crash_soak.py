@@ -38,7 +38,7 @@ from pipeline.dev.workers import WorkerProcess, wait_for
 from pipeline.services import shop as shop_topology
 from tests.integration import expected
 from tests.integration.conftest import StackInfo
-from tests.integration.exactly_once import derived_tallies
+from tests.integration.exactly_once import assert_derived_exact
 from tests.integration.harness import deployment, views_match
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
@@ -209,14 +209,7 @@ def test_repeated_worker_kills_lose_and_double_nothing(
         for source in consumed:
             assert record_count(consumer, names.dead_letters(source)) == 0, source
         # Derived events are never lost; under at-least-once some are repeated (counted).
-        tallies = derived_tallies(settings, events)
-        print(
-            f"\nsoak ({guarantee}), read_committed: "
-            + "; ".join(f"{t}: {v}" for t, v in tallies.items())
-        )
-        assert not [t for t, tally in tallies.items() if tally.missing], tallies
-        if guarantee == "exactly_once":
-            assert not [t for t, tally in tallies.items() if tally.duplicates], tallies
+        assert_derived_exact(settings, events, guarantee, f"soak ({guarantee})")
         print(
             f"\nsoak ({guarantee}): {len(events)} events ({ORDERS} orders, {work} messages to "
             "commit), "
