@@ -21,11 +21,9 @@ from dataclasses import replace
 from typing import Any
 
 import click
-from confluent_kafka import Consumer
 from fastavro import schemaless_reader, schemaless_writer
 
-from bench.bare_producer import BareProducer
-from pipeline.dev.loadgen import CONTRACT
+from bench.bare_clients import BareProducer, bare_consumer, orders_schema
 from pipeline.serde.codec import Codecs, header
 from pipeline.settings import Settings
 from pipeline.topics import TopicNames
@@ -47,19 +45,9 @@ def main(input_topic: str, output_prefix: str, group: str, count: int) -> None:
     levels_header = header(levels_codec.prepare())
     stats_schema = stats_codec.topic_schema.parsed
     levels_schema = levels_codec.topic_schema.parsed
-    input_prefix = input_topic.removesuffix(CONTRACT.order_created)
     # The orders were written with the catalog's OrderCreated schema: read with it as is.
-    input_settings = replace(settings, topic_prefix=input_prefix)
-    writer_schema = Codecs.from_settings(input_settings)[input_topic].topic_schema.parsed
-
-    consumer = Consumer(
-        {
-            **settings.kafka_client_config(),
-            "group.id": group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": True,
-        }
-    )
+    writer_schema = orders_schema(settings, input_topic)
+    consumer = bare_consumer(settings, group)
     producer = BareProducer(settings)
     send = producer.send
 

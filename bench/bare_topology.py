@@ -30,11 +30,10 @@ from dataclasses import replace
 from typing import Any
 
 import click
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Message
 from fastavro import schemaless_reader, schemaless_writer
 
-from bench.bare_producer import BareProducer
-from pipeline.dev.loadgen import CONTRACT
+from bench.bare_clients import BareProducer, bare_consumer, orders_schema
 from pipeline.domain.rules import millis
 from pipeline.serde.codec import Codecs, header
 from pipeline.settings import Settings
@@ -63,18 +62,8 @@ def main(input_topic: str, output_prefix: str, group: str, count: int) -> None:
     for topic in (names.user_order_stats, names.stock_levels, names.low_stock_alerts):
         codec = codecs[topic]
         writers[topic] = (header(codec.prepare()), codec.topic_schema.parsed)
-    input_prefix = input_topic.removesuffix(CONTRACT.order_created)
-    input_settings = replace(settings, topic_prefix=input_prefix)
-    order_schema = Codecs.from_settings(input_settings)[input_topic].topic_schema.parsed
-
-    consumer = Consumer(
-        {
-            **settings.kafka_client_config(),
-            "group.id": group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": True,
-        }
-    )
+    order_schema = orders_schema(settings, input_topic)
+    consumer = bare_consumer(settings, group)
     producer = BareProducer(settings)
     send = producer.send
 
