@@ -103,6 +103,9 @@ def _watch(
             "group.id": f"bench-probe-{os.getpid()}",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 5,
+            # What a downstream service sees: exactly-once outputs once committed (the same
+            # as read_uncommitted for records written outside transactions).
+            "isolation.level": "read_committed",
         }
     )
     # Explicit start offsets (each partition's low watermark): fetching starts at once,
