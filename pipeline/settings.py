@@ -133,6 +133,13 @@ class Settings:
     # commits (Kafka Streams' commit.interval.ms). Longer: fewer commits (throughput), and
     # derived events visible to read_committed readers that much later (latency).
     commit_interval_ms: int = 100
+    # The longest the broker holds a worker's fetch for partitions with no new records.
+    # While it holds one, aiokafka fetches nothing else from that broker, not even for
+    # partitions whose records were consumed meanwhile (Faust's 1,500 ms added up to that
+    # to events arriving on busy partitions, and read_committed fetches wait for it at
+    # every commit): this bounds the delay, at the cost of that many empty fetches per
+    # second on an idle worker.
+    fetch_max_wait_ms: int = 50
     # The consumer's static group membership (KIP-345 group.instance.id); None: dynamic.
     # A worker restarted with the same id gets its partitions back without a rebalance.
     worker_id: str | None = None
@@ -225,6 +232,11 @@ class Settings:
                 PREFIX + "COMMIT_INTERVAL_MS",
                 get("COMMIT_INTERVAL_MS", str(defaults.commit_interval_ms)),
                 1,
+            ),
+            fetch_max_wait_ms=_int(
+                PREFIX + "FETCH_MAX_WAIT_MS",
+                get("FETCH_MAX_WAIT_MS", str(defaults.fetch_max_wait_ms)),
+                0,
             ),
             worker_id=worker_id,
             kafka_security=KafkaSecurity(

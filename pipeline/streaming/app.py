@@ -192,6 +192,7 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
         autodiscover=False,
     )
     app.topology = topology
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.codecs = codecs if codecs is not None else Codecs.from_settings(settings)
     metrics = app.pipeline_metrics = Metrics()
     metrics.lags.read = lambda: read_lags(app)

@@ -22,6 +22,9 @@ version, so each is checked again before an upgrade):
 - the agent stream's channel queue (a ``ThrowableQueue``) and what Faust's
   stream iterator (``Stream._py_aiter``, compiled as ``faust._cython.streams``) does with
   each event it takes: the agents take their events in bulk (``ArrivedEvents``);
+- ``AIOKafkaConsumerThread._create_worker_consumer`` and aiokafka's
+  ``AIOKafkaConsumer._fetch_max_wait_ms``: Faust fixes the fetch wait at 1,500 ms, ours is
+  the app's (``PipelineConsumerThread``, pipeline.settings ``fetch_max_wait_ms``);
 - for exactly-once (pipeline.streaming.transactions), where our transactions commit the
   consumed offsets: ``AIOKafkaConsumerThread._create_worker_consumer`` and aiokafka's
   ``AIOKafkaConsumer._isolation_level`` (the worker's consumer reads with
@@ -120,6 +123,16 @@ FAUST_VERSION = "0.15.3"
 
 
 class PipelineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(
+        self, transport: faust_aiokafka.Transport
+    ) -> aiokafka.AIOKafkaConsumer:
+        """Faust's consumer, with the app's fetch wait instead of Faust's fixed 1,500 ms
+        (pipeline.settings: ``fetch_max_wait_ms``). The Fetcher is made from this
+        attribute when the consumer starts."""
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = cast(FixedFaustApp, self.app).fetch_max_wait_ms
+        return consumer
+
     async def _fetch_records(
         self,
         consumer: aiokafka.AIOKafkaConsumer,
@@ -213,7 +226,7 @@ class TransactionalConsumerThread(PipelineConsumerThread):
     def _create_worker_consumer(
         self, transport: faust_aiokafka.Transport
     ) -> aiokafka.AIOKafkaConsumer:
-        """Faust's consumer, reading only committed records: Faust picks read_committed
+        """Our consumer, reading only committed records: Faust picks read_committed
         only for its own exactly_once, which is not used (pipeline.streaming.app). The
         Fetcher is made from this attribute when the consumer starts."""
         consumer = super()._create_worker_consumer(transport)
@@ -371,6 +384,8 @@ class FixedFaustApp(faust.App):
     # Set before the app starts when our transactions commit its offsets: its consumer
     # then reads committed records only and Faust commits nothing.
     commits_in_transactions: bool = False
+    # How long the broker may hold the worker consumer's fetch (Faust's fixed value here).
+    fetch_max_wait_ms: int = 1500
 
     def _new_transport(self) -> TransportT:
         # Faust's, for our consumer's transport class: never fetches with an empty

@@ -76,6 +76,11 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     aiokafka.AIOKafkaConsumer.__init__: (
         "01506f316191f7c99c785bec915756d1560029a6fad75cba6f4da71e343a8163"
     ),
+    # Makes the Fetcher from the attributes set in _create_worker_consumer: the isolation
+    # level (exactly_once) and the fetch wait.
+    aiokafka.AIOKafkaConsumer.start: (
+        "2f1ba70443327538800d348e61042cdedd5a5e6306f40ebe1a06dddba7494c45"
+    ),
     GroupCoordinator.__init__: "9e729f077efc4f3a4f3e672047bcdde1f557517f9417415245af851ac25e44fd",
 }
 # The compiled twin of Stream._py_aiter, the one Faust runs.
@@ -421,6 +426,23 @@ def test_under_exactly_once_the_consumer_reads_committed_records_and_faust_commi
 
     assert asyncio.run(made())._isolation_level == "read_committed"
     assert asyncio.run(TransactionalConsumer.commit(cast(Any, None))) is False
+
+
+def test_the_consumer_fetches_with_the_apps_fetch_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(shop(Settings(app_id="unit", fetch_max_wait_ms=7)))
+    assert cast(Any, app).fetch_max_wait_ms == 7
+
+    async def made() -> Any:
+        # What Faust makes (its fixed 1,500 ms), as aiokafka keeps it until its Fetcher starts.
+        made = aiokafka.AIOKafkaConsumer(fetch_max_wait_ms=1500)
+        monkeypatch.setattr(
+            AIOKafkaConsumerThread, "_create_worker_consumer", lambda self, transport: made
+        )
+        thread = PipelineConsumerThread.__new__(PipelineConsumerThread)
+        thread.app = app
+        return thread._create_worker_consumer(cast(Any, None))
+
+    assert asyncio.run(made())._fetch_max_wait_ms == 7
 
 
 def test_the_group_membership_is_read_from_aiokafkas_coordinator() -> None:
