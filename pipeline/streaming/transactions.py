@@ -334,10 +334,15 @@ class ExactlyOnce:
         transaction.add(settled)
 
     async def run(self, interval: float) -> None:
-        """Commit every ``interval`` seconds after the previous commit ended, for as long
-        as the worker runs."""
+        """Commit every ``interval`` seconds, counted from the start of the previous commit
+        (at once when it took longer), for as long as the worker runs. Counted from its end,
+        the commit's own round trips (tens of milliseconds, more under load) would add to
+        every interval, and to the latency of every event in it."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = loop.time() + interval
             await self.commit()
 
     async def commit(self) -> None:
