@@ -33,10 +33,10 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline.admin.offsets import committed_offsets, record_count, watermarks
 from pipeline.admin.topics import ensure_topics
-from pipeline.dev.loadgen import CONTRACT, LoadConfig, ShopEvent, generate, send
+from pipeline.dev import expected
+from pipeline.dev.loadgen import LoadConfig, ShopEvent, generate, send
 from pipeline.dev.workers import WorkerProcess, wait_for
 from pipeline.services import shop as shop_topology
-from tests.integration import expected
 from tests.integration.conftest import StackInfo
 from tests.integration.exactly_once import assert_derived_exact
 from tests.integration.harness import deployment, views_match
@@ -115,9 +115,7 @@ def test_repeated_worker_kills_lose_and_double_nothing(
     assert report.failed == 0
     # Everything the group commits once: the input and one re-keyed record per order line
     # (replays after a kill add a few more).
-    work = len(events) + sum(
-        len(event.record["items"]) for event in events if event.stream == CONTRACT.order_created
-    )
+    work = len(events) + expected.order_lines(events)
 
     admin = AdminClient(dict(settings.kafka_client_config()))
     consumer = Consumer(

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.dev import expected
 from pipeline.dev.loadgen import LoadConfig, generate, send
 from pipeline.dev.workers import Deployment, WorkerProcess, http_json, wait_for
-from tests.integration import expected
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import views_match
 

@@ -17,6 +17,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from pipeline.dev.audit import read_topic
 from pipeline.streaming.faust_internals import GroupMember
 from pipeline.streaming.producer import Outgoing, producer_config
 from pipeline.streaming.transactions import (
@@ -25,7 +26,6 @@ from pipeline.streaming.transactions import (
     group_metadata,
 )
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import read_topic
 
 pytestmark = pytest.mark.integration
 

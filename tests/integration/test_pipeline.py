@@ -18,6 +18,8 @@ from confluent_kafka.schema_registry import SchemaRegistryClient, topic_subject_
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from pipeline.dev import expected
+from pipeline.dev.audit import Record, decoded, read_topic
 from pipeline.dev.loadgen import CONTRACT, LoadConfig, ShopEvent, adjustment, generate, order, send
 from pipeline.dev.workers import Deployment, WorkerProcess, http_json, wait_for
 from pipeline.serde.codec import Codecs
@@ -28,9 +30,8 @@ from pipeline.streaming.dead_letters import (
     SOURCE_OFFSET,
     SOURCE_TOPIC,
 )
-from tests.integration import expected
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import Record, decoded, deployment, end_offsets, read_topic
+from tests.integration.harness import deployment, end_offsets
 
 pytestmark = pytest.mark.integration
 

@@ -10,18 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.dev import expected
+from pipeline.dev.audit import decoded, read_topic
 from pipeline.dev.loadgen import LoadConfig, generate, send
 from pipeline.dev.workers import POINTS_APP, wait_for
 from pipeline.serde.codec import Codecs
-from tests.integration import expected
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import (
-    decoded,
-    deployment,
-    points_match,
-    read_topic,
-    views_match,
-)
+from tests.integration.harness import deployment, points_match, views_match
 
 pytestmark = pytest.mark.integration
 

@@ -27,6 +27,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pipeline.admin.offsets import watermarks
+from pipeline.dev import expected
+from pipeline.dev.audit import read_topic
 from pipeline.dev.loadgen import (
     CONTRACT,
     LoadConfig,
@@ -38,9 +40,8 @@ from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
 from pipeline.serde.codec import Codecs, frame
 from pipeline.serde.errors import PipelineCodecError
 from pipeline.streaming.dead_letters import ATTEMPTS, ERROR_CLASS, SOURCE_OFFSET, SOURCE_TOPIC
-from tests.integration import expected
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import deployment, read_topic, views_match
+from tests.integration.harness import deployment, views_match
 
 pytestmark = pytest.mark.integration
 

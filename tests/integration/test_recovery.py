@@ -10,10 +10,11 @@ import pytest
 
 from pipeline.agents.orders import USER_STATS
 from pipeline.agents.stock import STOCK
+from pipeline.dev.audit import read_topic
 from pipeline.dev.loadgen import LoadConfig, generate, send
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import deployment, read_topic, views_match
+from tests.integration.harness import deployment, views_match
 
 pytestmark = pytest.mark.integration
 

@@ -35,6 +35,7 @@ import pytest
 from confluent_kafka import Producer
 from fastavro import parse_schema, schemaless_writer
 
+from pipeline.dev.audit import Record, read_topic
 from pipeline.dev.loadgen import order
 from pipeline.dev.stack.config import free_ports
 from pipeline.dev.workers import Deployment, WorkerProcess, http_json, wait_for
@@ -42,7 +43,6 @@ from pipeline.serde.codec import Codecs, frame
 from pipeline.serde.registry import SchemaRegistry
 from pipeline.streaming.dead_letters import ATTEMPTS, ERROR_CLASS, SCHEMA_ID
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import Record, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.dev import expected
 from pipeline.dev.loadgen import LoadConfig, ShopEvent, generate, send
 from pipeline.dev.workers import WorkerProcess, wait_for
-from tests.integration import expected
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import deployment, views_match
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.dev.audit import derived_tallies
 from pipeline.dev.loadgen import LoadConfig, generate, send
 from pipeline.dev.workers import wait_for
 from tests.integration.conftest import StackInfo
-from tests.integration.exactly_once import derived_tallies
 from tests.integration.harness import deployment, views_match
 
 pytestmark = pytest.mark.integration
