@@ -72,6 +72,42 @@ def group_lag(admin: AdminClient, consumer: Consumer, group: str, topics: Iterab
     return behind
 
 
+def lag_by_partition(
+    admin: AdminClient, consumer: Consumer, group: str, topics: Iterable[str]
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """(committed, end) of every partition of ``topics`` that ``group`` has not fully
+    committed. ``consumer`` must read ``read_committed`` with ``enable.partition.eof``
+    (see :func:`record_at_or_after`)."""
+    committed = committed_offsets(admin, group)
+    behind = {}
+    for topic in topics:
+        for partition, (_, end) in watermarks(consumer, topic).items():
+            done = committed.get((topic, partition), 0)
+            if done < end and record_at_or_after(consumer, topic, partition, done):
+                behind[(topic, partition)] = (done, end)
+    return behind
+
+
+def record_at_or_after(consumer: Consumer, topic: str, partition: int, offset: int) -> bool:
+    """Whether a committed record is at ``offset`` or later. A partition written in
+    transactions (exactly_once: the re-keyed order lines) ends with a commit marker, which
+    takes an offset but is no record: its end is one past what the group ever commits.
+    ``consumer`` must read ``read_committed`` with ``enable.partition.eof``."""
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    try:
+        while True:
+            message = consumer.poll(10)
+            if message is None:
+                return True  # nothing said yet: count it as behind
+            error = message.error()
+            if error is None:
+                return True
+            if error.code() == KafkaError._PARTITION_EOF:
+                return False
+    finally:
+        consumer.unassign()
+
+
 class EndOffsets:
     """Partition end offsets (high watermarks), asked of the broker and kept for ``ttl``
     seconds: what a table view compares a local copy's offset with to say how far behind

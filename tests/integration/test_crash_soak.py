@@ -23,15 +23,14 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
-from pipeline.admin.offsets import committed_offsets, record_count, watermarks
+from pipeline.admin.offsets import committed_offsets, lag_by_partition, record_count
 from pipeline.admin.topics import ensure_topics
 from pipeline.dev import expected
 from pipeline.dev.loadgen import LoadConfig, ShopEvent, generate, send
@@ -50,39 +49,6 @@ SEED = int(os.environ.get("SOAK_SEED", str(random.randrange(1_000_000))))
 # The group committing nothing for this long while messages wait is a stall, not slowness
 # (a rebalance after a SIGKILL waits at most the 15 s session timeout).
 STALL_S = 120.0
-
-
-def lag_by_partition(
-    admin: AdminClient, consumer: Consumer, group: str, topics: Iterable[str]
-) -> dict[tuple[str, int], tuple[int, int]]:
-    """(committed, end) of every partition of ``topics`` the group has not fully committed."""
-    committed = committed_offsets(admin, group)
-    behind = {}
-    for topic in topics:
-        for partition, (_, end) in watermarks(consumer, topic).items():
-            done = committed.get((topic, partition), 0)
-            if done < end and record_at_or_after(consumer, topic, partition, done):
-                behind[(topic, partition)] = (done, end)
-    return behind
-
-
-def record_at_or_after(consumer: Consumer, topic: str, partition: int, offset: int) -> bool:
-    """Whether a committed record is at ``offset`` or later. A partition written in
-    transactions (exactly_once: the re-keyed order lines) ends with a commit marker, which
-    takes an offset but is no record: its end is one past what the group ever commits."""
-    consumer.assign([TopicPartition(topic, partition, offset)])
-    try:
-        while True:
-            message = consumer.poll(10)
-            if message is None:
-                return True  # nothing said yet: count it as behind
-            error = message.error()
-            if error is None:
-                return True
-            if error.code() == KafkaError._PARTITION_EOF:
-                return False
-    finally:
-        consumer.unassign()
 
 
 def view_mismatches(worker: WorkerProcess, events: list[ShopEvent]) -> list[str]:
