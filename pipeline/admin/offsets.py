@@ -62,16 +62,6 @@ def committed_offsets(admin: AdminClient, group: str) -> dict[tuple[str, int], i
     }
 
 
-def group_lag(admin: AdminClient, consumer: Consumer, group: str, topics: Iterable[str]) -> int:
-    """Messages of ``topics`` that ``group`` has not committed yet."""
-    committed = committed_offsets(admin, group)
-    behind = 0
-    for topic in topics:
-        for partition, (_, end) in watermarks(consumer, topic).items():
-            behind += end - committed.get((topic, partition), 0)
-    return behind
-
-
 def lag_by_partition(
     admin: AdminClient, consumer: Consumer, group: str, topics: Iterable[str]
 ) -> dict[tuple[str, int], tuple[int, int]]:

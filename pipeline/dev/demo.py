@@ -3,7 +3,10 @@
 Registers the schemas, starts two workers (separate ``faust worker`` processes), feeds a
 realistic stream from the load generator, waits until the workers have consumed all of it, and
 then shows what a user would look at: table views asked through both workers, the derived
-topics' counts, dead letters, and a check of the tables against the stream that was sent.
+topics read ``read_committed`` and tallied against the stream that was sent (records,
+duplicates, missing: pipeline.dev.audit), dead letters, and a check of the tables against that
+stream. ``--guarantee`` chooses the workers' processing guarantee: under exactly_once no derived
+event may be there twice, under either none may be missing.
 """
 
 from __future__ import annotations
@@ -14,29 +17,27 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import click
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
-from pipeline.admin.offsets import group_lag, record_count
-from pipeline.dev.loadgen import (
-    CONTRACT,
-    LoadConfig,
-    ShopEvent,
-    generate,
-    send,
-)
+from pipeline.admin.offsets import lag_by_partition, record_count
+from pipeline.dev import expected
+from pipeline.dev.audit import derived_tallies, failures, read_topic
+from pipeline.dev.loadgen import LoadConfig, ShopEvent, generate, send
 from pipeline.dev.stack.config import free_ports
 from pipeline.dev.workers import POINTS_APP, WorkerFailed, WorkerProcess
 from pipeline.services import loyalty_points, points_settings, shop
-from pipeline.settings import Settings
+from pipeline.settings import PROCESSING_GUARANTEES, Settings
 from pipeline.streaming.topology import Topology
 from pipeline.topics import TopicNames
 
 BIN = Path(sys.executable).parent  # the venv's scripts: `pipeline`
+SKIPPED = "    skipped: the topics held events of an earlier run before this one"
 
 
 def step(text: str) -> None:
@@ -45,15 +46,25 @@ def step(text: str) -> None:
 
 def wait_caught_up(service: Topology, timeout: float = 600.0) -> None:
     """Until the service's consumer group has committed every message of every topic it
-    reads (the order-line repartition topic included), twice in a row."""
+    reads (the order-line repartition topic included), twice in a row. Read
+    ``read_committed``: under exactly_once a partition's last offset may be a commit marker,
+    which the group never commits past."""
     settings = service.settings
     admin = AdminClient(dict(settings.kafka_client_config()))
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": "pipeline-demo-lag"})
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": "pipeline-demo-lag",
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
     deadline = time.monotonic() + timeout
     quiet = 0
     try:
         while time.monotonic() < deadline:
-            behind = group_lag(admin, consumer, settings.app_id, service.sources)
+            lag = lag_by_partition(admin, consumer, settings.app_id, service.sources)
+            behind = sum(end - done for done, end in lag.values())
             quiet = quiet + 1 if behind == 0 else 0
             if quiet >= 2:
                 return
@@ -63,29 +74,6 @@ def wait_caught_up(service: Topology, timeout: float = 600.0) -> None:
         consumer.close()
         click.echo()
     raise click.ClickException(f"the workers did not catch up within {timeout:.0f} s")
-
-
-def expected_state(events: list[ShopEvent]) -> tuple[Counter[str], Counter[str]]:
-    """Orders per user and stock per SKU, counted straight from the events that were sent."""
-    orders: Counter[str] = Counter()
-    stock: Counter[str] = Counter()
-    for event in events:
-        if event.stream == CONTRACT.order_created:
-            orders[event.key] += 1
-            for item in event.record["items"]:
-                stock[item["sku"]] -= item["quantity"]
-        elif event.stream == CONTRACT.stock_adjusted:
-            stock[event.key] += event.record["delta"]
-    return orders, stock
-
-
-def expected_points(events: list[ShopEvent]) -> Counter[str]:
-    """Points per user: one per whole currency unit of each order's total."""
-    points: Counter[str] = Counter()
-    for event in events:
-        if event.stream == CONTRACT.order_created:
-            points[event.key] += event.record["total_cents"] // 100
-    return points
 
 
 def show_views(workers: list[WorkerProcess], users: list[str], skus: list[str]) -> None:
@@ -102,7 +90,7 @@ def show_views(workers: list[WorkerProcess], users: list[str], skus: list[str]) 
 
 
 def verify_tables(
-    worker: WorkerProcess, orders: Counter[str], stock: Counter[str]
+    worker: WorkerProcess, orders: Mapping[str, int], stock: Mapping[str, int]
 ) -> tuple[int, int]:
     """How many users and SKUs the views report exactly as computed from the input."""
     users_ok = sum(
@@ -118,8 +106,23 @@ def verify_tables(
     return users_ok, skus_ok
 
 
+def verify_derived(settings: Settings, events: list[ShopEvent], guarantee: str) -> None:
+    """Every derived topic read ``read_committed`` and tallied against ``events``;
+    ClickException when one breaks ``guarantee`` (pipeline.dev.audit.failures)."""
+    tallies = derived_tallies(settings, events)
+    width = max(map(len, tallies))
+    for topic, tally in tallies.items():
+        click.echo(f"    {topic:<{width}}  {tally} (read_committed)")
+    broken = failures(tallies, guarantee)
+    if broken:
+        raise click.ClickException(
+            f"derived topics not as {guarantee} promises: {', '.join(broken)}"
+        )
+
+
 def add_points_service(
     settings: Settings,
+    env: Mapping[str, str],
     root: Path,
     events: list[ShopEvent],
     fresh: bool,
@@ -131,7 +134,7 @@ def add_points_service(
     step("adding the loyalty-points service: its own app and consumer group, started now")
     (port,) = free_ports(1)
     worker = WorkerProcess(
-        "points-1", os.environ, root / "points-1", port, root / "points-1.log", app=POINTS_APP
+        "points-1", env, root / "points-1", port, root / "points-1.log", app=POINTS_APP
     )
     workers.append(worker)
     started = time.monotonic()
@@ -146,7 +149,7 @@ def add_points_service(
         f"    {worker.label} ({service.settings.app_id}) read order_created from the beginning "
         f"in {time.monotonic() - started:.1f} s, start-up included"
     )
-    points = expected_points(events)
+    points = expected.points(events)
     for user in sorted(points)[:3]:
         status, body = worker.get(f"/users/{user}/points")
         click.echo(f"    GET {f'/users/{user}/points':<28} {status} {json.dumps(body)}")
@@ -172,10 +175,21 @@ def add_points_service(
     show_default=True,
     help="Events per second fed (0: as fast as the broker takes them).",
 )
+@click.option(
+    "--guarantee",
+    type=click.Choice(PROCESSING_GUARANTEES),
+    default=lambda: os.environ.get("PIPELINE_PROCESSING_GUARANTEE", "at_least_once"),
+    show_default="PIPELINE_PROCESSING_GUARANTEE, else at_least_once",
+    help="The workers' processing guarantee.",
+)
 @click.option("--keep-running", is_flag=True, help="Leave the workers running at the end.")
-def demo(users: int, orders: int, skus: int, rate: float, keep_running: bool) -> None:
+def demo(
+    users: int, orders: int, skus: int, rate: float, guarantee: str, keep_running: bool
+) -> None:
     """Run the pipeline end to end on the local stack and show its results."""
-    settings = Settings.from_env()
+    # The workers read the stack's settings themselves; this one is theirs to override.
+    env = {**os.environ, "PIPELINE_PROCESSING_GUARANTEE": guarantee}
+    settings = replace(Settings.from_env(), processing_guarantee=guarantee)
     names = TopicNames.from_settings(settings)
     root = settings.data_dir / "demo"
     # Table state of an earlier demo may belong to a stack that no longer exists.
@@ -185,11 +199,9 @@ def demo(users: int, orders: int, skus: int, rate: float, keep_running: bool) ->
     step("registering the schemas")
     subprocess.run([str(BIN / "pipeline"), "schemas", "register"], check=True)
 
-    step("starting two workers")
+    step(f"starting two workers ({guarantee})")
     workers = [
-        WorkerProcess(
-            f"worker-{n}", os.environ, root / f"worker-{n}", port, root / f"worker-{n}.log"
-        )
+        WorkerProcess(f"worker-{n}", env, root / f"worker-{n}", port, root / f"worker-{n}.log")
         for n, port in enumerate(free_ports(2), start=1)
     ]
     try:
@@ -206,6 +218,7 @@ def demo(users: int, orders: int, skus: int, rate: float, keep_running: bool) ->
         events = list(generate(config))
         consumer = Consumer({**settings.kafka_client_config(), "group.id": "pipeline-demo"})
         fresh = record_count(consumer, names.order_created) == 0
+        consumer.close()
         step(f"feeding {len(events)} events: registrations, orders, restocks")
         started = time.monotonic()
         report = send(events, settings, rate=rate, total=len(events))
@@ -218,23 +231,21 @@ def demo(users: int, orders: int, skus: int, rate: float, keep_running: bool) ->
             f"{os.cpu_count()} cores); {report.failed} sends failed"
         )
 
-        expected_orders, expected_stock = expected_state(events)
+        expected_orders = {user: s.order_count for user, s in expected.user_stats(events).items()}
+        expected_stock = expected.stock(events)
         show_views(workers, sorted(expected_orders)[:3], sorted(expected_stock)[:3])
         status, body = workers[0].get("/stock/NO-SUCH-SKU")
         click.echo(f"    GET {'/stock/NO-SUCH-SKU':<28} {status} {json.dumps(body)}")
 
-        step("derived topics and dead letters")
-        for topic in (
-            names.user_order_stats,
-            names.stock_levels,
-            names.low_stock_alerts,
-            names.notifications,
-        ):
-            click.echo(f"    {topic:<24} {record_count(consumer, topic):>8} events")
+        step("derived topics, read read_committed, against the stream that was sent")
+        if fresh:
+            verify_derived(settings, events, guarantee)
+        else:
+            click.echo(SKIPPED)
+        step("dead letters (read_committed)")
         for topic in (names.user_registered, names.order_created, names.stock_adjusted):
             dlq = names.dead_letters(topic)
-            click.echo(f"    {dlq:<24} {record_count(consumer, dlq):>8} dead letters")
-        consumer.close()
+            click.echo(f"    {dlq:<24} {len(read_topic(settings, dlq)):>8} dead letters")
 
         step("tables against the stream that was sent")
         if fresh:
@@ -244,9 +255,9 @@ def demo(users: int, orders: int, skus: int, rate: float, keep_running: bool) ->
             if users_ok != len(expected_orders) or skus_ok != len(expected_stock):
                 raise click.ClickException("the tables do not match the input")
         else:
-            click.echo("    skipped: the topics held events of an earlier run before this one")
+            click.echo(SKIPPED)
 
-        add_points_service(settings, root, events, fresh, workers)
+        add_points_service(settings, env, root, events, fresh, workers)
     finally:
         if keep_running:
             for worker in workers:
