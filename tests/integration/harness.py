@@ -7,6 +7,8 @@ and topic prefix, so tests never see each other's topics, consumer groups or tab
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 from confluent_kafka import Consumer
@@ -39,19 +41,32 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def views_match(worker: WorkerProcess, events: list[ShopEvent]) -> bool:
+def _view_differences(worker: WorkerProcess, events: list[ShopEvent]) -> Iterator[str]:
+    """Each view that does not answer what ``events`` imply, as it answered."""
     for user_id, user in expected.user_stats(events).items():
         status, body = worker.get(f"/users/{user_id}/orders")
         if status != 200 or (body["order_count"], body["total_spent_cents"]) != (
             user.order_count,
             user.total_spent_cents,
         ):
-            return False
+            yield (
+                f"/users/{user_id}/orders answered {status} {body}, not {user.order_count} "
+                f"orders, {user.total_spent_cents} cents"
+            )
     for sku, available in expected.stock(events).items():
         status, body = worker.get(f"/stock/{sku}")
         if status != 200 or body["available"] != available:
-            return False
-    return True
+            yield f"/stock/{sku} answered {status} {body}, not {available} available"
+
+
+def views_match(worker: WorkerProcess, events: list[ShopEvent]) -> bool:
+    return next(_view_differences(worker, events), None) is None
+
+
+def view_mismatches(worker: WorkerProcess, events: list[ShopEvent], most: int = 10) -> list[str]:
+    """The first ``most`` views that differ from what ``events`` imply (for a failure's
+    message: lost or doubled events show as counts off by some)."""
+    return list(islice(_view_differences(worker, events), most))
 
 
 def points_match(worker: WorkerProcess, events: list[ShopEvent]) -> bool:

@@ -15,7 +15,7 @@ import pytest
 from pipeline.dev.loadgen import LoadConfig, generate, send
 from pipeline.dev.workers import wait_for
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import deployment, views_match
+from tests.integration.harness import deployment, view_mismatches, views_match
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,13 @@ def test_a_rolling_restart_under_load_loses_and_doubles_nothing(
         feeding.join(timeout=300)
         assert failed == [0]
         for worker in workers:
-            wait_for("exact views", lambda w=worker: views_match(w, events), timeout=180)
+            try:
+                wait_for("exact views", lambda w=worker: views_match(w, events), timeout=180)
+            except TimeoutError:
+                raise AssertionError(
+                    f"{worker.label}'s views 180 s after the feed: "
+                    f"{view_mismatches(worker, events)}; logs in {tmp_path}"
+                ) from None
     finally:
         for worker in workers:
             worker.stop()
