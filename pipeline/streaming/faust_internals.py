@@ -1,5 +1,5 @@
 """Every use of a Faust internal, in one place: what the runtime needs that Faust does
-not offer publicly, and four ways by which faust-streaming 0.15.3 (with aiokafka 0.14)
+not offer publicly, and five ways by which faust-streaming 0.15.3 (with aiokafka 0.14)
 loses events around a rebalance, fixed here.
 
 The internals used (tests/unit/streaming/test_faust_internals.py fails on another Faust
@@ -17,8 +17,9 @@ version, so each is checked again before an upgrade):
   each assigned partition's fetch position and high watermark, for the lag metrics
   (``fetch_states``);
 - ``App._new_transport``, ``app._fetcher``, ``Recovery.on_recovery_completed``, the
-  aiokafka driver's consumer thread, ``Consumer.ack`` and ``Consumer._committed_offset``:
-  the fixes below;
+  aiokafka driver's consumer thread, ``Consumer.ack``, ``Consumer._committed_offset`` and
+  ``Consumer._buffered_partitions`` (with what ``Consumer.getmany`` delivers): the fixes
+  below;
 - the agent stream's channel queue (a ``ThrowableQueue``) and what Faust's
   stream iterator (``Stream._py_aiter``, compiled as ``faust._cython.streams``) does with
   each event it takes: the agents take their events in bulk (``ArrivedEvents``);
@@ -37,7 +38,8 @@ version, so each is checked again before an upgrade):
 The first two were found by the crash soak (tests/integration/test_crash_soak.py), the
 others by the rolling restart (tests/integration/test_rolling_restart.py): after a few
 rebalances the views stayed short of the input for good, although every worker was idle
-and the group had nothing left to read (or stopped committing a partition).
+and the group had nothing left to read (or stopped committing a partition). The fifth
+showed only under CI's load.
 
 1. Fetching with an empty partition set (``PipelineTransport``).
    Faust hands aiokafka its *live* set of active (unpaused) partitions; the fetch runs
@@ -86,6 +88,21 @@ and the group had nothing left to read (or stopped committing a partition).
    ``ArrivedEvents``, which leaves such messages alone; for any stream iterated the Faust
    way, an acknowledgement counts here only for a message it handed out (marked
    ``tracked``).
+
+5. Dropping what a fetch brought for a partition paused meanwhile
+   (``PipelineConsumerThread._fetch_records``).
+   A fetch waits in the consumer thread for up to a second, and through a whole rebalance
+   (aiokafka waits for the new assignment), for the partitions active when it was asked
+   for. Faust then delivers only the records of partitions active when it iterates them;
+   the others it drops without a seek back, and aiokafka's position is past them. After a
+   rebalance, such a fetch returned the records of a stream partition still paused until
+   the seek to the committed offsets was done, fetched from the offset just sought: the
+   next fetch started after them, and Faust, seeing the offsets jump, took the jump for a
+   gap (as after compaction or transaction markers) and committed past it. Seen as:
+   ``order_created[5]`` offsets 97-100 never applied, by the worker that kept the
+   partition across the rebalance. Here the records of a partition neither active nor
+   buffered when the fetch returns are kept from Faust, and the partition is seeked back
+   to the first of them.
 
 ``FixedFaustApp`` (the base of every app of ours) uses them all: its transport, and the
 ``TableManager`` it is created with.
@@ -140,13 +157,39 @@ class PipelineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         timeout: float | None = None,
         max_records: int | None = None,
     ) -> RecordMap:
-        """Records of the partitions active *now*, none when none is (see the module)."""
+        """Records of the partitions active when the fetch starts, none when none is, and
+        of those still deliverable when it returns (see the module, fixes 1 and 5).
+        ``active_partitions`` is Faust's live set."""
         requested = set(active_partitions)
         if not requested:
             return {}
-        return await super()._fetch_records(
+        records = await super()._fetch_records(
             consumer, requested, timeout=timeout, max_records=max_records
         )
+        return self._deliverable(consumer, records, active_partitions)
+
+    def _deliverable(
+        self, consumer: aiokafka.AIOKafkaConsumer, records: RecordMap, active: set[TP]
+    ) -> RecordMap:
+        """The records Faust's ``getmany`` will deliver: of partitions active or buffered
+        (paused while their agents' queues are full). Any other partition is seeked back
+        to its first record here, in the consumer thread, before anything fetches it again."""
+        buffered = cast(faust_aiokafka.Consumer, self.consumer)._buffered_partitions
+        deliverable: dict[TP, list[Any]] = {}
+        for tp, tp_records in records.items():
+            if tp in active or tp in buffered:
+                deliverable[tp] = tp_records
+            elif tp_records and tp in consumer.assignment():
+                first = tp_records[0].offset
+                log.info(
+                    "fetched %d records of %s[%d] from %d after it was paused: seeking back",
+                    len(tp_records),
+                    tp.topic,
+                    tp.partition,
+                    first,
+                )
+                consumer.seek(tp, first)
+        return deliverable
 
 
 class PipelineConsumer(faust_aiokafka.Consumer):

@@ -59,6 +59,9 @@ UPSTREAM: dict[Callable[..., Any], str] = {
         "0870ec53dea75083995e3565c0f0a25a1c63ecceaeb238e92e2585e3623af5a9"
     ),
     FaustConsumer.ack: "5fcf41cf45153475de3790dc56fec1b83335956dc8b3bf7ff6bbb2b57627f03f",
+    # Delivers only the records of partitions active or buffered when it iterates them,
+    # and drops the others without a seek back (fix 5).
+    FaustConsumer.getmany: "4b168d84882a70d6e3e2f9804430a63b92f8fd117d3187cbb4aeb54305bda34e",
     # Seeks only where the committed offset is above 0 (fix 3).
     AIOKafkaConsumer.seek_to_committed: (
         "f6cd85c8b70a4ccf7e862de24f6c5d985038eed3e140990f000aa4b52eda8d72"
@@ -114,7 +117,7 @@ def test_the_fixes_match_the_installed_faust() -> None:
 def fetching_thread(records: dict[TP, list[Any]]) -> tuple[PipelineConsumerThread, Mock]:
     """A consumer thread (not started) and the aiokafka consumer it fetches from."""
     thread = PipelineConsumerThread.__new__(PipelineConsumerThread)
-    thread.consumer = Mock(flow_active=True)
+    thread.consumer = Mock(flow_active=True, _buffered_partitions=set())
     aiokafka_consumer = MagicMock(_closed=False)
     aiokafka_consumer._fetcher._closed = False
     aiokafka_consumer._fetcher.fetched_records = AsyncMock(return_value=records)
@@ -137,6 +140,31 @@ def test_fetch_for_a_copy_of_the_active_partitions() -> None:
     asyncio.run(thread._fetch_records(aiokafka_consumer, active, timeout=1.0))
     (requested,), _ = aiokafka_consumer._fetcher.fetched_records.call_args
     assert requested == active and requested is not active
+
+
+def test_records_of_a_partition_paused_while_the_fetch_waited_are_kept_back_and_refetched() -> None:
+    """Faust would drop them with aiokafka's position past them (fix 5): a fetch asked for
+    before a rebalance returned after its seek, the stream partitions still paused."""
+    active, paused, buffered, revoked = (TP("orders", partition) for partition in range(4))
+    records = {
+        tp: [SimpleNamespace(offset=97), SimpleNamespace(offset=98)]
+        for tp in (active, paused, buffered, revoked)
+    }
+    live = {active, paused, buffered, revoked}
+
+    async def pause_while_fetching(*args: Any, **kwargs: Any) -> dict[TP, list[Any]]:
+        live.difference_update({paused, buffered, revoked})
+        return records
+
+    thread, aiokafka_consumer = fetching_thread(records)
+    aiokafka_consumer._fetcher.fetched_records = AsyncMock(side_effect=pause_while_fetching)
+    thread.consumer._buffered_partitions = {buffered}
+    aiokafka_consumer.assignment.return_value = {active, paused, buffered}
+
+    delivered = asyncio.run(thread._fetch_records(aiokafka_consumer, live, timeout=1.0))
+
+    assert delivered == {active: records[active], buffered: records[buffered]}
+    aiokafka_consumer.seek.assert_called_once_with(paused, 97)
 
 
 @pytest.mark.parametrize("recovery_class", [PipelineRecovery, Recovery])
