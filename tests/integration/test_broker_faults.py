@@ -89,17 +89,7 @@ def restarted_if_its_transaction_failed(worker: WorkerProcess) -> WorkerProcess:
     return worker.replacement().start().wait_healthy()
 
 
-# Known defect (docs/guarantees.md#known-defects): under exactly_once a commit in doubt when
-# the broker went away ended with orders missing from the tables after the worker restarted.
-IN_DOUBT = pytest.mark.xfail(
-    reason="exactly_once loses updates when a commit is in doubt across a broker restart",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize(
-    "guarantee", ["at_least_once", pytest.param("exactly_once", marks=IN_DOUBT)]
-)
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_the_only_broker_restarted_mid_stream(tmp_path: Path, guarantee: str) -> None:
     with own_stack(tmp_path / "stack", brokers=1) as stack:
         shop = shop_on(stack, tmp_path / "shop", "broker-restart", guarantee)
