@@ -89,31 +89,34 @@ def restarted_if_its_transaction_failed(worker: WorkerProcess) -> WorkerProcess:
     return worker.replacement().start().wait_healthy()
 
 
+def wait_caught_up(live: list[WorkerProcess], events: list[ShopEvent]) -> None:
+    """Wait for the views of the worker running, ``live[0]``, to match ``events``; a worker
+    whose transaction failed is replaced there by its restart (so the caller stops the one
+    running at the end)."""
+
+    def caught_up() -> bool:
+        live[0] = restarted_if_its_transaction_failed(live[0])
+        return views_match(live[0], events)
+
+    wait_for("the views to match the input", caught_up, timeout=600)
+
+
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_the_only_broker_restarted_mid_stream(tmp_path: Path, guarantee: str) -> None:
     with own_stack(tmp_path / "stack", brokers=1) as stack:
         shop = shop_on(stack, tmp_path / "shop", "broker-restart", guarantee)
         events = list(generate(LoadConfig(users=30, orders=1200, skus=10, seed=7)))
-        worker = shop.worker("w").start().wait_healthy()
-        # The worker running now: under exactly_once, a replacement (see below).
-        live = [worker]
+        # The worker running now: under exactly_once, maybe a replacement (wait_caught_up).
+        live = [shop.worker("w").start().wait_healthy()]
         try:
             with sending(events, shop, rate=300.0) as sent:
-                mid_stream(worker, shop, 200)
+                mid_stream(live[0], shop, 200)
                 stack.stop_server("kafka-1")
                 stack.start_server("kafka-1")
                 back = time.monotonic()
                 report = sent.result()
-            if guarantee == "exactly_once":
-                # A transaction that failed while the broker was away ends its worker.
-
-                def caught_up() -> bool:
-                    live[0] = restarted_if_its_transaction_failed(live[0])
-                    return views_match(live[0], events)
-
-                wait_for("the views to match the input", caught_up, timeout=600)
-                worker = live[0]
-            assert_nothing_lost_or_doubled(worker, shop, events, report)
+            wait_caught_up(live, events)
+            assert_nothing_lost_or_doubled(live[0], shop, events, report)
             applied = time.monotonic() - back
             assert_derived_exact(
                 shop.settings,
@@ -140,12 +143,7 @@ def test_one_broker_of_three_killed_mid_stream(tmp_path: Path, guarantee: str) -
                 stack.stop_server("kafka-2", kill=True)
                 killed = time.monotonic()
                 report = sent.result()
-
-            def caught_up() -> bool:
-                live[0] = restarted_if_its_transaction_failed(live[0])
-                return views_match(live[0], events)
-
-            wait_for("the views to match the input", caught_up, timeout=600)
+            wait_caught_up(live, events)
             assert_nothing_lost_or_doubled(live[0], shop, events, report)
             assert_derived_exact(
                 shop.settings,
