@@ -27,6 +27,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Generic, NamedTuple, TypeVar
 
 from pipeline.domain.encoding import EncodingError
@@ -92,33 +93,49 @@ def _check_version(data: bytes, what: str) -> None:
         raise EncodingError(f"{what}: unknown encoding version {data[:1]!r}")
 
 
+# Sources are a worker's source partitions, a few hundred at most; every row read or
+# written names several, so their names and frames are made once (bounded all the same).
+@lru_cache(maxsize=4096)
 def _encode_source(source: str) -> bytes:
     raw = source.encode()
     return _SOURCE_LEN.pack(len(raw)) + raw
 
 
+@lru_cache(maxsize=4096)
+def _source_name(raw: bytes) -> str:
+    return raw.decode()
+
+
 def _decode_source(data: bytes, cursor: int) -> tuple[str, int]:
     (length,) = _SOURCE_LEN.unpack_from(data, cursor)
     cursor += _SOURCE_LEN.size
-    return data[cursor : cursor + length].decode(), cursor + length
+    return _source_name(data[cursor : cursor + length]), cursor + length
 
 
 def encode_positions(applied: AppliedPositions) -> bytes:
+    pack = _POSITION.pack
     parts = [_COUNT.pack(len(applied))]
     for source, position in applied.items():
-        parts += [_encode_source(source), _POSITION.pack(position.offset, position.nth)]
+        parts.append(_encode_source(source))
+        parts.append(pack(*position))
     return b"".join(parts)
 
 
+# Every row read decodes its positions: this loop is on the hot path (a stock row names
+# up to one source per order partition), hence the local names and no struct call per
+# length byte.
 def decode_positions(data: bytes, start: int) -> tuple[dict[str, Position], int]:
     (count,) = _COUNT.unpack_from(data, start)
     cursor = start + _COUNT.size
     applied: dict[str, Position] = {}
+    unpack = _POSITION.unpack_from
+    name = _source_name
+    # A Position from the unpacked tuple without NamedTuple's Python-level __new__.
+    position = tuple.__new__
     for _ in range(count):
-        source, cursor = _decode_source(data, cursor)
-        offset, index = _POSITION.unpack_from(data, cursor)
-        cursor += _POSITION.size
-        applied[source] = Position(offset, index)
+        end = cursor + 1 + data[cursor]
+        applied[name(data[cursor + 1 : end])] = position(Position, unpack(data, end))
+        cursor = end + _POSITION.size
     return applied, cursor
 
 

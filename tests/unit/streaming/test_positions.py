@@ -63,7 +63,11 @@ def test_replaying_a_suffix_changes_nothing(totals: list[int], replay_from: int)
 def test_tracked_row_round_trip(available: int, applied: dict[str, Position]) -> None:
     codec = TrackedCodec(encode_stock_row, decode_stock_row)
     tracked = Tracked(StockRow(available), applied)
-    assert codec.decode(codec.encode(tracked)) == tracked
+    decoded = codec.decode(codec.encode(tracked))
+    assert decoded == tracked
+    # Equal as plain tuples would be too: the rows' positions must be Positions.
+    assert all(type(position) is Position for position in decoded.applied.values())
+    assert [p.offset for p in decoded.applied.values()] == [p.offset for p in applied.values()]
 
 
 @given(st.text(max_size=60), st.integers(0, 2**62), st.integers(0, 2**31 - 1), st.binary())
