@@ -23,7 +23,7 @@ from faust.types import TP, StreamT, TableT
 from faust.types.auth import CredentialsT
 
 from pipeline.admin.offsets import EndOffsets
-from pipeline.admin.topics import ensure_topics
+from pipeline.admin.topics import admin_client, ensure_topics
 from pipeline.serde.codec import Codecs
 from pipeline.settings import KafkaSecurity, Settings
 from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
@@ -47,6 +47,7 @@ from pipeline.streaming.transactions import (
     TransactionalProducer,
     check_group_metadata,
     transactional_config,
+    wait_for_stable_offsets,
 )
 from pipeline.web import server
 
@@ -106,10 +107,16 @@ class PipelineApp(FixedFaustApp):
 
     async def restore_assigned(self, partitions: set[TP]) -> None:
         """Bulk-restore the assigned changelog partitions (active and standby) that are
-        behind their changelog; called by the recovery before Faust's own."""
+        behind their changelog; called by the recovery before Faust's own. Under
+        exactly_once, first wait for a commit in doubt on the assigned partitions to
+        settle (``wait_for_stable_offsets``): before the tables are read and the committed
+        offsets are fetched."""
+        tables = {table.changelog_topic.get_topic_name(): table for table in self.tables.values()}
+        if self.transactions is not None:
+            sources = {(tp.topic, tp.partition) for tp in partitions if tp.topic not in tables}
+            await asyncio.to_thread(self._wait_for_stable_offsets, sources)
         if not self.pipeline_settings.store.startswith("rocksdb://"):
             return
-        tables = {table.changelog_topic.get_topic_name(): table for table in self.tables.values()}
         assigned = {(tp.topic, tp.partition) for tp in partitions if tp.topic in tables}
         if not assigned:
             return
@@ -119,6 +126,10 @@ class PipelineApp(FixedFaustApp):
         restored = self.pipeline_metrics.changelog_records_restored
         for topic, records in report.records.items():
             restored.labels(tables[topic].name).inc(records)
+
+    def _wait_for_stable_offsets(self, partitions: set[tuple[str, int]]) -> None:
+        admin = admin_client(self.pipeline_settings)
+        wait_for_stable_offsets(admin, self.pipeline_settings.app_id, partitions)
 
 
 def broker_credentials(security: KafkaSecurity) -> CredentialsT | ssl.SSLContext | None:

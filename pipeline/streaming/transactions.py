@@ -27,6 +27,10 @@ Streams' ``exactly_once_v2`` does (KIP-447):
   ``TxnOffsetCommit`` rejected by the broker, and never gets a write committed. A
   transaction whose membership changed while it was open, or that has none, is not
   committed either.
+- **Stable offsets at a takeover.** Before a worker restores the tables of the partitions
+  it is assigned and fetches their committed offsets, it waits until no transaction holds
+  offsets of them pending (``wait_for_stable_offsets``): a previous owner's commit in doubt
+  is seen whole or not at all.
 - **A failed transaction is a crash.** Aborting it leaves no trace in Kafka, but the worker
   has moved its consumer positions past the events and holds their rows in memory; the
   simplest state that is right is the one after a SIGKILL: the transaction is aborted,
@@ -52,12 +56,19 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 from faust.types import StoreT
 
 from pipeline.settings import Settings
@@ -91,6 +102,12 @@ CALL_TIMEOUT_S = 30.0
 # once waited for ever although the broker was back): the worker exits, to be restarted.
 COMMIT_DEADLINE_S = TRANSACTION_TIMEOUT_MS / 1000 + CALL_TIMEOUT_S
 
+# While a transaction's offsets are pending, how often a worker taking over its partitions
+# asks again; and how long it waits at most (the broker aborts a transaction left open past
+# its timeout, which clears them).
+STABLE_OFFSETS_POLL_S = 0.05
+STABLE_OFFSETS_TIMEOUT_S = TRANSACTION_TIMEOUT_MS / 1000 + CALL_TIMEOUT_S
+
 MAGIC = b"CGMDv2:"
 
 
@@ -110,6 +127,61 @@ def group_metadata(member: GroupMember) -> bytes:
     else:
         parts += [b"\x00", member.group_instance_id.encode() + b"\0"]
     return b"".join(parts)
+
+
+def wait_for_stable_offsets(
+    admin: AdminClient,
+    group: str,
+    partitions: Collection[tuple[str, int]],
+    timeout: float = STABLE_OFFSETS_TIMEOUT_S,
+) -> float:
+    """Wait until no transaction holds offsets of ``partitions`` pending in ``group``;
+    return the seconds waited.
+
+    A worker reads the committed offsets of the partitions it is assigned through aiokafka,
+    whose OffsetFetch (v3) cannot ask for stable offsets (KIP-447's ``require_stable``).
+    While the previous owner's commit is in doubt (its offsets sent, its markers not yet
+    written) it would read the offsets from before that transaction, and restore the
+    tables without the transaction's rows: it would process those events again, or miss
+    their rows if the commit completed in between. librdkafka's admin client asks with
+    ``require_stable`` and reports ``UNSTABLE_OFFSET_COMMIT`` per partition while such a
+    transaction is pending; this asks again until none is. After ``timeout`` it logs and
+    returns (only a broker that cannot complete or abort a transaction keeps its offsets
+    pending that long)."""
+    if not partitions:
+        return 0.0
+    request = [
+        ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in sorted(partitions)])
+    ]
+    started = time.monotonic()
+    while True:
+        try:
+            (future,) = admin.list_consumer_group_offsets(
+                request, require_stable=True, request_timeout=CALL_TIMEOUT_S
+            ).values()
+            listed = future.result()
+            pending = [
+                f"{tp.topic}[{tp.partition}]"
+                for tp in listed.topic_partitions or []
+                if tp.error is not None and tp.error.code() == KafkaError.UNSTABLE_OFFSET_COMMIT
+            ]
+        except KafkaException as error:
+            if not error.args[0].retriable():
+                raise
+            pending = [f"the group ({error})"]
+        waited = time.monotonic() - started
+        if not pending:
+            if waited >= STABLE_OFFSETS_POLL_S:
+                log.info("offsets of a transaction in doubt are settled after %.2f s", waited)
+            return waited
+        if waited > timeout:
+            log.error(
+                "offsets still pending in a transaction after %.0f s, reading them as they are: %s",
+                waited,
+                ", ".join(pending),
+            )
+            return waited
+        time.sleep(STABLE_OFFSETS_POLL_S)
 
 
 class GroupMetadataMismatch(RuntimeError):

@@ -9,11 +9,15 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 
 from pipeline.settings import Settings
 from pipeline.streaming import transactions
@@ -348,3 +352,78 @@ def test_a_commit_that_never_completes_fails_the_worker(monkeypatch: pytest.Monk
     producer.hold.set()
     assert producer.log[-1] == "abort"
     assert table.data == {} and arrivals.acked == []
+
+
+@dataclass
+class Listed:
+    """What the listing says of one partition (TopicPartition's error is read-only)."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: KafkaError | None
+
+
+class ListingAdmin:
+    """An admin client whose offset listings report the partitions asked for as pending
+    in a transaction for the first ``pending_for`` listings, then not."""
+
+    def __init__(self, pending_for: int, failure: KafkaError | None = None) -> None:
+        self.pending_for = pending_for
+        self.failure = failure
+        self.requests: list[tuple[list[ConsumerGroupTopicPartitions], dict[str, Any]]] = []
+
+    def list_consumer_group_offsets(
+        self, request: list[ConsumerGroupTopicPartitions], **options: Any
+    ) -> dict[str, Future[SimpleNamespace]]:
+        self.requests.append((request, options))
+        (asked,) = request
+        future: Future[SimpleNamespace] = Future()
+        if self.failure is not None:
+            future.set_exception(KafkaException(self.failure))
+            return {asked.group_id: future}
+        pending = len(self.requests) <= self.pending_for
+        error = KafkaError(KafkaError.UNSTABLE_OFFSET_COMMIT) if pending else None
+        listed = [Listed(tp.topic, tp.partition, 5, error) for tp in asked.topic_partitions or []]
+        future.set_result(SimpleNamespace(group_id=asked.group_id, topic_partitions=listed))
+        return {asked.group_id: future}
+
+
+def test_a_worker_taking_partitions_over_waits_while_a_transactions_offsets_are_pending() -> None:
+    admin = ListingAdmin(pending_for=3)
+    waited = transactions.wait_for_stable_offsets(
+        cast(AdminClient, admin), "shop", {("orders", 1), ("orders", 0)}
+    )
+    assert len(admin.requests) == 4
+    assert waited >= 3 * transactions.STABLE_OFFSETS_POLL_S
+    request, options = admin.requests[0]
+    assert options["require_stable"] is True
+    assert [
+        (asked.group_id, [(tp.topic, tp.partition) for tp in asked.topic_partitions or []])
+        for asked in request
+    ] == [("shop", [("orders", 0), ("orders", 1)])]
+
+
+def test_stable_offsets_are_not_waited_for_and_no_partitions_ask_nothing() -> None:
+    admin = ListingAdmin(pending_for=0)
+    assert transactions.wait_for_stable_offsets(cast(AdminClient, admin), "shop", {("o", 0)}) < 1
+    assert len(admin.requests) == 1
+    assert transactions.wait_for_stable_offsets(cast(AdminClient, admin), "shop", set()) == 0
+    assert len(admin.requests) == 1
+
+
+def test_offsets_pending_past_the_timeout_are_read_as_they_are_with_an_error_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    admin = ListingAdmin(pending_for=1_000_000)
+    waited = transactions.wait_for_stable_offsets(
+        cast(AdminClient, admin), "shop", {("orders", 2)}, timeout=0.2
+    )
+    assert 0.2 < waited < 5
+    assert "orders[2]" in caplog.text and "still pending" in caplog.text
+
+
+def test_a_listing_that_cannot_succeed_is_an_error() -> None:
+    admin = ListingAdmin(pending_for=0, failure=KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))
+    with pytest.raises(KafkaException):
+        transactions.wait_for_stable_offsets(cast(AdminClient, admin), "shop", {("o", 0)})
