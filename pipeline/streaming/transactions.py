@@ -154,6 +154,7 @@ def wait_for_stable_offsets(
         ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in sorted(partitions)])
     ]
     started = time.monotonic()
+    was_pending = False
     while True:
         try:
             (future,) = admin.list_consumer_group_offsets(
@@ -171,9 +172,10 @@ def wait_for_stable_offsets(
             pending = [f"the group ({error})"]
         waited = time.monotonic() - started
         if not pending:
-            if waited >= STABLE_OFFSETS_POLL_S:
+            if was_pending:
                 log.info("offsets of a transaction in doubt are settled after %.2f s", waited)
             return waited
+        was_pending = True
         if waited > timeout:
             log.error(
                 "offsets still pending in a transaction after %.0f s, reading them as they are: %s",

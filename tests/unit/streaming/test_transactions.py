@@ -389,7 +389,10 @@ class ListingAdmin:
         return {asked.group_id: future}
 
 
-def test_a_worker_taking_partitions_over_waits_while_a_transactions_offsets_are_pending() -> None:
+def test_a_worker_taking_partitions_over_waits_while_a_transactions_offsets_are_pending(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO")
     admin = ListingAdmin(pending_for=3)
     waited = transactions.wait_for_stable_offsets(
         cast(AdminClient, admin), "shop", {("orders", 1), ("orders", 0)}
@@ -402,14 +405,19 @@ def test_a_worker_taking_partitions_over_waits_while_a_transactions_offsets_are_
         (asked.group_id, [(tp.topic, tp.partition) for tp in asked.topic_partitions or []])
         for asked in request
     ] == [("shop", [("orders", 0), ("orders", 1)])]
+    assert "settled after" in caplog.text
 
 
-def test_stable_offsets_are_not_waited_for_and_no_partitions_ask_nothing() -> None:
+def test_stable_offsets_are_not_waited_for_and_no_partitions_ask_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO")
     admin = ListingAdmin(pending_for=0)
     assert transactions.wait_for_stable_offsets(cast(AdminClient, admin), "shop", {("o", 0)}) < 1
     assert len(admin.requests) == 1
     assert transactions.wait_for_stable_offsets(cast(AdminClient, admin), "shop", set()) == 0
     assert len(admin.requests) == 1
+    assert "settled" not in caplog.text
 
 
 def test_offsets_pending_past_the_timeout_are_read_as_they_are_with_an_error_logged(
