@@ -7,11 +7,14 @@ and topic prefix, so tests never see each other's topics, consumer groups or tab
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.admin.offsets import watermarks
 from pipeline.dev import expected
@@ -31,6 +34,27 @@ def deployment(
         base_env=stack.env,
         extra_env={"PIPELINE_PROCESSING_GUARANTEE": guarantee},
     )
+
+
+@dataclass(frozen=True)
+class TransactionTopics:
+    """A one-partition source and sink of a test's own, and a group name, for tests that
+    drive a transaction against the broker by hand."""
+
+    name: str
+    source: str
+    sink: str
+    group: str
+
+
+def transaction_topics(settings: Settings, kind: str) -> TransactionTopics:
+    name = f"it-{kind}-{uuid.uuid4().hex[:8]}"
+    topics = TransactionTopics(name, f"{name}-in", f"{name}-out", f"{name}-group")
+    admin = AdminClient(settings.kafka_client_config())
+    created = admin.create_topics([NewTopic(t, 1, 1) for t in (topics.source, topics.sink)])
+    for future in created.values():
+        future.result(30)
+    return topics
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:

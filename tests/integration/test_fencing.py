@@ -10,12 +10,10 @@ member id, beyond the start-up check (which can only compare a consumer that has
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import aiokafka
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.dev.audit import read_topic
 from pipeline.streaming.faust_internals import GroupMember
@@ -26,6 +24,7 @@ from pipeline.streaming.transactions import (
     group_metadata,
 )
 from tests.integration.conftest import StackInfo
+from tests.integration.harness import transaction_topics
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +33,8 @@ def test_offsets_are_committed_under_the_members_generation_and_refused_under_a_
     stack: StackInfo,
 ) -> None:
     settings = stack.settings()
-    name = f"it-fencing-{uuid.uuid4().hex[:8]}"
-    source, sink, group = f"{name}-in", f"{name}-out", f"{name}-group"
-    admin = AdminClient(settings.kafka_client_config())
-    for future in admin.create_topics([NewTopic(t, 1, 1) for t in (source, sink)]).values():
-        future.result(30)
+    topics = transaction_topics(settings, "fencing")
+    name, source, sink, group = topics.name, topics.source, topics.sink, topics.group
     producer = TransactionalProducer(
         {
             **producer_config(settings),

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from pipeline.streaming.producer import producer_config
 from pipeline.streaming.transactions import TRANSACTION_TIMEOUT_MS, wait_for_stable_offsets
 from tests.integration.conftest import StackInfo
+from tests.integration.harness import transaction_topics
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +36,9 @@ def test_a_worker_taking_over_reads_offsets_only_once_a_commit_in_doubt_complete
     stack: StackInfo,
 ) -> None:
     settings = stack.settings()
-    name = f"it-in-doubt-{uuid.uuid4().hex[:8]}"
-    source, sink, group = f"{name}-in", f"{name}-out", f"{name}-group"
+    topics = transaction_topics(settings, "in-doubt")
+    name, source, sink, group = topics.name, topics.source, topics.sink, topics.group
     admin = AdminClient(settings.kafka_client_config())
-    for future in admin.create_topics([NewTopic(t, 1, 1) for t in (source, sink)]).values():
-        future.result(30)
     # The previous owner: a member of the group, its offsets sent to its open transaction.
     member = Consumer({**settings.kafka_client_config(), "group.id": group})
     member.subscribe([source])
