@@ -10,6 +10,7 @@ exactly_once exactly once.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -96,7 +97,19 @@ def wait_caught_up(live: list[WorkerProcess], events: list[ShopEvent]) -> None:
 
     def caught_up() -> bool:
         live[0] = restarted_if_its_transaction_failed(live[0])
-        return views_match(live[0], events)
+        try:
+            return views_match(live[0], events)
+        except OSError:
+            # It may be exiting while it answers (its transaction failed: its loop blocks in
+            # the abort, then the process ends and resets the connection): once it has
+            # exited, the next poll replaces it.
+            process = live[0].process
+            assert process is not None
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                raise live[0].failure("stopped answering but did not exit") from None
+            return False
 
     wait_for("the views to match the input", caught_up, timeout=600)
 
