@@ -50,7 +50,8 @@ PACKAGES = (
 
 INCLUSIVE_PACKAGES = ("pipeline", "faust", "aiokafka", "fastavro", "rocksdict")
 # Innermost frames that are waits py-spy does not recognise as idle: the event loop in
-# epoll, and the producer's delivery-report thread blocked in librdkafka (GIL released).
+# epoll, and (in workers before the loop served delivery reports) the producer's
+# delivery-report thread blocked in librdkafka with the GIL released.
 WAITS = ("EpollSelector.select", "BatchProducer._poll")
 
 
