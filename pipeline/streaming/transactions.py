@@ -241,18 +241,24 @@ class TransactionalProducer(BatchProducer):
         timeout: call it off the event loop too."""
         self._producer.begin_transaction()
 
-    def commit(self, offsets: Mapping[tuple[str, int], int], metadata: bytes) -> None:
-        """Add ``offsets`` (next offsets to consume) under the group ``metadata`` and commit,
-        retrying while librdkafka says the error is retriable."""
+    def send_offsets(self, offsets: Mapping[tuple[str, int], int], metadata: bytes) -> None:
+        """Add ``offsets`` (next offsets to consume) under the group ``metadata`` to the
+        open transaction, retrying while librdkafka says the error is retriable."""
         producer = self._producer
         positions = [TopicPartition(topic, p, offset) for (topic, p), offset in offsets.items()]
-        deadline = time.monotonic() + CALL_TIMEOUT_S
         if positions:
             _retrying(
                 lambda: producer.send_offsets_to_transaction(positions, metadata, CALL_TIMEOUT_S),
-                deadline,
+                time.monotonic() + CALL_TIMEOUT_S,
             )
-        _retrying(lambda: producer.commit_transaction(CALL_TIMEOUT_S), deadline)
+
+    def commit(self) -> None:
+        """Commit the open transaction (librdkafka first waits for the delivery of every
+        record in it), retrying while librdkafka says the error is retriable."""
+        producer = self._producer
+        _retrying(
+            lambda: producer.commit_transaction(CALL_TIMEOUT_S), time.monotonic() + CALL_TIMEOUT_S
+        )
 
     def abort(self, timeout: float) -> None:
         self._producer.abort_transaction(timeout)
@@ -455,16 +461,32 @@ class ExactlyOnce:
                 ack(event)
 
     async def _complete(self, transaction: Transaction) -> None:
-        """Wait for the transaction's records to be delivered, then commit it with its
-        offsets, under the membership it was opened in."""
-        for delivery in transaction.deliveries:
-            await delivery
+        """Send the transaction's offsets under the membership it was opened in while its
+        records are delivered, then commit it if that membership still holds.
+
+        The offsets take two round trips (to the transaction's coordinator, then the
+        group's), and the last batches' records are still on their way when the commit
+        starts: done one after the other, the offsets' round trips added to every
+        transaction's commit time, and to the latency of every event in it."""
         now = self.member()
         refused = transaction.fencing_error(now)
         if refused is not None:
             raise Fenced(refused)
         assert now is not None
-        await self._call(self.producer.commit, transaction.offsets, group_metadata(now))
+        sending = asyncio.ensure_future(
+            self._call(self.producer.send_offsets, transaction.offsets, group_metadata(now))
+        )
+        try:
+            for delivery in transaction.deliveries:
+                await delivery
+        finally:
+            # No other transactional call may start while this one runs.
+            await asyncio.wait([sending])
+        sending.result()
+        refused = transaction.fencing_error(self.member())
+        if refused is not None:
+            raise Fenced(refused)
+        await self._call(self.producer.commit)
 
     async def close(self) -> None:
         """At shutdown: abort the open transaction (its events are consumed again by the

@@ -116,6 +116,8 @@ class RecordingProducer:
     hold: threading.Event | None = None
     # Called as a transaction begins (in its thread, while the loop awaits it).
     on_begin: Callable[[], None] | None = None
+    # Called as a transaction's offsets are sent (in its thread).
+    on_offsets: Callable[[], None] | None = None
 
     def begin(self) -> None:
         self.log.append("begin")
@@ -128,12 +130,17 @@ class RecordingProducer:
         delivered.set_result({(m.topic, m.partition or 0): 20 + i for i, m in enumerate(messages)})
         return delivered
 
-    def commit(self, offsets: Mapping[tuple[str, int], int], metadata: bytes) -> None:
+    def send_offsets(self, offsets: Mapping[tuple[str, int], int], metadata: bytes) -> None:
+        self.log.append(("offsets", dict(offsets), metadata))
+        if self.on_offsets is not None:
+            self.on_offsets()
+
+    def commit(self) -> None:
         if self.hold is not None:
             self.hold.wait(5)
         if self.fail_commit:
             raise RuntimeError("fenced")
-        self.log.append(("commit", dict(offsets), metadata))
+        self.log.append("commit")
 
     def abort(self, timeout: float) -> None:
         self.log.append("abort")
@@ -195,7 +202,8 @@ def test_rows_are_stored_and_events_acknowledged_only_after_the_commit() -> None
         ("send", ["stock-changelog"]),
         ("send", []),
         ("send", ["stock-changelog"]),
-        ("commit", {("order_created", 3): 6}, group_metadata(MEMBER)),
+        ("offsets", {("order_created", 3): 6}, group_metadata(MEMBER)),
+        "commit",
     ]
     assert table.data == {b"sku-1": b"3"}
     assert arrivals.acked == [4, 5]
@@ -213,7 +221,8 @@ def test_a_dead_letter_is_committed_with_its_events_offset() -> None:
 
     asyncio.run(scenario())
     assert producer.log[1] == ("send", ["order_created.dlq"])
-    assert producer.log[2][:2] == ("commit", {("order_created", 3): 9})
+    assert producer.log[2][:2] == ("offsets", {("order_created", 3): 9})
+    assert producer.log[3] == "commit"
     assert arrivals.acked == [8]
 
 
@@ -225,7 +234,9 @@ def exit_raises(code: int) -> None:
     raise Exited(code)
 
 
-@pytest.mark.parametrize("fenced", ["by the broker", "by a new generation"])
+@pytest.mark.parametrize(
+    "fenced", ["by the broker", "by a new generation", "by a new generation while offsets go"]
+)
 def test_a_transaction_that_cannot_commit_is_aborted_and_nothing_is_stored(
     monkeypatch: pytest.MonkeyPatch, fenced: str
 ) -> None:
@@ -235,6 +246,8 @@ def test_a_transaction_that_cannot_commit_is_aborted_and_nothing_is_stored(
     settlement = exactly_once(producer)
     settlement.member = lambda: member[0]
     producer.fail_commit = fenced == "by the broker"
+    if fenced == "by a new generation while offsets go":
+        producer.on_offsets = lambda: member.__setitem__(0, GroupMember("shop", 8, "m-1", None))
 
     async def scenario() -> None:
         rows = stock_rows(settlement, table, events(4)[0], 5)
@@ -245,7 +258,7 @@ def test_a_transaction_that_cannot_commit_is_aborted_and_nothing_is_stored(
             await settlement.commit()
 
     asyncio.run(scenario())
-    assert producer.log[-1] == "abort"
+    assert producer.log[-1] == "abort" and "commit" not in producer.log
     assert table.data == {} and arrivals.acked == []
 
 
@@ -266,7 +279,8 @@ def test_a_batch_settled_during_a_commit_goes_into_the_next_transaction() -> Non
         later = stock_rows(settlement, table, second[0], -2)
         assert later.pending[b"sku-1"][0] == 3
         await settlement.settle(arrivals, second, await later.send([]))
-        assert len(producer.log) == 3  # begin and the first batch's two sends: nothing new
+        # begin, the first batch's two sends and its offsets: nothing new
+        assert len(producer.log) == 4
         producer.hold.set()
         await committing
         assert arrivals.acked == [4] and table.data == {b"sku-1": b"5"}
@@ -275,8 +289,8 @@ def test_a_batch_settled_during_a_commit_goes_into_the_next_transaction() -> Non
 
     asyncio.run(scenario())
     names = [entry if isinstance(entry, str) else entry[0] for entry in producer.log[3:]]
-    assert names == ["commit", "begin", "send", "send", "commit"]
-    assert producer.log[-1][1] == {("order_created", 3): 6}
+    assert names == ["offsets", "commit", "begin", "send", "send", "offsets", "commit"]
+    assert producer.log[-2][1] == {("order_created", 3): 6}
     assert arrivals.acked == [4, 5] and table.data == {b"sku-1": b"3"}
 
 
