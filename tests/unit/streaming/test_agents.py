@@ -19,7 +19,7 @@ from pipeline.domain.rules import StockRow, UserOrderStats
 from pipeline.serde.errors import UndecodableKey
 from pipeline.services import loyalty_points, points_settings, shop
 from pipeline.settings import Settings
-from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
+from pipeline.streaming.agents import YIELD_EVERY, AgentHandler, Outputs, Serdes
 from pipeline.streaming.dead_letters import DeadLetters
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.positions import Origin, Position, TrackedCodec, unframe_origin
@@ -224,3 +224,35 @@ def test_a_dead_letter_replayed_for_the_shop_is_skipped_by_the_points_service() 
     assert points_run.metrics.foreign_replays.labels("order_created")._value.get() == 1
     shop_run = Harness(shop(SETTINGS))
     assert "user_order_stats" in [m.topic for m in shop_run.run("orders", replay)]
+
+
+@pytest.mark.parametrize("agent_name", ["orders", "notifications"])  # with a table, without
+def test_a_long_batch_lets_the_event_loop_run_other_work_while_it_is_prepared(
+    agent_name: str,
+) -> None:
+    shop_run = Harness(shop(SETTINGS))
+    (agent,) = [agent for agent in shop_run.topology.agents if agent.name == agent_name]
+    if agent_name == "orders":
+        messages = [order(offset, f"u{offset}", [("A", 1)]) for offset in range(200)]
+    else:
+        registration = {"user_id": "u", "email": "u@example.com", "name": "U"}
+        payload = json.dumps({**registration, "registered_at": 1_700_000_000_000}).encode()
+        messages = [FakeMessage("user_registered", 0, n, b"u", payload) for n in range(200)]
+    batch = [cast(Event, FakeEvent(message)) for message in messages]
+    ran_meanwhile = 0
+
+    async def other_work() -> None:
+        nonlocal ran_meanwhile
+        while True:
+            ran_meanwhile += 1
+            await asyncio.sleep(0)
+
+    async def prepare() -> None:
+        other = asyncio.ensure_future(other_work())
+        await asyncio.sleep(0)
+        started = ran_meanwhile
+        await shop_run.handler(agent)(batch, None)
+        other.cancel()
+        assert ran_meanwhile - started >= 200 // YIELD_EVERY
+
+    asyncio.run(prepare())
