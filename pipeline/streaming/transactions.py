@@ -476,13 +476,10 @@ class ExactlyOnce:
         sending = asyncio.ensure_future(
             self._call(self.producer.send_offsets, transaction.offsets, group_metadata(now))
         )
-        try:
-            for delivery in transaction.deliveries:
-                await delivery
-        finally:
-            # No other transactional call may start while this one runs.
-            await asyncio.wait([sending])
-        sending.result()
+        # A delivery that fails fails the worker (``commit``), whatever the call still does.
+        for delivery in transaction.deliveries:
+            await delivery
+        await sending
         refused = transaction.fencing_error(self.member())
         if refused is not None:
             raise Fenced(refused)
