@@ -63,7 +63,9 @@ def test_offsets_are_committed_under_the_members_generation_and_refused_under_a_
                 await (await producer.send([Outgoing(sink, b"k", str(generation).encode())]))
                 metadata = group_metadata(GroupMember(group, generation, member.member_id, None))
                 try:
-                    await asyncio.to_thread(producer.commit, {(source, 0): generation}, metadata)
+                    offsets = {(source, 0): generation}
+                    await asyncio.to_thread(producer.send_offsets, offsets, metadata)
+                    await asyncio.to_thread(producer.commit)
                     outcomes.append("committed")
                 except KafkaException as error:
                     outcomes.append(error.args[0].name())
