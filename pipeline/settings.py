@@ -140,6 +140,9 @@ class Settings:
     # every commit): this bounds the delay, at the cost of that many empty fetches per
     # second on an idle worker.
     fetch_max_wait_ms: int = 50
+    # Rows each table's agent keeps decoded after writing them (pipeline.streaming.processing
+    # RowCache), so the next event of the same key neither reads nor decodes it; 0: none.
+    row_cache_rows: int = 10_000
     # The consumer's static group membership (KIP-345 group.instance.id); None: dynamic.
     # A worker restarted with the same id gets its partitions back without a rebalance.
     worker_id: str | None = None
@@ -237,6 +240,9 @@ class Settings:
                 PREFIX + "FETCH_MAX_WAIT_MS",
                 get("FETCH_MAX_WAIT_MS", str(defaults.fetch_max_wait_ms)),
                 0,
+            ),
+            row_cache_rows=_int(
+                PREFIX + "ROW_CACHE_ROWS", get("ROW_CACHE_ROWS", str(defaults.row_cache_rows)), 0
             ),
             worker_id=worker_id,
             kafka_security=KafkaSecurity(

@@ -38,7 +38,7 @@ from pipeline.streaming.positions import (
     source_id,
     unframe_origin,
 )
-from pipeline.streaming.processing import Event, Prepared, RowBatch, Settlement
+from pipeline.streaming.processing import Event, Prepared, RowBatch, RowCache, Settlement
 from pipeline.streaming.producer import Delivered, Outgoing
 from pipeline.streaming.topology import (
     Agent,
@@ -155,6 +155,10 @@ class AgentHandler:
         self.agent = agent
         self.table = table
         self.codec = TrackedCodec(agent.table.encode, agent.table.decode) if agent.table else None
+        capacity = serdes.topology.settings.row_cache_rows
+        self.cache: RowCache[Tracked[Any]] | None = (
+            RowCache(capacity) if agent.table and capacity else None
+        )
         self.serdes = serdes
         self.outputs = outputs
         self.replays = metrics.replays_skipped.labels(agent.table.name if agent.table else "")
@@ -188,6 +192,7 @@ class AgentHandler:
             self.outputs.send,
             in_flight,
             self.outputs.settlement.unsettled(cast(StoreT[bytes, bytes], self.table.data)),
+            self.cache,
         )
         derived: list[Outgoing] = []
         for index, event in enumerate(events, 1):

@@ -36,7 +36,7 @@ from pipeline.streaming.faust_internals import (
 )
 from pipeline.streaming.lag import read_lags
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.processing import AtLeastOnce, EventRunner, Settlement
+from pipeline.streaming.processing import AtLeastOnce, EventRunner, RowCache, Settlement
 from pipeline.streaming.producer import BatchProducer, producer_config
 from pipeline.streaming.restore import ChangelogStore, restore
 from pipeline.streaming.state import StateCleaner
@@ -64,6 +64,8 @@ class PipelineApp(FixedFaustApp):
     # exactly_once only: the worker's transactions.
     transactions: ExactlyOnce | None = None
     pipeline_tables: dict[str, TableT[bytes, bytes]]
+    # The agents' decoded rows: only valid while the assignment stands.
+    row_caches: list[RowCache[Any]]
     end_offsets: EndOffsets
 
     @property
@@ -89,12 +91,20 @@ class PipelineApp(FixedFaustApp):
     def on_rebalance_start(self) -> None:
         # Called from the consumer's thread, as soon as the group starts rebalancing.
         self.pipeline_metrics.rebalance_started()
+        self._clear_row_caches()
         super().on_rebalance_start()
 
     def on_rebalance_end(self) -> None:
         # Once the tables are recovered and the streams resumed.
+        self._clear_row_caches()
         super().on_rebalance_end()
         self.pipeline_metrics.rebalance_ended()
+
+    def _clear_row_caches(self) -> None:
+        # The store's writers other than the agents (restores, recovery, standby
+        # updates) write between a rebalance's start and end.
+        for cache in self.row_caches:
+            cache.clear()
 
     async def on_shutdown(self) -> None:
         # After the agents stopped: deliver what their last batches queued.
@@ -242,9 +252,12 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
             cleaner.sweep()
 
         app.timer(interval, name="remove_copies_no_longer_held")(remove_copies_no_longer_held)
+    app.row_caches = []
     for agent in topology.agents:
         table = app.pipeline_tables[agent.table.name] if agent.table is not None else None
         handler = AgentHandler(agent, table, serdes, outputs, metrics)
+        if handler.cache is not None:
+            app.row_caches.append(handler.cache)
         _run_agent(app, agent, handler, runner)
     app.end_offsets = EndOffsets(settings.kafka_client_config())
     server.register(

@@ -53,8 +53,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from faust.types import TP, EventT, Message, StoreT, TableT
@@ -82,11 +83,49 @@ Row = TypeVar("Row")
 Sender = Callable[[Sequence[Outgoing]], Awaitable["asyncio.Future[Delivered]"]]
 
 
+class RowCache(Generic[Row]):
+    """The rows an agent last wrote to its table's store, as they were before encoding:
+    a row read again comes from here, without a read from the store or a decode (a stock
+    row names a position for each source partition, whose decoding is most of a read).
+
+    It holds what the store holds for its keys as long as the agent is the only writer of
+    its partitions, which is true while the worker's assignment stands. A rebalance is
+    where the store is written otherwise (bulk restores, Faust's recovery, standby
+    updates), so a rebalance's start and end ``clear`` it. Bounded: beyond ``capacity``
+    rows, the one written longest ago goes first. Rows must not be changed in place,
+    which the rules do not (they return new rows).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.rows: dict[bytes, Row] = {}
+
+    def get(self, key: bytes) -> Row | None:
+        return self.rows.get(key)
+
+    def put(self, written: Iterable[tuple[bytes, Row]]) -> None:
+        """Keep the rows just written to the store."""
+        rows = self.rows  # one dict throughout, though ``clear`` may replace it meanwhile
+        for key, row in written:
+            rows.pop(key, None)  # to the end: the order is the order of writing
+            rows[key] = row
+        excess = len(rows) - self.capacity
+        if excess > 0:
+            for key in list(islice(rows, excess)):
+                del rows[key]
+
+    def clear(self) -> None:
+        # Replaced, not emptied: the consumer's thread calls it at a rebalance's start,
+        # and a ``put`` in progress on the loop then fills the dict that is dropped.
+        self.rows = {}
+
+
 class RowBatch(Generic[Row]):
     """The rows one batch changes: read through (this batch's changes, then those of
     the batch still in flight before it, then the table), sent as changelog records
     once the batch's derived events were acknowledged, and written to the table's
-    store once the changelog records were acknowledged too.
+    store once the changelog records were acknowledged too (and kept in the table's
+    ``RowCache``, if it has one, for the batches after it).
 
     Rows go to the store directly, in one write per partition, not through the table
     (which would send each changelog record again through Faust's producer). Each
@@ -103,6 +142,7 @@ class RowBatch(Generic[Row]):
         send: Sender,
         previous: Prepared | None = None,
         unsettled: Mapping[bytes, Row] | None = None,
+        cache: RowCache[Row] | None = None,
     ) -> None:
         self.store = cast(StoreT[bytes, bytes], table.data)
         self.read = partition_reader(self.store)
@@ -120,6 +160,7 @@ class RowBatch(Generic[Row]):
         # has not committed); None under at-least-once, which stores a batch's rows
         # before the next batch settles.
         self.unsettled = unsettled
+        self.cache = cache
 
     def get(self, key: bytes, event: Event) -> Row | None:
         pending = self.pending.get(key)
@@ -129,6 +170,10 @@ class RowBatch(Generic[Row]):
             return pending[0]
         if self.unsettled:
             row = self.unsettled.get(key)
+            if row is not None:
+                return row
+        if self.cache is not None:
+            row = self.cache.get(key)
             if row is not None:
                 return row
         stored = self.read(event.message.partition, key)
@@ -164,6 +209,8 @@ class RowBatch(Generic[Row]):
             write_partition(self.store, partition, rows)
         for (topic, partition), offset in delivered.items():
             self.store.set_persisted_offset(TP(topic, partition), offset)
+        if self.cache is not None:
+            self.cache.put((key, row) for key, (row, _) in self.pending.items())
 
 
 @dataclass

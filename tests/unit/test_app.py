@@ -45,3 +45,14 @@ def test_the_worker_id_is_the_consumers_group_instance_id() -> None:
     assert create_app(shop(Settings())).conf.consumer_group_instance_id is None
     static = create_app(shop(Settings(worker_id="worker-1")))
     assert static.conf.consumer_group_instance_id == "worker-1"
+
+
+def test_a_rebalance_clears_the_agents_row_caches_at_its_start_and_end() -> None:
+    app = create_app(shop(Settings(app_id="unit")))
+    assert len(app.row_caches) == 2  # one per table
+    for clear in (app.on_rebalance_start, app.on_rebalance_end):
+        for cache in app.row_caches:
+            cache.put([(b"u1", "row")])
+        clear()
+        assert all(cache.get(b"u1") is None for cache in app.row_caches)
+    assert create_app(shop(Settings(app_id="unit", row_cache_rows=0))).row_caches == []

@@ -15,6 +15,8 @@ def test_defaults_suit_the_local_stack() -> None:
     assert settings.processing_guarantee == "at_least_once"
     assert settings.fetch_max_wait_ms == 50
     assert Settings.from_env({"PIPELINE_FETCH_MAX_WAIT_MS": "500"}).fetch_max_wait_ms == 500
+    assert settings.row_cache_rows == 10_000
+    assert Settings.from_env({"PIPELINE_ROW_CACHE_ROWS": "0"}).row_cache_rows == 0
     assert settings.auto_register_schemas is False
     assert settings.kafka_client_config() == {
         "bootstrap.servers": "127.0.0.1:9092",

@@ -22,6 +22,7 @@ from pipeline.streaming.processing import (
     EventRunner,
     Prepared,
     RowBatch,
+    RowCache,
     by_topic,
 )
 from pipeline.streaming.producer import BatchProducer, Delivered, DeliveryFailed, Outgoing
@@ -311,8 +312,10 @@ class Broker:
         return delivery
 
 
-def stock_batch(table: FakeTable, broker: Broker) -> RowBatch[int]:
-    rows = RowBatch(cast(Any, table), int, lambda row: str(row).encode(), broker.send)
+def stock_batch(
+    table: FakeTable, broker: Broker, cache: RowCache[int] | None = None
+) -> RowBatch[int]:
+    rows = RowBatch(cast(Any, table), int, lambda row: str(row).encode(), broker.send, cache=cache)
     event = events(40)[0]
     rows.put(b"sku-1", (rows.get(b"sku-1", event) or 10) - 3, event)
     return rows
@@ -355,3 +358,40 @@ def test_rows_of_a_batch_whose_derived_events_failed_are_neither_sent_nor_stored
     asyncio.run(scenario())
     assert broker.sent == [["stock_levels:sku-1=7"]]
     assert table.data == {}
+
+
+def test_a_row_cache_keeps_the_rows_written_last_up_to_its_capacity() -> None:
+    cache: RowCache[int] = RowCache(capacity=2)
+    cache.put([(b"a", 1), (b"b", 2)])
+    cache.put([(b"a", 3)])  # written again: now the newest
+    cache.put([(b"c", 4)])
+    assert (cache.get(b"a"), cache.get(b"b"), cache.get(b"c")) == (3, None, 4)
+    cache.clear()
+    assert cache.get(b"a") is None
+
+
+def test_rows_are_read_from_the_cache_once_written_and_not_before() -> None:
+    table, broker, cache = FakeTable(), Broker(), RowCache[int](capacity=10)
+
+    async def scenario() -> None:
+        failed = stock_batch(table, broker, cache)  # 10 - 3 = 7
+        prepared = await failed.send([Outgoing("stock_levels", b"sku-1", b"7")])
+        broker.deliveries[0].set_exception(DeliveryFailed([KafkaError(KafkaError._MSG_TIMED_OUT)]))
+        with pytest.raises(DeliveryFailed):
+            await prepared.complete()
+        assert cache.get(b"sku-1") is None  # never stored, so never cached
+
+        written = stock_batch(table, broker, cache)
+        prepared = await written.send([Outgoing("stock_levels", b"sku-1", b"7")])
+        completing = asyncio.ensure_future(prepared.complete())
+        broker.deliveries[1].set_result({("stock_levels", 0): 11})
+        await asyncio.sleep(0)
+        broker.deliveries[2].set_result({("stock-changelog", 3): 99})
+        await completing
+        assert cache.get(b"sku-1") == 7
+
+        # The next batch reads the cached row, not the store's bytes.
+        table.data[b"sku-1"] = b"1000"
+        assert stock_batch(table, broker, cache).pending[b"sku-1"][0] == 4
+
+    asyncio.run(scenario())
