@@ -26,6 +26,7 @@ from pipeline.admin.offsets import EndOffsets
 from pipeline.admin.topics import admin_client, ensure_topics
 from pipeline.serde.codec import Codecs
 from pipeline.settings import KafkaSecurity, Settings
+from pipeline.streaming import garbage_collection
 from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
 from pipeline.streaming.dead_letters import DeadLetters
 from pipeline.streaming.faust_internals import (
@@ -87,6 +88,8 @@ class PipelineApp(FixedFaustApp):
             )
             await self.transactions.start()
         await super().on_first_start()
+        garbage_collection.PauseTimer(self.pipeline_metrics.gc_pauses).install()
+        garbage_collection.settle()
 
     def on_rebalance_start(self) -> None:
         # Called from the consumer's thread, as soon as the group starts rebalancing.

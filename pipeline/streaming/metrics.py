@@ -21,6 +21,7 @@ from pipeline.streaming.lag import Lags
 # Up to MAX_BATCH (pipeline.streaming.processing).
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 # A rebalance after a crash waits out the 15 s session timeout.
 REBALANCE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120, 300)
 
@@ -176,6 +177,14 @@ class Metrics:
             "pipeline_rebalance_seconds",
             "From a rebalance's start to this worker consuming again (tables recovered).",
             buckets=REBALANCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.gc_pauses = Histogram(
+            "pipeline_gc_pause_seconds",
+            "Pauses of the worker's cyclic garbage collector, by the oldest generation "
+            "collected (pipeline.streaming.garbage_collection).",
+            ["generation"],
+            buckets=GC_PAUSE_BUCKETS,
             registry=self.registry,
         )
         self._rebalance_started_at: float | None = None
