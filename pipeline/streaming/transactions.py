@@ -468,22 +468,25 @@ class ExactlyOnce:
         group's), and the last batches' records are still on their way when the commit
         starts: done one after the other, the offsets' round trips added to every
         transaction's commit time, and to the latency of every event in it."""
-        now = self.member()
-        refused = transaction.fencing_error(now)
-        if refused is not None:
-            raise Fenced(refused)
-        assert now is not None
+        member = self._member_for(transaction)
         sending = asyncio.ensure_future(
-            self._call(self.producer.send_offsets, transaction.offsets, group_metadata(now))
+            self._call(self.producer.send_offsets, transaction.offsets, group_metadata(member))
         )
         # A delivery that fails fails the worker (``commit``), whatever the call still does.
         for delivery in transaction.deliveries:
             await delivery
         await sending
-        refused = transaction.fencing_error(self.member())
+        self._member_for(transaction)
+        await self._call(self.producer.commit)
+
+    def _member_for(self, transaction: Transaction) -> GroupMember:
+        """The group membership now; raises Fenced unless ``transaction`` was opened in it."""
+        now = self.member()
+        refused = transaction.fencing_error(now)
         if refused is not None:
             raise Fenced(refused)
-        await self._call(self.producer.commit)
+        assert now is not None  # fencing_error refuses None
+        return now
 
     async def close(self) -> None:
         """At shutdown: abort the open transaction (its events are consumed again by the
