@@ -4,9 +4,9 @@ CPython's cyclic collector passes over its youngest generation every 700 net all
 of container objects and moves what survives to an older one. A batch in hand (up to 500
 events, each an event, a message, a record and their bytes) outlives several such passes,
 so the objects of every batch reached the oldest generation, and the passes over that
-one walk every object the worker holds. In a worker offered 500-1,000 orders/s that was
-a pause of 86-134 ms (once 323 ms) every one to two seconds, which every event in flight
-waited out. So once the worker has started (``settle``):
+one walk every object the worker holds. In a worker offered 500-1,000 orders/s those
+passes took p50 57-167 ms (the longest 130-386 ms), every one to two seconds, and every
+event in flight waited them out. So once the worker has started (``settle``):
 
 - what start-up made (modules, the app, the schemas: about 180,000 objects) is collected
   once and then frozen out of every later pass (``gc.freeze``);
