@@ -143,6 +143,10 @@ class Settings:
     # Rows each table's agent keeps decoded after writing them (pipeline.streaming.processing
     # RowCache), so the next event of the same key neither reads nor decodes it; 0: none.
     row_cache_rows: int = 10_000
+    # The most events an agent takes as one batch (pipeline.streaming.processing). Each
+    # batch waits for two broker round trips, so a backlog is worked through faster in
+    # larger ones; they bound the work redone after a crash and what a rebalance waits for.
+    max_batch_events: int = 2_000
     # The consumer's static group membership (KIP-345 group.instance.id); None: dynamic.
     # A worker restarted with the same id gets its partitions back without a rebalance.
     worker_id: str | None = None
@@ -243,6 +247,11 @@ class Settings:
             ),
             row_cache_rows=_int(
                 PREFIX + "ROW_CACHE_ROWS", get("ROW_CACHE_ROWS", str(defaults.row_cache_rows)), 0
+            ),
+            max_batch_events=_int(
+                PREFIX + "MAX_BATCH_EVENTS",
+                get("MAX_BATCH_EVENTS", str(defaults.max_batch_events)),
+                1,
             ),
             worker_id=worker_id,
             kafka_security=KafkaSecurity(

@@ -136,7 +136,7 @@ class Outputs:
 
 
 # A batch being prepared lets the event loop run other work after this many events: a
-# 500-event batch is tens of milliseconds of computing, during which the other agents'
+# batch of hundreds of events is tens of milliseconds of computing, during which the other agents'
 # events and the producer's delivery reports would wait.
 YIELD_EVERY = 64
 

@@ -244,7 +244,9 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
     }
     serdes = Serdes(records=app.codecs, internal=topology.internal, topology=topology)
     outputs = Outputs(settlement=settlement, metrics=metrics)
-    runner = EventRunner(settlement=settlement, metrics=metrics)
+    runner = EventRunner(
+        settlement=settlement, metrics=metrics, max_batch=settings.max_batch_events
+    )
     if settings.store.startswith("rocksdb://"):
         cleaner = StateCleaner(
             app, app.pipeline_tables, settings.partitions, settings.state_cleanup_delay_s

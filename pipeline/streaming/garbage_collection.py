@@ -1,8 +1,8 @@
 """The worker's garbage collector, set for a steady stream of short-lived objects.
 
 CPython's cyclic collector passes over its youngest generation every 700 net allocations
-of container objects and moves what survives to an older one. A batch in hand (up to 500
-events, each an event, a message, a record and their bytes) outlives several such passes,
+of container objects and moves what survives to an older one. A batch in hand (hundreds
+of events, each an event, a message, a record and their bytes) outlives several such passes,
 so the objects of every batch reached the oldest generation, and the passes over that
 one walk every object the worker holds. In a worker offered 500-1,000 orders/s those
 passes took p50 57-167 ms (the longest 130-386 ms), every one to two seconds, and every

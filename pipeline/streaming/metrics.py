@@ -18,8 +18,8 @@ from prometheus_client.registry import Collector
 
 from pipeline.streaming.lag import Lags
 
-# Up to MAX_BATCH (pipeline.streaming.processing).
-BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500)
+# Up to pipeline.settings ``max_batch_events``.
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 # A rebalance after a crash waits out the 15 s session timeout.

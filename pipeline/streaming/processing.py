@@ -1,8 +1,9 @@
 """How every agent handles its events: in batches, pipelined, with bounded retries
 per event, then the dead-letter topic.
 
-An agent takes the events that have already arrived, up to ``MAX_BATCH`` (one at
-a time when they trickle in, so a quiet pipeline adds no latency). A batch is
+An agent takes the events that have already arrived, up to ``max_batch`` (one at
+a time when they trickle in, so a quiet pipeline adds no latency; pipeline.settings
+``max_batch_events``). A batch is
 *prepared* (decoded, its rows computed, its derived events handed to the producer)
 and then *completed*: once the broker acknowledged every derived event, the rows'
 changelog records are sent; once those are acknowledged too, the rows are written
@@ -71,11 +72,6 @@ from pipeline.streaming.topology import UndeclaredTopic
 log = logging.getLogger(__name__)
 
 Event = EventT[Any]
-
-# Bounds the work redone after a crash and the time a rebalance waits for the
-# batch in hand.
-MAX_BATCH = 500
-
 
 Row = TypeVar("Row")
 
@@ -342,9 +338,11 @@ class InFlight:
 class EventRunner:
     settlement: Settlement
     metrics: Metrics
+    # The most events one batch takes: bounds the work redone after a crash and the time
+    # a rebalance waits for the batch in hand.
+    max_batch: int
     # Pauses between attempts; len(backoff) + 1 attempts in all.
     backoff: Sequence[float] = field(default=(0.1, 0.5, 2.0))
-    max_batch: int = MAX_BATCH
 
     async def consume(self, arrivals: Arrivals, handler: BatchHandler) -> None:
         """Handle the agent's events for as long as it runs."""

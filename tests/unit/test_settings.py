@@ -17,6 +17,8 @@ def test_defaults_suit_the_local_stack() -> None:
     assert Settings.from_env({"PIPELINE_FETCH_MAX_WAIT_MS": "500"}).fetch_max_wait_ms == 500
     assert settings.row_cache_rows == 10_000
     assert Settings.from_env({"PIPELINE_ROW_CACHE_ROWS": "0"}).row_cache_rows == 0
+    assert settings.max_batch_events == 2_000
+    assert Settings.from_env({"PIPELINE_MAX_BATCH_EVENTS": "500"}).max_batch_events == 500
     assert settings.auto_register_schemas is False
     assert settings.kafka_client_config() == {
         "bootstrap.servers": "127.0.0.1:9092",
@@ -62,6 +64,7 @@ def test_environment_overrides_and_security_maps_to_librdkafka() -> None:
     [
         ("PIPELINE_PARTITIONS", "eight", "PIPELINE_PARTITIONS='eight' is not an integer"),
         ("PIPELINE_PARTITIONS", "0", "PIPELINE_PARTITIONS=0 is below the minimum 1"),
+        ("PIPELINE_MAX_BATCH_EVENTS", "0", "PIPELINE_MAX_BATCH_EVENTS=0 is below the minimum 1"),
         ("PIPELINE_AUTO_REGISTER_SCHEMAS", "maybe", "is not a boolean"),
         ("PIPELINE_PROCESSING_GUARANTEE", "twice", "PIPELINE_PROCESSING_GUARANTEE='twice'"),
         ("PIPELINE_STORE", "redis://", "must be rocksdb:// or memory://"),
