@@ -31,8 +31,8 @@ from bench.common import (
     watch_outputs,
 )
 
-# Orders profiled by default: 15-25 s of one worker's work here, 1,500-2,500 samples.
-ORDERS = 25_000
+# Orders profiled by default: about 20 s of one worker's work here (2026-12-03), 2,000 samples.
+ORDERS = 100_000
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 PACKAGES = (
     "pipeline",

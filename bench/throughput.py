@@ -58,15 +58,15 @@ def pipeline_system(workers: int, guarantee: str = "at_least_once") -> str:
 
 
 # Orders pre-loaded for each system by default: 20 s or more of its work at the upper end
-# of what it did here (2 shared cores): bare 20-30k orders/s, bare topology 7-10k/s, one
-# worker 1,200-1,700/s, two workers up to 1.8x one, Quix 2-4k/s.
+# of what it did here (2 shared cores, 2026-12-03): bare 40k orders/s, bare topology 25k/s,
+# one worker 4,700/s, two workers up to 1.8x one, Quix 4,500/s.
 DEFAULT_ORDERS = {
-    BARE: 600_000,
-    BARE_TOPOLOGY: 200_000,
-    pipeline_system(1): 35_000,
-    pipeline_system(1, EXACTLY_ONCE): 35_000,
-    pipeline_system(2): 60_000,
-    QUIX: 80_000,
+    BARE: 1_000_000,
+    BARE_TOPOLOGY: 500_000,
+    pipeline_system(1): 100_000,
+    pipeline_system(1, EXACTLY_ONCE): 100_000,
+    pipeline_system(2): 170_000,
+    QUIX: 100_000,
 }
 
 
