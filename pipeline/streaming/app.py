@@ -33,6 +33,7 @@ from pipeline.streaming.faust_internals import (
     ArrivedEvents,
     FixedFaustApp,
     PipelineTableManager,
+    RawSchema,
     group_member,
 )
 from pipeline.streaming.lag import read_lags
@@ -272,13 +273,7 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
 
 
 def _run_agent(app: faust.App, agent: Agent, handler: AgentHandler, runner: EventRunner) -> None:
-    source = app.topic(
-        *agent.rules,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    source = app.topic(*agent.rules, schema=RawSchema())
 
     async def process(stream: StreamT[Any]) -> None:
         await runner.consume(ArrivedEvents(stream), handler)

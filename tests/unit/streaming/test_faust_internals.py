@@ -37,6 +37,7 @@ from pipeline.streaming.faust_internals import (
     PipelineConsumerThread,
     PipelineRecovery,
     PipelineTransport,
+    RawSchema,
     TransactionalConsumer,
     TransactionalConsumerThread,
     TransactionalTransport,
@@ -85,6 +86,9 @@ UPSTREAM: dict[Callable[..., Any], str] = {
         "2f1ba70443327538800d348e61042cdedd5a5e6306f40ebe1a06dddba7494c45"
     ),
     GroupCoordinator.__init__: "9e729f077efc4f3a4f3e672047bcdde1f557517f9417415245af851ac25e44fd",
+    # RawSchema's decoder replaces the one compiled here, and makes events as this does.
+    faust.Schema.compile: "d46eec5ce3195b2c6752cb860a10946cee66ddf6a955f2ea44ac1568c0ecb9ad",
+    faust.App.create_event: "15fea3d1e95e6625b2f6a969e9ce4bbed786bed15fde58f0c6518f6e461f7a10",
 }
 # The compiled twin of Stream._py_aiter, the one Faust runs.
 CYTHON_STREAMS = Path(cast(str, faust_cython.__file__)).parent / "streams.pyx"
@@ -111,6 +115,28 @@ def test_the_fixes_match_the_installed_faust() -> None:
         )
     assert hashlib.sha256(CYTHON_STREAMS.read_bytes()).hexdigest() == CYTHON_STREAMS_DIGEST, (
         "Faust's compiled stream iterator changed: compare it with ArrivedEvents"
+    )
+
+
+def test_the_agents_events_are_fausts_raw_events_made_without_its_serializers() -> None:
+    app = create_app(shop(Settings(app_id="unit", topic_prefix="unit.")))
+    sources = [agent.channel for agent in app.agents.values()]
+    assert sources and all(isinstance(source.schema, RawSchema) for source in sources)
+    message = ConsumerMessage("orders", 3, 7, 0.0, 0, [("h", b"1")], b"k\xff", b"v\x00", None)
+
+    faust_raw = app.topic("orders", key_serializer="raw", value_serializer="raw")
+
+    event = asyncio.run(sources[0].decode(message, propagate=True))
+    expected = asyncio.run(faust_raw.decode(message, propagate=True))
+
+    assert type(event) is type(expected)
+    assert (event.key, event.value) == (b"k\xff", b"v\x00")
+    assert (event.app, event.key, event.value, event.headers, event.message) == (
+        expected.app,
+        expected.key,
+        expected.value,
+        expected.headers,
+        expected.message,
     )
 
 
