@@ -11,8 +11,12 @@ version, so each is checked again before an upgrade):
   (``drop_partition``);
 - ``Recovery.on_rebalance``: the bulk restore of the assigned partitions runs first;
 - ``Web.web_app``: the aiohttp application our routes are added to (``aiohttp_app``);
-- ``Service.wait_first`` as Faust's fetch loop uses it for each message
-  (``PipelineConsumer.wait_first``);
+- Faust's fetch loop (``Consumer._drain_messages``) and what the conductor does with a
+  message (the partition's channels in ``Conductor._tp_index``, its lock, the flow control,
+  the producer buffer, the channel queue's ``put_nowait_enhanced`` with the pressure
+  callbacks, ``Message.incref``): the fetch loop puts each message straight into its
+  agent's queue where nothing would wait (``PipelineConsumer._drain_messages``,
+  ``DirectDelivery``);
 - the aiokafka consumer behind Faust's (``Consumer._thread``) and its subscription state:
   each assigned partition's fetch position and high watermark, for the lag metrics
   (``fetch_states``);
@@ -115,8 +119,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import types
-from collections.abc import Callable, Coroutine, Generator, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, cast
@@ -126,13 +129,12 @@ import faust
 from aiohttp import web
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
-from faust.transport.consumer import RecordMap
+from faust.transport.consumer import CONSUMER_FETCHING, RecordMap
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, EventT, Message, StreamT
 from faust.types.transports import ConsumerT, TransportT
-from mode.services import WaitArgT, WaitResults
+from mode import Service, ServiceT
 from mode.utils.queues import ThrowableQueue
-from mode.utils.times import Seconds
 from rocksdict import Rdict, WriteBatch
 
 log = logging.getLogger(__name__)
@@ -241,55 +243,145 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             return False
         return super().ack(message)
 
-    async def wait_first(self, *coros: WaitArgT, timeout: Seconds | None = None) -> WaitResults:
-        """``Service.wait_first`` without its tasks when the first coroutine finishes
-        without waiting.
-
-        Faust's fetch loop (``Consumer._drain_messages``) hands each message to the
-        agents' queues through ``wait_first(deliver(message), suspend_flow.wait())``, so
-        that a stop of the flow abandons a delivery waiting for room: four tasks and an
-        ``asyncio.wait`` per message, the largest cost of a worker after the batching.
-        A delivery almost never waits. Run to its first wait here, one that finished is
-        the sole winner (the tasks would start it first too); one that waits goes on as
-        Faust's, racing the flow stop, the service's stop and crash.
-        """
-        if timeout is not None:
-            return await super().wait_first(*coros, timeout=timeout)
-        first, *others = coros
-        if not asyncio.iscoroutine(first) or self._stopped.is_set() or self._crashed.is_set():
-            return await super().wait_first(*coros)
+    async def _drain_messages(self, fetcher: ServiceT) -> None:
+        """Faust's fetch loop (``Consumer._drain_messages``, the same steps in the same
+        order), with each message put straight into its agent's queue by
+        ``DirectDelivery`` where it can; the others go through Faust's conductor, as in
+        Faust's loop (``wait_first`` racing the delivery against a stop of the flow)."""
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        deliver_directly = DirectDelivery(self.app)
+        since_yield = 0
         try:
-            awaited = first.send(None)
-        except StopIteration as finished:
-            for other in others:
-                if asyncio.iscoroutine(other):
-                    other.close()  # never started, as the loser's task is cancelled
-            return WaitResults([first], [finished.value], False)
-        return await super().wait_first(_resume(first, awaited), *others)
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                fetched = getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in fetched:
+                        since_yield += 1
+                        if since_yield > FETCH_LOOP_YIELD_EVERY:
+                            await asyncio.sleep(0)
+                            since_yield = 0
+                        offset = message.offset
+                        read_offset = get_read_offset(tp)
+                        if read_offset is None or offset >= read_offset:
+                            gap = offset - (read_offset or 0)
+                            if gap > 1 and read_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, read_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            if not deliver_directly(message):
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                            set_read_offset(tp, offset)
+                        else:
+                            self.log.dev("DROPPED MESSAGE ROFF %r", offset)
+                    unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(CONSUMER_FETCHING)
 
 
-async def _resume(coroutine: Coroutine[Any, Any, Any], awaited: Any) -> Any:
-    """Await ``coroutine``, already started and now waiting on ``awaited``."""
-    return await _drive(coroutine, awaited)
+# Faust's fetch loop lets other work run after this many messages.
+FETCH_LOOP_YIELD_EVERY = 100
+
+PressureCallbacks = tuple[Callable[[], None], Callable[[], None]]
 
 
-@types.coroutine
-def _drive(coroutine: Coroutine[Any, Any, Any], awaited: Any) -> Generator[Any, Any, Any]:
-    # What ``await`` does with a coroutine, from its first wait on: hand each awaited
-    # future to the task and the outcome back to the coroutine.
-    while True:
-        try:
-            sent = yield awaited
-        except BaseException as error:  # the task was cancelled (or thrown into)
-            try:
-                awaited = coroutine.throw(error)
-            except StopIteration as finished:
-                return finished.value
-        else:
-            try:
-                awaited = coroutine.send(sent)
-            except StopIteration as finished:
-                return finished.value
+class DirectDelivery:
+    """What Faust's conductor does with a message of a partition one agent alone reads,
+    done at once: the message referenced once, its event (made as ``RawSchema`` makes
+    it) put into the agent's queue, with the conductor's pressure callbacks, which pause
+    fetching the partition while the queue is nearly full.
+
+    The conductor does it per message through a lock, the flow control, Faust's producer
+    buffer check, the decoder's coroutine and its channel loop, each awaited (and Faust's
+    fetch loop races that against a stop of the flow with four tasks): about 7% of a
+    pre-loaded worker's time, though none of it waits while the flow is on, the queue
+    has room and Faust's producer buffer is empty (nothing of ours sends through Faust's
+    producer). Where any of these does not hold, the conductor delivers the message.
+    """
+
+    def __init__(self, app: AppT) -> None:
+        self.app = app
+        conductor = cast(Any, app.topics)
+        self.channels_by_tp: Mapping[TP, set[Any]] = conductor._tp_index
+        self.subscribing = conductor._tp_to_callback_lock
+        self.flow_is_active = app.flow_control.is_active
+        self.event_class = cast(Callable[..., EventT[Any]], app.conf.Event)
+        # Faust's producer buffer is a thread's queue instead with producer_threaded.
+        self.producer_buffer: asyncio.Queue[Any] | None = (
+            None if app.conf.producer_threaded else app.producer.buffer.pending
+        )
+        self.pressure: dict[TP, PressureCallbacks] = {}
+
+    def __call__(self, message: Message) -> bool:
+        """Deliver ``message``; False, with nothing done, where the conductor must."""
+        channels = self.channels_by_tp.get(message.tp)
+        if (
+            not channels
+            or len(channels) != 1
+            or self.subscribing.locked()
+            or not self.flow_is_active()
+            or self.producer_buffer is None
+            or self.producer_buffer.qsize()
+        ):
+            return False
+        (channel,) = channels
+        queue = channel.queue
+        if not isinstance(channel.schema, RawSchema) or queue.full():
+            return False
+        on_pressure_high, on_pressure_drop = self._pressure_callbacks(message)
+        message.incref(1)
+        queue.put_nowait_enhanced(
+            self.event_class(self.app, message.key, message.value, message.headers, message),
+            on_pressure_high=on_pressure_high,
+            on_pressure_drop=on_pressure_drop,
+        )
+        return True
+
+    def _pressure_callbacks(self, message: Message) -> PressureCallbacks:
+        # One pair per partition, kept: the queue tells the drop callbacks it holds by
+        # identity.
+        callbacks = self.pressure.get(message.tp)
+        if callbacks is None:
+            # Faust's own TP: the message's is aiokafka's, and the consumer's partition
+            # sets must hold only Faust's.
+            tp = TP(message.topic, message.partition)
+            app = self.app
+            on_topic_buffer_full = app.sensors.on_topic_buffer_full
+            consumer = app.consumer
+
+            def on_pressure_high() -> None:
+                on_topic_buffer_full(tp)
+                consumer.on_buffer_full(tp)
+
+            def on_pressure_drop() -> None:
+                consumer.on_buffer_drop(tp)
+
+            callbacks = self.pressure[message.tp] = (on_pressure_high, on_pressure_drop)
+        return callbacks
 
 
 class PipelineTransport(faust_aiokafka.Transport):

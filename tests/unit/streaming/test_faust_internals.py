@@ -19,9 +19,11 @@ from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.consumer.subscription_state import SubscriptionState
 from faust.streams import Stream
 from faust.tables.recovery import Recovery
+from faust.transport.conductor import Conductor, ConductorCompiler
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.consumer import ConsumerMessage
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP, EventT, StreamT
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
@@ -31,6 +33,7 @@ from pipeline.streaming.app import create_app
 from pipeline.streaming.faust_internals import (
     FAUST_VERSION,
     ArrivedEvents,
+    DirectDelivery,
     FetchState,
     GroupMember,
     PipelineConsumer,
@@ -89,6 +92,21 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     # RawSchema's decoder replaces the one compiled here, and makes events as this does.
     faust.Schema.compile: "d46eec5ce3195b2c6752cb860a10946cee66ddf6a955f2ea44ac1568c0ecb9ad",
     faust.App.create_event: "15fea3d1e95e6625b2f6a969e9ce4bbed786bed15fde58f0c6518f6e461f7a10",
+    # PipelineConsumer._drain_messages is this loop; DirectDelivery does what the two
+    # conductor callbacks do, skipping the producer buffer's wait only where it would not.
+    FaustConsumer._drain_messages: (
+        "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+    ),
+    ConductorCompiler.build: "837cf521368c1ee4b22c235a2b137f665eca03d0e3e01b5ddedb65232ee73bf2",
+    Conductor._compile_message_handler: (
+        "9fbc0538097aa4eca6113b99df8d17605ae72a6b5030482f041a183f4cc34df1"
+    ),
+    ProducerBuffer.wait_until_ebb: (
+        "758dd5744044071bbc79609fa8e5bfc339818f186bc19b723de2c4c877412e00"
+    ),
+    cast(property, ProducerBuffer.size).fget: (
+        "b543a978fdece62e7d7c434eea6e842995d67cc1d3288434f5f26ad72c10a779"
+    ),
 }
 # The compiled twin of Stream._py_aiter, the one Faust runs.
 CYTHON_STREAMS = Path(cast(str, faust_cython.__file__)).parent / "streams.pyx"
@@ -393,60 +411,103 @@ def test_an_acknowledged_event_calls_the_message_out_sensor_when_it_was_the_last
     )
 
 
-def fetch_loop_consumer() -> PipelineConsumer:
-    """A consumer (not started) as far as ``wait_first`` needs one."""
-    consumer = PipelineConsumer.__new__(PipelineConsumer)
-    consumer._stopped = asyncio.Event()
-    consumer._crashed = asyncio.Event()
-    consumer.loop = asyncio.get_running_loop()
-    return consumer
+ORDERS_3 = TP("unit.orders", 3)
 
 
-def test_a_delivery_that_does_not_wait_wins_at_once_without_a_task() -> None:
-    async def scenario() -> None:
-        consumer = fetch_loop_consumer()
-        flow_stopped = asyncio.Event()
-        tasks_before = len(asyncio.all_tasks())
-
-        async def deliver() -> str:
-            assert len(asyncio.all_tasks()) == tasks_before
-            return "delivered"
-
-        delivery, stop = deliver(), flow_stopped.wait()
-        results = await consumer.wait_first(delivery, stop)
-        assert results == ([delivery], ["delivered"], False)
-        assert stop.cr_frame is None  # closed, never left waiting
-
-    asyncio.run(scenario())
+def delivering(*schemas: faust.Schema[Any, Any], maxsize: int = 100) -> tuple[Any, list[Any]]:
+    """A real app whose conductor has a channel of each schema reading ``ORDERS_3``
+    (the flow on), and those channels."""
+    app = cast(Any, create_app(shop(Settings(app_id="unit", topic_prefix="unit."))))
+    app.conf.stream_buffer_maxsize = maxsize
+    channels = [app.topic(ORDERS_3.topic, schema=schema) for schema in schemas]
+    app.topics._tp_index[ORDERS_3] = set(channels)
+    app.flow_control.resume()
+    return app, channels
 
 
-def test_a_delivery_that_waits_finishes_or_is_abandoned_when_the_flow_stops() -> None:
-    async def scenario() -> None:
-        consumer = fetch_loop_consumer()
-        flow_stopped = asyncio.Event()
-        room = asyncio.Event()
-        delivered: list[str] = []
+def order_message(offset: int) -> ConsumerMessage:
+    """A message of ``ORDERS_3`` as Faust's aiokafka driver makes it (with aiokafka's
+    TopicPartition)."""
+    return ConsumerMessage(
+        ORDERS_3.topic,
+        ORDERS_3.partition,
+        offset,
+        0.0,
+        0,
+        [("h", b"1")],
+        b"k",
+        b"v",
+        None,
+        tp=TopicPartition(ORDERS_3.topic, ORDERS_3.partition),
+    )
 
-        async def deliver(name: str) -> str:
-            await asyncio.sleep(0)
-            await room.wait()
-            delivered.append(name)
-            return name
 
-        asyncio.get_running_loop().call_later(0.01, room.set)
-        results = await consumer.wait_first(deliver("first"), flow_stopped.wait())
-        assert results.results == ["first"] and not results.stopped
-        assert delivered == ["first"]
+def test_a_message_one_agent_reads_goes_into_its_queue_as_the_conductor_puts_it() -> None:
+    app, (channel,) = delivering(RawSchema())
+    direct, through_conductor = order_message(5), order_message(5)
 
-        room.clear()
-        asyncio.get_running_loop().call_later(0.01, flow_stopped.set)
-        results = await consumer.wait_first(deliver("second"), flow_stopped.wait())
-        await asyncio.sleep(0.02)
-        room.set()
-        await asyncio.sleep(0.01)
-        assert delivered == ["first"]  # cancelled when the flow stopped
+    async def deliver() -> tuple[Any, Any]:
+        assert DirectDelivery(app)(direct)
+        await ConductorCompiler().build(app.topics, ORDERS_3, {channel})(through_conductor)
+        return channel.queue.get_nowait(), channel.queue.get_nowait()
 
-    asyncio.run(scenario())
+    ours, faust_s = asyncio.run(deliver())
+
+    assert type(ours) is type(faust_s) and ours.message is direct
+    assert (ours.app, ours.key, ours.value, ours.headers) == (
+        faust_s.app,
+        faust_s.key,
+        faust_s.value,
+        faust_s.headers,
+    )
+    assert direct.refcount == through_conductor.refcount == 1
+
+
+def test_a_nearly_full_queue_pauses_the_partition_until_it_drains_as_the_conductor_does() -> None:
+    app, (channel,) = delivering(RawSchema(), maxsize=5)  # pressure from 4 queued
+    consumer = app.consumer
+    consumer._active_partitions = {ORDERS_3}
+    deliver = DirectDelivery(app)
+
+    delivered = [deliver(order_message(offset)) for offset in range(6)]
+
+    assert delivered == [True] * 5 + [False]  # the sixth waits for room, in the conductor
+    assert consumer._buffered_partitions == {ORDERS_3} and not consumer._active_partitions
+
+    async def drain() -> None:
+        while not channel.queue.empty():
+            await channel.queue.get()
+
+    asyncio.run(drain())
+    assert consumer._get_active_partitions() == {ORDERS_3}  # Faust's TP, as Faust checks
+    assert all(type(tp) is TP for tp in consumer._active_partitions)
+    assert not consumer._buffered_partitions
+
+
+@pytest.mark.parametrize(
+    "why", ["flow stopped", "two channels", "another schema", "subscribing", "producer buffer"]
+)
+def test_where_the_conductor_could_wait_the_message_is_left_to_it(why: str) -> None:
+    schemas: list[faust.Schema[Any, Any]] = [RawSchema()]
+    if why == "two channels":
+        schemas.append(RawSchema())
+    if why == "another schema":
+        schemas = [faust.Schema(key_serializer="raw", value_serializer="raw")]
+    app, channels = delivering(*schemas)
+    if why == "flow stopped":
+        app.flow_control.suspend()
+    if why == "producer buffer":
+        app.producer.buffer.pending.put_nowait(Mock())
+    message = order_message(5)
+
+    async def deliver() -> bool:
+        if why == "subscribing":
+            async with app.topics._tp_to_callback_lock:
+                return DirectDelivery(app)(message)
+        return DirectDelivery(app)(message)
+
+    assert not asyncio.run(deliver())
+    assert all(channel.queue.empty() for channel in channels) and message.refcount == 0
 
 
 def test_rows_written_in_one_batch_are_read_back_by_faust_and_by_partition(tmp_path: Path) -> None:
