@@ -128,6 +128,26 @@ def level_steps(levels: Mapping[str, Sequence[int]]) -> Counter[tuple[str, int]]
     return steps
 
 
+def final_levels(read_levels: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, Any]]]:
+    """sku → (available, updated_at) of its final history: for each event that changed
+    the SKU (told apart by its time, unique per SKU in the generated input), the last level
+    record emitted for it, in the order of those records.
+
+    Under at-least-once, a batch whose derived events were partly delivered before its
+    worker died is processed again: its levels are repeated, possibly in another order (the
+    stock side reads two topics), and an alert among them may have been delivered only the
+    second time. The levels as read then cross the threshold where the final history, the
+    one the table holds, does not; each repeat supersedes what came before it.
+    """
+    last: dict[tuple[str, Any], tuple[int, int]] = {}
+    for position, level in enumerate(read_levels):
+        last[(level["sku"], level["updated_at"])] = (position, level["available"])
+    history: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+    for (sku, at), (_, available) in sorted(last.items(), key=lambda item: item[1][0]):
+        history[sku].append((available, at))
+    return history
+
+
 def failures(tallies: Mapping[str, Tally], guarantee: str) -> list[str]:
     """The topics that break ``guarantee``: any with records missing, and under
     exactly_once any with one twice (at-least-once may repeat, never lose)."""
@@ -167,14 +187,15 @@ def derived_tallies(settings: Settings, events: list[ShopEvent]) -> dict[str, Ta
         len(read_levels), *excess(level_steps(levels), expected.stock_deltas(events))
     )
 
-    # One alert per downward crossing of the threshold in those levels.
+    # One alert per downward crossing of the threshold in the levels of each SKU's final
+    # history (``final_levels``), each for the event whose level crossed it.
     alerts = read(names.low_stock_alerts)
-    have_alerts = Counter((alert["sku"], alert["available"]) for alert in alerts)
-    want_alerts = Counter(
-        (sku, level)
-        for sku, values in levels.items()
-        for level in expected.crossings(values, settings.low_stock_threshold)
-    )
+    have_alerts = Counter((alert["sku"], alert["available"], alert["at"]) for alert in alerts)
+    want_alerts: Counter[tuple[str, int, Any]] = Counter()
+    for sku, history in final_levels(read_levels).items():
+        values = [available for available, _ in history]
+        for index in expected.crossed_at(values, settings.low_stock_threshold):
+            want_alerts[(sku, *history[index])] += 1
     tallies[names.low_stock_alerts] = Tally(len(alerts), *excess(have_alerts, want_alerts))
 
     # One notification per registration.

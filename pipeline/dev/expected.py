@@ -103,10 +103,15 @@ def registrations(events: Iterable[ShopEvent]) -> Counter[str]:
 
 def crossings(levels: Sequence[int], threshold: int) -> list[int]:
     """The levels at which stock fell from at or above ``threshold`` to below it."""
+    return [levels[index] for index in crossed_at(levels, threshold)]
+
+
+def crossed_at(levels: Sequence[int], threshold: int) -> list[int]:
+    """The indices of ``crossings`` in ``levels``."""
     found = []
     previous = 0  # an unknown SKU starts at 0
-    for level in levels:
+    for index, level in enumerate(levels):
         if previous >= threshold > level:
-            found.append(level)
+            found.append(index)
         previous = level
     return found

@@ -62,3 +62,4 @@ def test_crossings_are_downward_through_the_threshold_from_zero() -> None:
     assert expected.crossings([10, 4, 12, 3, 2], threshold=5) == [4, 3]
     assert expected.crossings([-1], threshold=0) == [-1]  # from 0, at the threshold
     assert expected.crossings([3, 1], threshold=5) == []  # never at or above it
+    assert expected.crossed_at([10, 4, 12, 3, 2], threshold=5) == [1, 3]
