@@ -3,12 +3,11 @@ per event, then the dead-letter topic.
 
 An agent takes the events that have already arrived, up to ``max_batch`` (one at
 a time when they trickle in, so a quiet pipeline adds no latency; pipeline.settings
-``max_batch_events``). A batch is
-*prepared* (decoded, its rows computed, its derived events handed to the producer)
-and then *completed*: once the broker acknowledged every derived event, the rows'
-changelog records are sent; once those are acknowledged too, the rows are written
-to the table's store and the events acknowledged to Faust, whose committed offsets
-advance only over acknowledged events.
+``max_batch_events``). A batch is *prepared* (decoded, its rows computed, its
+derived events handed to the producer) and then *completed*: once the broker
+acknowledged every derived event, the rows' changelog records are sent; once those
+are acknowledged too, the rows are written to the table's store and the events
+acknowledged to Faust, whose committed offsets advance only over acknowledged events.
 
 That order is what makes replays safe. A row remembers the events it applied (see
 pipeline.domain.rules), and a replayed event the row already applied is skipped, derived
