@@ -166,12 +166,23 @@ class RawSchema(faust.Schema[bytes, bytes]):
         default_propagate: bool = False,
     ) -> Callable[..., Coroutine[Any, Any, EventT[Any]]]:
         """The decoder Faust's conductor calls for each message (it cannot fail)."""
-        event_class = cast(Callable[..., EventT[Any]], app.conf.Event)
+        make_event = RawSchema.event_maker(app)
 
         async def decode(message: Message, *, propagate: bool = default_propagate) -> EventT[Any]:
-            return event_class(app, message.key, message.value, message.headers, message)
+            return make_event(message)
 
         return decode
+
+    @staticmethod
+    def event_maker(app: AppT) -> Callable[[Message], EventT[Any]]:
+        """Makes the event of a message as Faust's ``raw`` serializers would: the message's
+        own key, value and headers, in the app's event class (read once here)."""
+        event_class = cast(Callable[..., EventT[Any]], app.conf.Event)
+
+        def make_event(message: Message) -> EventT[Any]:
+            return event_class(app, message.key, message.value, message.headers, message)
+
+        return make_event
 
 
 class PipelineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -225,6 +236,10 @@ class PipelineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 )
                 consumer.seek(tp, first)
         return deliverable
+
+
+# Faust's fetch loop lets other work run after this many messages.
+FETCH_LOOP_YIELD_EVERY = 100
 
 
 class PipelineConsumer(faust_aiokafka.Consumer):
@@ -303,9 +318,6 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             unset_flag(CONSUMER_FETCHING)
 
 
-# Faust's fetch loop lets other work run after this many messages.
-FETCH_LOOP_YIELD_EVERY = 100
-
 PressureCallbacks = tuple[Callable[[], None], Callable[[], None]]
 
 
@@ -329,7 +341,7 @@ class DirectDelivery:
         self.channels_by_tp: Mapping[TP, set[Any]] = conductor._tp_index
         self.subscribing = conductor._tp_to_callback_lock
         self.flow_is_active = app.flow_control.is_active
-        self.event_class = cast(Callable[..., EventT[Any]], app.conf.Event)
+        self.make_event = RawSchema.event_maker(app)
         # Faust's producer buffer is a thread's queue instead with producer_threaded.
         self.producer_buffer: asyncio.Queue[Any] | None = (
             None if app.conf.producer_threaded else app.producer.buffer.pending
@@ -355,7 +367,7 @@ class DirectDelivery:
         on_pressure_high, on_pressure_drop = self._pressure_callbacks(message)
         message.incref(1)
         queue.put_nowait_enhanced(
-            self.event_class(self.app, message.key, message.value, message.headers, message),
+            self.make_event(message),
             on_pressure_high=on_pressure_high,
             on_pressure_drop=on_pressure_drop,
         )
