@@ -1,6 +1,6 @@
 """Every use of a Faust internal, in one place: what the runtime needs that Faust does
-not offer publicly, and five ways by which faust-streaming 0.15.3 (with aiokafka 0.14)
-loses events around a rebalance, fixed here.
+not offer publicly, five ways by which faust-streaming 0.15.3 (with aiokafka 0.14)
+loses events around a rebalance and one by which it loses its group membership, fixed here.
 
 The internals used (tests/unit/streaming/test_faust_internals.py fails on another Faust
 version, so each is checked again before an upgrade):
@@ -39,13 +39,15 @@ version, so each is checked again before an upgrade):
   ``Consumer.commit`` (Faust commits nothing), and aiokafka's group coordinator
   (``AIOKafkaConsumer._coordinator``: ``group_id``, ``generation``, ``member_id``,
   ``_group_instance_id``), the membership each transaction's offsets are committed
-  under (``group_member``).
+  under (``group_member``);
+- aiokafka's ``GroupCoordinator._start_heartbeat_task``: fix 6.
 
 The first two were found by the crash soak (tests/integration/test_crash_soak.py), the
-others by the rolling restart (tests/integration/test_rolling_restart.py): after a few
+next three by the rolling restart (tests/integration/test_rolling_restart.py): after a few
 rebalances the views stayed short of the input for good, although every worker was idle
 and the group had nothing left to read (or stopped committing a partition). The fifth
-showed only under CI's load.
+showed only under CI's load. The sixth failed the zombie test
+(tests/integration/test_zombie.py) once in a few runs.
 
 1. Fetching with an empty partition set (``PipelineTransport``).
    Faust hands aiokafka its *live* set of active (unpaused) partitions; the fetch runs
@@ -109,6 +111,20 @@ showed only under CI's load.
    partition across the rebalance. Here the records of a partition neither active nor
    buffered when the fetch returns are kept from Faust, and the partition is seeked back
    to the first of them.
+
+6. Losing the group membership during a long assignment callback
+   (``PipelineConsumerThread.on_partitions_assigned``).
+   aiokafka stops heartbeating when a rebalance starts and starts again only once the
+   assignment callback returned; Faust's callback runs the table recovery's first step,
+   where the bulk restore and, under exactly_once, the wait for a previous owner's
+   commit in doubt take place. A callback longer than the session timeout (15 s) loses
+   the membership: the broker drops the member, and its next transaction is refused
+   (UNKNOWN_MEMBER_ID), which exits the worker. Seen as: the survivor of the zombie test
+   took over at a new generation, waited 12.3 s for the zombie's transaction in doubt,
+   restored for 1.1 s, and exited 15.1 s after it joined, its first heartbeat never sent.
+   The Java client and librdkafka heartbeat during the callback (KAFKA-10122,
+   librdkafka issue 598); here aiokafka's heartbeat task is started before it (it is
+   the same task aiokafka would start after it, which then finds it running).
 
 ``FixedFaustApp`` (the base of every app of ours) uses them all: its transport, and the
 ``TableManager`` it is created with.
@@ -195,6 +211,12 @@ class PipelineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = cast(FixedFaustApp, self.app).fetch_max_wait_ms
         return consumer
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        """Faust's, with the group membership kept alive meanwhile (see the module, fix 6):
+        aiokafka's heartbeats start before the app's assignment callback instead of after."""
+        self._ensure_consumer()._coordinator._start_heartbeat_task()
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def _fetch_records(
         self,

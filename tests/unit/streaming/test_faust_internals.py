@@ -21,7 +21,7 @@ from faust.streams import Stream
 from faust.tables.recovery import Recovery
 from faust.transport.conductor import Conductor, ConductorCompiler
 from faust.transport.consumer import Consumer as FaustConsumer
-from faust.transport.consumer import ConsumerMessage
+from faust.transport.consumer import ConsumerMessage, ConsumerThread
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, EventT, StreamT
@@ -106,6 +106,20 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     ),
     cast(property, ProducerBuffer.size).fget: (
         "b543a978fdece62e7d7c434eea6e842995d67cc1d3288434f5f26ad72c10a779"
+    ),
+    # aiokafka heartbeats again only once the assignment callback returned, starting the
+    # task that PipelineConsumerThread.on_partitions_assigned starts before it (fix 6).
+    GroupCoordinator.ensure_active_group: (
+        "33c84c1a93012e812cb3d1a6774ded1889f917a4ed4a56f9cf310f984e6fa596"
+    ),
+    GroupCoordinator._start_heartbeat_task: (
+        "358d0cfad997f2e6e319665d615bd4d837c1829fcd2833103a993ce5b5e0e5f7"
+    ),
+    GroupCoordinator._heartbeat_routine: (
+        "61d01028952239d03c882d0bc6c0259fc3125d5da5642cda75071164a181be5c"
+    ),
+    ConsumerThread.on_partitions_assigned: (
+        "e59e8dda43724bd4c943653b34f70c7baa589427381625bac53ceb4b885ef183"
     ),
 }
 # The compiled twin of Stream._py_aiter, the one Faust runs.
@@ -569,3 +583,37 @@ def test_the_group_membership_is_read_from_aiokafkas_coordinator() -> None:
     assert group_member(cast(Any, app)) == GroupMember("unit", 4, "m-1", "worker-1")
     idle = SimpleNamespace(consumer=SimpleNamespace(_thread=SimpleNamespace(_consumer=None)))
     assert group_member(cast(Any, idle)) is None
+
+
+def test_the_group_membership_is_kept_alive_while_the_app_handles_an_assignment() -> None:
+    """aiokafka would heartbeat only once the callback returned: a longer callback than the
+    session timeout (a bulk restore, a wait for a commit in doubt) lost the membership."""
+    coordinator = GroupCoordinator.__new__(GroupCoordinator)
+    coordinator.member_id, coordinator.generation = "m-1", 3
+    coordinator._heartbeat_task = None
+    coordinator._heartbeat_interval_ms, coordinator._session_timeout_ms = 10, 15_000
+    coordinator._retry_backoff_ms, coordinator._max_poll_interval = 100, 300.0
+    coordinator._subscription = SimpleNamespace(fetcher_idle_time=0.0)
+    coordinator.ensure_coordinator_known = AsyncMock()
+    coordinator._do_heartbeat = AsyncMock(return_value=True)
+    thread = PipelineConsumerThread.__new__(PipelineConsumerThread)
+    thread._consumer = cast(Any, SimpleNamespace(_coordinator=coordinator))
+    thread.thread_loop = cast(Any, None)
+    heartbeats_during_callback: list[int] = []
+
+    async def app_callback(loop: Any, assigned: set[TP], generation_id: int) -> None:
+        await asyncio.sleep(0.2)
+        heartbeats_during_callback.append(coordinator._do_heartbeat.await_count)
+
+    thread.consumer = cast(Any, SimpleNamespace(threadsafe_partitions_assigned=app_callback))
+
+    async def assign() -> None:
+        await thread.on_partitions_assigned({TP("orders", 0)}, 3)
+        # What aiokafka does after the callback: the task already runs, none is added.
+        running = coordinator._heartbeat_task
+        coordinator._start_heartbeat_task()
+        assert coordinator._heartbeat_task is running
+        await coordinator._stop_heartbeat_task()
+
+    asyncio.run(assign())
+    assert heartbeats_during_callback[0] >= 5
