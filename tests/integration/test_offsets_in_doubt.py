@@ -6,17 +6,24 @@ once the transaction completed, and the offsets read then are the transaction's.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from pipeline.admin.topics import ensure_topics
+from pipeline.dev.loadgen import LoadConfig, generate, send
+from pipeline.dev.workers import wait_for
+from pipeline.services import shop as shop_topology
 from pipeline.streaming.producer import producer_config
 from pipeline.streaming.transactions import TRANSACTION_TIMEOUT_MS, wait_for_stable_offsets
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import transaction_topics
+from tests.integration.harness import deployment, transaction_topics, views_match
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +92,56 @@ def test_a_worker_taking_over_reads_offsets_only_once_a_commit_in_doubt_complete
         f"returned after {waited:.2f} s, before the commit was even sent"
     )
     assert after == 42
+
+
+# Longer than a worker's session timeout (pipeline.streaming.app: 15 s).
+LONG_IN_DOUBT_S = 22.0
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_keeps_its_membership_while_it_waits_longer_than_its_session_timeout(
+    stack: StackInfo, tmp_path: Path
+) -> None:
+    """The wait runs in the worker's assignment callback, where aiokafka would not heartbeat:
+    the broker dropped such a worker and refused its next transaction (UNKNOWN_MEMBER_ID)."""
+    shop = deployment(stack, f"it-long-doubt-{uuid.uuid4().hex[:8]}", tmp_path, "exactly_once")
+    settings, group = shop.settings, shop.settings.app_id
+    ensure_topics(settings, shop_topology(settings).specs())
+    source = shop.names.order_created
+    member = Consumer({**settings.kafka_client_config(), "group.id": group})
+    member.subscribe([source])
+    deadline = time.monotonic() + 60
+    while not member.assignment() and time.monotonic() < deadline:
+        member.poll(0.2)
+    assert member.assignment(), "the previous owner never joined the worker's group"
+    producer = Producer(
+        {
+            **producer_config(settings),
+            "transactional.id": f"{group}-previous-owner",
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+        }
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.send_offsets_to_transaction(
+        [TopicPartition(source, 0, 0)], member.consumer_group_metadata(), 30
+    )
+    member.close()  # gone, its commit in doubt
+    completing = threading.Timer(LONG_IN_DOUBT_S, producer.commit_transaction, (30,))
+    completing.start()
+    worker = shop.worker("w").start()
+    try:
+        worker.wait_healthy()
+        completing.join(60)
+        events = list(generate(LoadConfig(users=20, orders=300, skus=10, seed=5)))
+        assert send(events, settings, progress=False).failed == 0
+        wait_for("the views to match the input", lambda: views_match(worker, events), 120)
+        assert worker.running()
+        assert worker.metric("pipeline_rebalances_total") == 1
+        log = worker.log.read_text(errors="replace")
+        waited = re.search(r"offsets of a transaction in doubt are settled after ([\d.]+) s", log)
+        assert waited and float(waited[1]) > 15.0, "the worker did not wait for the commit"
+        assert "member_id was not recognized" not in log
+    finally:
+        completing.cancel()
+        worker.stop()
