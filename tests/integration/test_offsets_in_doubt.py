@@ -13,7 +13,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from pipeline.admin.topics import ensure_topics
@@ -95,7 +101,14 @@ def test_a_worker_taking_over_reads_offsets_only_once_a_commit_in_doubt_complete
 
 
 # Longer than a worker's session timeout (pipeline.streaming.app: 15 s).
-LONG_IN_DOUBT_S = 22.0
+LONG_IN_DOUBT_S = 20.0
+
+
+def joined(admin: AdminClient, group: str) -> bool:
+    """Whether ``group`` has a member that finished joining (its assignment callback runs)."""
+    (future,) = admin.describe_consumer_groups([group]).values()
+    description = future.result(30)
+    return bool(description.members) and description.state == ConsumerGroupState.STABLE
 
 
 @pytest.mark.timeout(300)
@@ -108,6 +121,7 @@ def test_a_worker_keeps_its_membership_while_it_waits_longer_than_its_session_ti
     settings, group = shop.settings, shop.settings.app_id
     ensure_topics(settings, shop_topology(settings).specs())
     source = shop.names.order_created
+    admin = AdminClient(settings.kafka_client_config())
     member = Consumer({**settings.kafka_client_config(), "group.id": group})
     member.subscribe([source])
     deadline = time.monotonic() + 60
@@ -127,12 +141,12 @@ def test_a_worker_keeps_its_membership_while_it_waits_longer_than_its_session_ti
         [TopicPartition(source, 0, 0)], member.consumer_group_metadata(), 30
     )
     member.close()  # gone, its commit in doubt
-    completing = threading.Timer(LONG_IN_DOUBT_S, producer.commit_transaction, (30,))
-    completing.start()
     worker = shop.worker("w").start()
     try:
+        wait_for("the worker to join its group", lambda: joined(admin, group), 120)
+        time.sleep(LONG_IN_DOUBT_S)
+        producer.commit_transaction(30)
         worker.wait_healthy()
-        completing.join(60)
         events = list(generate(LoadConfig(users=20, orders=300, skus=10, seed=5)))
         assert send(events, settings, progress=False).failed == 0
         wait_for("the views to match the input", lambda: views_match(worker, events), 120)
@@ -143,5 +157,4 @@ def test_a_worker_keeps_its_membership_while_it_waits_longer_than_its_session_ti
         assert waited and float(waited[1]) > 15.0, "the worker did not wait for the commit"
         assert "member_id was not recognized" not in log
     finally:
-        completing.cancel()
         worker.stop()
