@@ -26,6 +26,7 @@ from pipeline.admin.topics import ensure_topics
 from pipeline.dev.loadgen import LoadConfig, generate, send
 from pipeline.dev.workers import wait_for
 from pipeline.services import shop as shop_topology
+from pipeline.settings import Settings
 from pipeline.streaming.producer import producer_config
 from pipeline.streaming.transactions import TRANSACTION_TIMEOUT_MS, wait_for_stable_offsets
 from tests.integration.conftest import StackInfo
@@ -45,6 +46,27 @@ def committed_offset(admin: AdminClient, group: str, topic: str) -> int:
     return int(listed.offset)
 
 
+def joined_member(settings: Settings, group: str, topic: str) -> Consumer:
+    """A consumer of ``topic`` that joined ``group`` and holds its partitions."""
+    member = Consumer({**settings.kafka_client_config(), "group.id": group})
+    member.subscribe([topic])
+    deadline = time.monotonic() + 60
+    while not member.assignment() and time.monotonic() < deadline:
+        member.poll(0.2)
+    assert member.assignment(), f"the previous owner never joined {group}"
+    return member
+
+
+def transactional_producer(settings: Settings, transactional_id: str) -> Producer:
+    return Producer(
+        {
+            **producer_config(settings),
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+        }
+    )
+
+
 def test_a_worker_taking_over_reads_offsets_only_once_a_commit_in_doubt_completed(
     stack: StackInfo,
 ) -> None:
@@ -53,21 +75,10 @@ def test_a_worker_taking_over_reads_offsets_only_once_a_commit_in_doubt_complete
     name, source, sink, group = topics.name, topics.source, topics.sink, topics.group
     admin = AdminClient(settings.kafka_client_config())
     # The previous owner: a member of the group, its offsets sent to its open transaction.
-    member = Consumer({**settings.kafka_client_config(), "group.id": group})
-    member.subscribe([source])
-    deadline = time.monotonic() + 60
-    while not member.assignment() and time.monotonic() < deadline:
-        member.poll(0.2)
-    assert member.assignment(), "the previous owner never joined its group"
+    member = joined_member(settings, group, source)
     # Its producer: the offsets sent and the commit held back, as when the owner died with
     # its EndTxn on the way and the broker still writing the markers.
-    producer = Producer(
-        {
-            **producer_config(settings),
-            "transactional.id": name,
-            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
-        }
-    )
+    producer = transactional_producer(settings, name)
     commit_started: list[float] = []
     try:
         producer.init_transactions(30)
@@ -122,19 +133,8 @@ def test_a_worker_keeps_its_membership_while_it_waits_longer_than_its_session_ti
     ensure_topics(settings, shop_topology(settings).specs())
     source = shop.names.order_created
     admin = AdminClient(settings.kafka_client_config())
-    member = Consumer({**settings.kafka_client_config(), "group.id": group})
-    member.subscribe([source])
-    deadline = time.monotonic() + 60
-    while not member.assignment() and time.monotonic() < deadline:
-        member.poll(0.2)
-    assert member.assignment(), "the previous owner never joined the worker's group"
-    producer = Producer(
-        {
-            **producer_config(settings),
-            "transactional.id": f"{group}-previous-owner",
-            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
-        }
-    )
+    member = joined_member(settings, group, source)
+    producer = transactional_producer(settings, f"{group}-previous-owner")
     producer.init_transactions(30)
     producer.begin_transaction()
     producer.send_offsets_to_transaction(
