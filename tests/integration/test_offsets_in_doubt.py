@@ -2,7 +2,9 @@
 not yet committed, a plain offset fetch (all aiokafka can do) reads the offsets from before
 it; ``wait_for_stable_offsets`` (pipeline.streaming.transactions), which a worker taking
 partitions over runs before it restores its tables and fetches its offsets, returns only
-once the transaction completed, and the offsets read then are the transaction's."""
+once the transaction completed, and the offsets read then are the transaction's. A worker
+whose takeover waits so for longer than its session timeout keeps its group membership
+(pipeline.streaming.faust_internals, fix 6)."""
 
 from __future__ import annotations
 
