@@ -147,6 +147,11 @@ class Settings:
     # batch waits for two broker round trips, so a backlog is worked through faster in
     # larger ones; they bound the work redone after a crash and what a rebalance waits for.
     max_batch_events: int = 2_000
+    # A message under a schema id the registry answers 404 for: how long the id is asked
+    # again (a schema registered a moment ago) before the message is dead-lettered, and
+    # how long the id is then believed unknown (its messages dead-lettered at once).
+    unknown_schema_recheck_ms: int = 1_000
+    unknown_schema_memory_s: int = 60
     # The consumer's static group membership (KIP-345 group.instance.id); None: dynamic.
     # A worker restarted with the same id gets its partitions back without a rebalance.
     worker_id: str | None = None
@@ -252,6 +257,16 @@ class Settings:
                 PREFIX + "MAX_BATCH_EVENTS",
                 get("MAX_BATCH_EVENTS", str(defaults.max_batch_events)),
                 1,
+            ),
+            unknown_schema_recheck_ms=_int(
+                PREFIX + "UNKNOWN_SCHEMA_RECHECK_MS",
+                get("UNKNOWN_SCHEMA_RECHECK_MS", str(defaults.unknown_schema_recheck_ms)),
+                0,
+            ),
+            unknown_schema_memory_s=_int(
+                PREFIX + "UNKNOWN_SCHEMA_MEMORY_S",
+                get("UNKNOWN_SCHEMA_MEMORY_S", str(defaults.unknown_schema_memory_s)),
+                0,
             ),
             worker_id=worker_id,
             kafka_security=KafkaSecurity(

@@ -39,6 +39,7 @@ import asyncio
 import io
 import json
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,7 @@ from pipeline.serde.errors import (
     RecordValidationError,
     SchemaNotCached,
     UndecodableRecord,
+    UnknownSchemaId,
     UnknownTopic,
 )
 from pipeline.serde.registry import SchemaRegistry, SchemaSource
@@ -103,14 +105,44 @@ class WriterSchema:
 
 
 class WriterSchemas:
-    """Writer schemas by id, fetched from the registry once and shared by every topic codec."""
+    """Writer schemas by id, fetched from the registry once and shared by every topic codec.
 
-    def __init__(self, source: SchemaSource) -> None:
+    An id the registry does not have is asked again for ``recheck_s`` (a schema registered
+    a moment ago may not be visible yet everywhere), then believed unknown for
+    ``memory_s``: further messages under it fail at once, without a request.
+    """
+
+    def __init__(
+        self,
+        source: SchemaSource,
+        *,
+        recheck_s: float = 0.0,
+        memory_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.source = source
+        self.recheck_s = recheck_s
+        self.memory_s = memory_s
+        self.clock = clock
         self._by_id: dict[int, WriterSchema] = {}
+        # Ids believed unknown: until when, and the error their messages fail with.
+        self._unknown: dict[int, tuple[float, UnknownSchemaId]] = {}
+        # Fetches under way (or finished and not yet seen by whoever asks next).
+        self._lookups: dict[int, asyncio.Future[WriterSchema]] = {}
 
     def cached(self, schema_id: int) -> WriterSchema | None:
         return self._by_id.get(schema_id)
+
+    def believed_unknown(self, schema_id: int) -> UnknownSchemaId | None:
+        """Why ``schema_id`` is believed not to be in the registry, if it is."""
+        entry = self._unknown.get(schema_id)
+        if entry is None:
+            return None
+        until, error = entry
+        if self.clock() >= until:
+            del self._unknown[schema_id]
+            return None
+        return UnknownSchemaId(error.reason, schema_id=schema_id)
 
     def remember(self, schema_id: int, schema_str: str) -> WriterSchema:
         try:
@@ -128,18 +160,68 @@ class WriterSchemas:
         return writer
 
     def fetch(self, schema_id: int) -> WriterSchema:
-        """The writer schema, from the cache or (blocking I/O) from the registry."""
+        """The writer schema, from the cache or (blocking I/O) from the registry, asked once."""
         writer = self._by_id.get(schema_id)
         if writer is None:
             writer = self.remember(schema_id, self.source.schema_text(schema_id))
         return writer
 
+    def lookup(self, schema_id: int) -> asyncio.Future[WriterSchema]:
+        """The fetch of ``schema_id`` off the event loop, re-checked as the class says:
+        started if none is under way. A finished one is handed out once: when it failed,
+        its error is raised here, and the next call asks the registry anew."""
+        lookup = self._lookups.get(schema_id)
+        if lookup is None:
+            lookup = self._lookups[schema_id] = asyncio.ensure_future(self._rechecked(schema_id))
+            lookup.add_done_callback(_retrieve)
+        elif lookup.done():
+            del self._lookups[schema_id]
+            lookup.result()  # raises what stopped it
+        return lookup
+
     async def fetch_async(self, schema_id: int) -> WriterSchema:
-        """``fetch`` with the registry request run in a thread, off the event loop."""
+        """The writer schema, from the cache or through ``lookup`` (waited for)."""
         writer = self._by_id.get(schema_id)
-        if writer is None:
-            writer = await asyncio.to_thread(self.fetch, schema_id)
-        return writer
+        if writer is not None:
+            return writer
+        believed = self.believed_unknown(schema_id)
+        if believed is not None:
+            raise believed
+        lookup = self.lookup(schema_id)
+        try:
+            return await asyncio.shield(lookup)
+        finally:
+            if lookup.done() and self._lookups.get(schema_id) is lookup:
+                del self._lookups[schema_id]  # seen: the next ask starts anew
+
+    async def _rechecked(self, schema_id: int) -> WriterSchema:
+        deadline = self.clock() + self.recheck_s
+        pause = RECHECK_FIRST_PAUSE_S
+        while True:
+            try:
+                return await asyncio.to_thread(self.fetch, schema_id)
+            except UnknownSchemaId as missing:
+                left = deadline - self.clock()
+                if left > 0:
+                    await asyncio.sleep(min(pause, left))
+                    pause *= 2
+                    continue
+                error = UnknownSchemaId(
+                    f"{missing.reason} (asked again for {self.recheck_s:g} s)",
+                    schema_id=schema_id,
+                )
+                if self.memory_s > 0:
+                    self._unknown[schema_id] = (self.clock() + self.memory_s, error)
+                raise error from None
+
+
+RECHECK_FIRST_PAUSE_S = 0.1
+
+
+def _retrieve(lookup: asyncio.Future[WriterSchema]) -> None:
+    """A lookup nobody waits for any more must not be logged as a lost error."""
+    if not lookup.cancelled():
+        lookup.exception()
 
 
 class TopicCodec:
@@ -234,6 +316,9 @@ class TopicCodec:
         if reader is None:
             writer = self.writers.cached(schema_id)
             if writer is None:
+                believed = self.writers.believed_unknown(schema_id)
+                if believed is not None:
+                    raise believed
                 raise SchemaNotCached(
                     f"writer schema id {schema_id} is not cached yet", schema_id=schema_id
                 )
@@ -294,9 +379,17 @@ class TopicCodec:
 class Codecs:
     """A TopicCodec for every topic of the catalog, sharing one writer schema cache."""
 
-    def __init__(self, catalog: Catalog, source: SchemaSource, *, auto_register: bool) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        source: SchemaSource,
+        *,
+        auto_register: bool,
+        unknown_recheck_s: float = 0.0,
+        unknown_memory_s: float = 0.0,
+    ) -> None:
         self.catalog = catalog
-        self.writers = WriterSchemas(source)
+        self.writers = WriterSchemas(source, recheck_s=unknown_recheck_s, memory_s=unknown_memory_s)
         self._by_topic = {
             entry.topic: TopicCodec(entry, self.writers, auto_register=auto_register)
             for entry in catalog
@@ -311,6 +404,8 @@ class Codecs:
             else Catalog.load(settings.schema_dir, topic_prefix=settings.topic_prefix),
             SchemaRegistry.from_settings(settings),
             auto_register=settings.auto_register_schemas,
+            unknown_recheck_s=settings.unknown_schema_recheck_ms / 1000,
+            unknown_memory_s=settings.unknown_schema_memory_s,
         )
 
     def __getitem__(self, topic: str) -> TopicCodec:
@@ -331,6 +426,15 @@ class Codecs:
     async def decode(self, topic: str, data: bytes | None) -> dict[str, Any]:
         """``self[topic].decode_async(data)``."""
         return await self[topic].decode_async(data)
+
+    def decode_known(self, topic: str, data: bytes | None) -> dict[str, Any]:
+        """``self[topic].decode(data)``: SchemaNotCached for a writer id not fetched yet
+        (``lookup`` fetches it)."""
+        return self[topic].decode(data)
+
+    def lookup(self, schema_id: int) -> asyncio.Future[WriterSchema]:
+        """``WriterSchemas.lookup``: the fetch of a writer schema, re-checked."""
+        return self.writers.lookup(schema_id)
 
     def prepare(self, topics: Iterable[str] | None = None) -> dict[str, int]:
         """Resolve the encode schema id of ``topics`` (default: every topic), blocking.

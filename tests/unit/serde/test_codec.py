@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +281,48 @@ def test_a_naive_datetime_is_refused_because_it_would_be_read_as_local_time(
     naive = datetime.datetime(2026, 1, 2, 3, 4, 5)
     with pytest.raises(RecordValidationError, match=r"created_at: .* has no time zone"):
         codecs.encode("order_created", order(created_at=naive))
+
+
+class LateSource(InMemorySchemaSource):
+    """A registry where a schema becomes visible only after some asks (as one registered
+    a moment ago on another node), counting the asks."""
+
+    def __init__(self, visible_after: int) -> None:
+        super().__init__()
+        self.asks = 0
+        self.visible_after = visible_after
+
+    def schema_text(self, schema_id: int) -> str:
+        self.asks += 1
+        if self.asks <= self.visible_after:
+            raise UnknownSchemaId(f"schema id {schema_id} is not in the registry")
+        return super().schema_text(schema_id)
+
+
+def test_an_unknown_id_is_asked_again_and_found_when_registered_a_moment_ago() -> None:
+    source = LateSource(visible_after=2)
+    codecs = Codecs(Catalog.load(), source, auto_register=True, unknown_recheck_s=5.0)
+    codecs.prepare(["order_created"])
+    data = codecs.encode("order_created", order())
+    reader = Codecs(Catalog.load(), source, auto_register=False, unknown_recheck_s=5.0)
+    source.asks = 0
+    assert asyncio.run(reader.decode("order_created", data)) == order()
+    assert source.asks == 3
+
+
+def test_an_id_still_unknown_after_the_recheck_is_believed_for_the_memory_time() -> None:
+    source = LateSource(visible_after=10**9)
+    codecs = Codecs(
+        Catalog.load(), source, auto_register=False, unknown_recheck_s=0.3, unknown_memory_s=60.0
+    )
+    with pytest.raises(UnknownSchemaId, match=r"asked again for 0\.3 s"):
+        asyncio.run(codecs.decode("order_created", frame(4242, b"\x02")))
+    asks = source.asks
+    assert asks > 1
+    with pytest.raises(UnknownSchemaId) as believed:
+        codecs.decode_known("order_created", frame(4242, b"\x02"))  # no ask
+    assert not isinstance(believed.value, SchemaNotCached)
+    assert source.asks == asks
+    codecs.writers.clock = lambda: time.monotonic() + 61.0
+    with pytest.raises(SchemaNotCached):  # forgotten: asked again when next met
+        codecs.decode_known("order_created", frame(4242, b"\x02"))
