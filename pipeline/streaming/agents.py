@@ -2,7 +2,9 @@
 batch handler that pipeline.streaming.processing drives.
 
 For each event of a batch: the key is decoded as UTF-8 text and the value by its
-topic's serde (awaiting an unknown schema id); the event's origin is its own
+topic's serde (an event under a writer schema not fetched yet is deferred, with its
+partition's later events, while it is fetched; one that fails to decode, or whose
+rule raises, is dead-lettered alone); the event's origin is its own
 topic, partition and offset, or, for an event re-keyed through an internal topic,
 the origin it carries. With a table, the key's row is read (through the batch's
 and the in-flight batch's changes); a row that already applied the origin is a
@@ -17,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from faust.types import Message, StoreT, TableT
 
-from pipeline.serde.errors import UndecodableKey
+from pipeline.serde.errors import SchemaNotCached, UndecodableKey
 from pipeline.streaming.dead_letters import is_replay_for_another
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.positions import (
@@ -38,7 +40,14 @@ from pipeline.streaming.positions import (
     source_id,
     unframe_origin,
 )
-from pipeline.streaming.processing import Event, Prepared, RowBatch, RowCache, Settlement
+from pipeline.streaming.processing import (
+    Event,
+    Prepared,
+    RowBatch,
+    RowCache,
+    Settlement,
+    is_permanent,
+)
 from pipeline.streaming.producer import Delivered, Outgoing
 from pipeline.streaming.topology import (
     Agent,
@@ -53,7 +62,13 @@ from pipeline.streaming.topology import (
 class RecordCodec(Protocol):
     """Avro in Confluent wire format, by topic (pipeline.serde.codec implements it)."""
 
-    async def decode(self, topic: str, data: bytes | None) -> dict[str, Any]: ...
+    def decode_known(self, topic: str, data: bytes | None) -> dict[str, Any]:
+        """The record; SchemaNotCached for a writer schema not fetched yet."""
+        ...
+
+    def lookup(self, schema_id: int) -> asyncio.Future[Any]:
+        """The fetch of a writer schema: under way, or raising why it failed."""
+        ...
 
     def encode(self, topic: str, record: Mapping[str, Any]) -> bytes: ...
 
@@ -86,13 +101,14 @@ class Serdes:
             found = self.sources[place] = source_id(self.topology.topics.logical(topic), partition)
         return found
 
-    async def decode(self, message: Message, key: str) -> tuple[Any, Origin]:
-        """The event's value, and where it comes from."""
+    def decode(self, message: Message, key: str) -> tuple[Any, Origin]:
+        """The event's value, and where it comes from; SchemaNotCached for a writer
+        schema not fetched yet."""
         internal = self.internal.get(message.topic)
         if internal is not None:
             origin, payload = unframe_origin(message.value or b"")
             return internal.decode(key, payload), origin
-        value = await self.records.decode(message.topic, message.value)
+        value = self.records.decode_known(message.topic, message.value)
         source = self.source(message.topic, message.partition)
         return value, Origin(source, Position(message.offset))
 
@@ -135,6 +151,9 @@ class Outputs:
         return await self.settlement.send(messages)
 
 
+# An event's key (text), value and origin.
+Decoded = tuple[str, Any, Origin]
+
 # A batch being prepared lets the event loop run other work after this many events: a
 # full batch (2,000 events by default) is about 0.4 s of computing, during which the
 # other agents' events and the producer's delivery reports would otherwise wait.
@@ -164,6 +183,10 @@ class AgentHandler:
         self.replays = metrics.replays_skipped.labels(agent.table.name if agent.table else "")
         self.foreign_replays = metrics.foreign_replays
         self.app_id = serdes.topology.settings.app_id
+        # What the batch being prepared could not process yet (``_decoded``).
+        self.failed: list[tuple[Event, Exception]] = []
+        self.deferred: list[Event] = []
+        self.waiting: list[asyncio.Future[Any]] = []
 
     def _foreign(self, message: Message) -> bool:
         if is_replay_for_another(message, self.app_id):
@@ -181,6 +204,57 @@ class AgentHandler:
                 )
         return self.serdes.encode(emitted, origin)
 
+    def _decode(self, message: Message, keyed: bool) -> Decoded | None:
+        """The event's key, value and origin; None while its writer schema is fetched
+        (the fetch is in ``self.waiting``)."""
+        key = decode_key(message)
+        if keyed and not key:
+            raise UndecodableKey("the message has no key: a table row needs one")
+        try:
+            value, origin = self.serdes.decode(message, key)
+        except SchemaNotCached as missing:
+            assert missing.schema_id is not None
+            lookup = self.serdes.records.lookup(missing.schema_id)  # raises a failed one's error
+            if not lookup.done():
+                self.waiting.append(lookup)
+                return None
+            value, origin = self.serdes.decode(message, key)
+        return key, value, origin
+
+    def _decoded(self, events: Sequence[Event], keyed: bool) -> Iterator[tuple[Event, Decoded]]:
+        """The events of a batch to process, decoded, in order. Those that cannot be
+        decoded are in ``self.failed``; those waiting for their writer schema, and every
+        later one of their partitions, in ``self.deferred``."""
+        self.failed, self.deferred, self.waiting = [], [], []
+        blocked: set[tuple[str, int]] = set()
+        for event in events:
+            message = event.message
+            if blocked and (message.topic, message.partition) in blocked:
+                self.deferred.append(event)
+                continue
+            if self._foreign(message):
+                continue
+            try:
+                decoded = self._decode(message, keyed)
+            except Exception as error:
+                if not is_permanent(error):
+                    raise  # the registry away: the batch is retried event by event
+                self.failed.append((event, error))
+                continue
+            if decoded is None:
+                blocked.add((message.topic, message.partition))
+                self.deferred.append(event)
+                continue
+            yield event, decoded
+
+    def _outcome(self, prepared: Prepared) -> Prepared:
+        prepared.failed, prepared.deferred, prepared.waiting = (
+            self.failed,
+            self.deferred,
+            self.waiting,
+        )
+        return prepared
+
     async def __call__(self, events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
         if self.table is None or self.codec is None:
             return await self._stateless(events)
@@ -195,39 +269,36 @@ class AgentHandler:
             self.cache,
         )
         derived: list[Outgoing] = []
-        for index, event in enumerate(events, 1):
+        for index, (event, (key, value, origin)) in enumerate(self._decoded(events, True), 1):
             if not index % YIELD_EVERY:
                 await asyncio.sleep(0)
             message = event.message
-            if self._foreign(message):
-                continue
-            key = decode_key(message)
-            if not key:
-                raise UndecodableKey("the message has no key: a table row needs one")
-            value, origin = await self.serdes.decode(message, key)
             raw_key = cast(bytes, message.key)
             tracked: Tracked[Any] | None = rows.get(raw_key, event)
             applied = tracked.applied if tracked is not None else {}
             if not is_new(applied, origin):
                 self.replays.inc()
                 continue
-            update: Update[Any] = rules[message.topic](
-                key, value, tracked.row if tracked is not None else None
-            )
-            derived += self._encode(update.emit, origin)
+            try:
+                update: Update[Any] = rules[message.topic](
+                    key, value, tracked.row if tracked is not None else None
+                )
+                outgoing = self._encode(update.emit, origin)
+            except Exception as error:  # the rule's, for this event alone: rules are pure
+                self.failed.append((event, error))
+                continue
+            derived += outgoing
             rows.put(raw_key, Tracked(update.row, advance(applied, origin)), event)
-        return await rows.send(derived)
+        return self._outcome(await rows.send(derived))
 
     async def _stateless(self, events: Sequence[Event]) -> Prepared:
         rules = self.agent.rules
         derived: list[Outgoing] = []
-        for index, event in enumerate(events, 1):
+        for index, (event, (key, value, origin)) in enumerate(self._decoded(events, False), 1):
             if not index % YIELD_EVERY:
                 await asyncio.sleep(0)
-            message = event.message
-            if self._foreign(message):
-                continue
-            key = decode_key(message)
-            value, origin = await self.serdes.decode(message, key)
-            derived += self._encode(rules[message.topic](key, value), origin)
-        return Prepared(await self.outputs.send(derived), derived=derived)
+            try:
+                derived += self._encode(rules[event.message.topic](key, value), origin)
+            except Exception as error:  # the rule's, for this event alone: rules are pure
+                self.failed.append((event, error))
+        return self._outcome(Prepared(await self.outputs.send(derived), derived=derived))

@@ -11,16 +11,18 @@ reading the topic processed the original already and skips the replay
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from faust.types import Message
+from faust.types import EventT, Message
 
 from pipeline.serde.codec import schema_id_of as framed_schema_id
 from pipeline.serde.errors import NotConfluentFraming, PipelineCodecError
-from pipeline.streaming.producer import BatchProducer, ProducerRecord
+from pipeline.streaming.producer import BatchProducer, Delivered, ProducerRecord
 from pipeline.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,19 @@ class DeadLetters:
         record = self.record(message, error, attempts)
         await self.producer.send_and_wait(record)
         self.report(message, error, attempts)
+
+    async def send_all(
+        self, failed: Sequence[tuple[EventT[Any], BaseException]]
+    ) -> asyncio.Future[Delivered]:
+        """Hand the dead letters of a batch's ``failed`` events (each failed at its first
+        attempt) to the producer at once; the future resolves once all are stored."""
+        return await self.producer.send(
+            [self.record(event.message, error, 1) for event, error in failed]
+        )
+
+    def report_all(self, failed: Sequence[tuple[EventT[Any], BaseException]]) -> None:
+        for event, error in failed:
+            self.report(event.message, error, 1)
 
     def record(self, message: Message, error: BaseException, attempts: int) -> ProducerRecord:
         """The dead letter of ``message``: sent here, or in a transaction

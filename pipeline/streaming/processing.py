@@ -25,13 +25,15 @@ in flight settles (completes and acknowledges) in a task of its own as soon as i
 records are delivered, so it does even while the agent waits for events, as during
 a rebalance, which waits for every event handed out to be acknowledged.
 
-A batch that fails is handled again one event at a time (and so is the batch
-prepared on top of a batch whose records were not delivered), so only the event
-at fault is retried: with a growing pause (transient trouble: the registry or the
-broker briefly away), and after the last attempt it is dead-lettered and the
-agent moves on, so one bad message never blocks its partition. A message that
-cannot be decoded is not retried: the same bytes will never decode, so it goes to
-the dead-letter topic at once.
+An event the batch cannot process (bytes that do not decode, a schema id the registry
+does not have, a rule that raises: rules are pure, so the others' results stand) fails
+alone: the batch leaves its row as it was and settles its dead letter with its other
+records (``Prepared.failed``). An event whose writer schema is being fetched is deferred
+to a later batch with the rest of its partition, so only that partition waits
+(``Prepared.deferred``). What belongs to no single event (the registry away, a delivery
+that failed) has the batch handled again one event at a time, so only the event at
+fault is retried: with a growing pause, and after the last attempt it is dead-lettered
+and the agent moves on, so one bad message never blocks its partition.
 
 How a prepared batch is settled (its outputs made durable, its events
 acknowledged) is the processing guarantee's: a ``Settlement``. Under
@@ -216,6 +218,19 @@ class Prepared:
     rows: RowBatch[Any] | None = None
     # What ``delivery`` is for: exactly-once sends them at settlement instead.
     derived: Sequence[Outgoing] = ()
+    # Events this batch could not process, each with why: dead-lettered at settlement.
+    failed: Sequence[tuple[Event, Exception]] = ()
+    # Events left for a later batch, in their order: each waits for a writer schema
+    # (``waiting``), or follows one that does in its partition.
+    deferred: Sequence[Event] = ()
+    waiting: Sequence[asyncio.Future[Any]] = ()
+
+    def settling(self, events: Sequence[Event]) -> Sequence[Event]:
+        """Of ``events`` (the batch), those this batch settles: all but the deferred."""
+        if not self.deferred:
+            return events
+        deferred = {id(event) for event in self.deferred}
+        return [event for event in events if id(event) not in deferred]
 
     async def complete(self) -> None:
         """Wait for the broker's acknowledgement of every derived event, then persist
@@ -288,7 +303,8 @@ class Settlement(Protocol):
         ...
 
     async def settle(self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared) -> None:
-        """Make ``prepared`` durable and acknowledge ``events``; raises what stopped it."""
+        """Make ``prepared`` durable, its dead letters included, and acknowledge
+        ``events``; raises what stopped it."""
         ...
 
     async def dead_letter(
@@ -313,7 +329,11 @@ class AtLeastOnce:
         return None
 
     async def settle(self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared) -> None:
+        # The dead letters travel beside the batch's own records: one round trip for both.
+        dead_letters = await self.dead_letters.send_all(prepared.failed)
         await prepared.complete()
+        await dead_letters
+        self.dead_letters.report_all(prepared.failed)
         ack = arrivals.ack
         for event in events:
             ack(event)
@@ -346,12 +366,40 @@ class EventRunner:
     async def consume(self, arrivals: Arrivals, handler: BatchHandler) -> None:
         """Handle the agent's events for as long as it runs."""
         # Waits for events only with none in hand but the batch in flight, which settles
-        # on its own: at a rebalance Faust stops the flow, then waits for every event
-        # handed out to be acknowledged, so nothing may wait holding one.
+        # on its own, and those deferred, whose writer schemas are being fetched: at a
+        # rebalance Faust stops the flow, then waits for every event handed out to be
+        # acknowledged, so nothing may wait holding one for longer than that.
         in_flight: InFlight | None = None
-        while batch := await arrivals.take(self.max_batch):
-            self.metrics.batch_size.observe(len(batch))
-            in_flight = await self._advance(arrivals, in_flight, batch, handler)
+        held: Sequence[Event] = ()
+        waiting: Sequence[asyncio.Future[Any]] = ()
+        taking: asyncio.Future[list[Event]] | None = None
+        try:
+            while True:
+                if taking is None:
+                    taking = asyncio.ensure_future(arrivals.take(self.max_batch))
+                if held:
+                    # Deferred events go first, so each partition keeps its order.
+                    if waiting:
+                        await asyncio.wait([taking, *waiting], return_when=asyncio.FIRST_COMPLETED)
+                    arrived = taking.result() if taking.done() else []
+                    if taking.done():
+                        taking = None
+                        if not arrived:
+                            break  # stopping: the deferred events were not acknowledged
+                    batch = [*held, *arrived]
+                else:
+                    batch = await taking
+                    taking = None
+                    if not batch:
+                        break
+                self.metrics.batch_size.observe(len(batch))
+                in_flight = await self._advance(arrivals, in_flight, batch, handler)
+                prepared = in_flight.prepared if in_flight is not None else None
+                held = prepared.deferred if prepared is not None else ()
+                waiting = prepared.waiting if prepared is not None else ()
+        finally:
+            if taking is not None:
+                taking.cancel()
         if in_flight is not None:
             await self._finish(arrivals, in_flight, handler)
 
@@ -389,8 +437,9 @@ class EventRunner:
         # Settles in a task of its own: while the agent waits for its next event, a
         # rebalance waits for every event handed out to be acknowledged, and this batch's
         # would otherwise never be.
-        settled = asyncio.ensure_future(self._settle(arrivals, batch, prepared))
-        return InFlight(batch, prepared, settled)
+        settling = prepared.settling(batch)
+        settled = asyncio.ensure_future(self._settle(arrivals, settling, prepared))
+        return InFlight(list(settling), prepared, settled)
 
     async def _settle(
         self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared
@@ -400,7 +449,12 @@ class EventRunner:
         except Exception as error:
             return error
         self.metrics.batch_settled(*by_topic(events))
+        self._count_failed(prepared)
         return None
+
+    def _count_failed(self, prepared: Prepared) -> None:
+        for event, error in prepared.failed:
+            self.metrics.dead_letters.labels(event.message.topic, error_class_of(error)).inc()
 
     async def _finish(self, arrivals: Arrivals, in_flight: InFlight, handler: BatchHandler) -> None:
         undelivered = await in_flight.settled
@@ -427,7 +481,11 @@ class EventRunner:
             attempt += 1
             try:
                 prepared = await handler([event], None)
+                while prepared.deferred:  # its writer schema is being fetched
+                    await asyncio.wait(prepared.waiting)
+                    prepared = await handler([event], None)
                 await self.settlement.settle(arrivals, [event], prepared)
+                self._count_failed(prepared)
                 return
             except asyncio.CancelledError:
                 raise

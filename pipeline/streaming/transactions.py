@@ -371,7 +371,15 @@ class ExactlyOnce:
         return self._unsettled.setdefault(id(store), {})
 
     async def settle(self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared) -> None:
-        await self._add(Settled(arrivals, events, prepared.rows), prepared.derived)
+        records: Sequence[ProducerRecord] = prepared.derived
+        if prepared.failed:
+            record = self.dead_letters.record
+            records = [
+                *records,
+                *(record(event.message, error, 1) for event, error in prepared.failed),
+            ]
+        await self._add(Settled(arrivals, events, prepared.rows), records)
+        self.dead_letters.report_all(prepared.failed)
 
     async def dead_letter(
         self, arrivals: Arrivals, event: Event, error: BaseException, attempts: int

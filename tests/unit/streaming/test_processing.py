@@ -36,6 +36,15 @@ class RecordingDeadLetters:
     async def send(self, message: Any, error: BaseException, attempts: int) -> None:
         self.sent.append((message.offset, error, attempts))
 
+    async def send_all(self, failed: Sequence[tuple[Any, BaseException]]) -> asyncio.Future[Any]:
+        self.sent += [(event.message.offset, error, 1) for event, error in failed]
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result({})
+        return done
+
+    def report_all(self, failed: Sequence[tuple[Any, BaseException]]) -> None:
+        pass
+
 
 @dataclass
 class FakeMessage:
@@ -395,3 +404,71 @@ def test_rows_are_read_from_the_cache_once_written_and_not_before() -> None:
         assert stock_batch(table, broker, cache).pending[b"sku-1"][0] == 4
 
     asyncio.run(scenario())
+
+
+class Deferring:
+    """A handler whose event ``unknown`` waits for its writer schema (a lookup answered a
+    moment later): it and its partition's later events are deferred until then; the
+    ``bad`` ones fail alone."""
+
+    def __init__(self, log: list[str], unknown: int, bad: int) -> None:
+        self.log = log
+        self.unknown = unknown
+        self.bad = bad
+        self.lookup: asyncio.Future[Any] | None = None
+
+    async def __call__(self, batch: Sequence[Event], in_flight: Prepared | None) -> Prepared:
+        loop = asyncio.get_running_loop()
+        if self.lookup is None:
+            self.lookup = loop.create_future()
+            loop.call_later(0.05, self.lookup.set_result, None)
+        deferred, failed, blocked = [], [], set()
+        for event in batch:
+            message = event.message
+            if message.partition in blocked or (
+                message.offset == self.unknown and not self.lookup.done()
+            ):
+                blocked.add(message.partition)
+                deferred.append(event)
+            elif message.offset == self.bad:
+                failed.append((event, NotConfluentFraming("bad bytes")))
+        self.log.append(f"prepare {[(e.message.partition, e.message.offset) for e in batch]}")
+        delivery: asyncio.Future[Delivered] = loop.create_future()
+        delivery.set_result({})
+        return Prepared(
+            delivery,
+            failed=failed,
+            deferred=deferred,
+            waiting=[self.lookup] if deferred else [],
+        )
+
+
+class OneArrival:
+    def __init__(self, batch: list[Event], log: list[str]) -> None:
+        self.batch = batch
+        self.log = log
+
+    async def take(self, limit: int) -> list[Event]:
+        batch, self.batch = self.batch, []
+        if not batch:
+            await asyncio.sleep(0.2)
+        return batch
+
+    def ack(self, event: Event) -> None:
+        self.log.append(f"ack {event.message.partition}:{event.message.offset}")
+
+
+def test_an_event_waiting_for_its_schema_holds_its_partition_only_and_one_bad_fails_alone() -> None:
+    on = [(1, 10), (3, 20), (1, 11), (3, 21), (3, 22), (1, 12)]
+    batch = [
+        cast(Event, FakeEvent(FakeMessage(offset, partition=partition))) for partition, offset in on
+    ]
+    log: list[str] = []
+    event_runner, dead_letters = runner()
+    asyncio.run(event_runner.consume(OneArrival(batch, log), Deferring(log, unknown=11, bad=21)))
+    acks = [line for line in log if line.startswith("ack")]
+    # Partition 3 went on at once; partition 1 kept its order, 11 and 12 once 11's schema came.
+    assert acks == ["ack 1:10", "ack 3:20", "ack 3:21", "ack 3:22", "ack 1:11", "ack 1:12"]
+    prepared = [line for line in log if line.startswith("prepare")]
+    assert prepared[1] == "prepare [(1, 11), (1, 12)]"  # the deferred, in their order
+    assert [(offset, attempts) for offset, _, attempts in dead_letters.sent] == [(21, 1)]
