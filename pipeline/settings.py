@@ -173,6 +173,9 @@ class Settings:
         def optional(name: str) -> str | None:
             return environ.get(PREFIX + name) or None
 
+        def whole(name: str, default: int, minimum: int) -> int:
+            return _int(PREFIX + name, get(name, str(default)), minimum)
+
         defaults = cls()
         guarantee = get("PROCESSING_GUARANTEE", defaults.processing_guarantee)
         if guarantee not in PROCESSING_GUARANTEES:
@@ -210,63 +213,33 @@ class Settings:
                 "/"
             ),
             schema_registry_basic_auth=basic_auth,
-            schema_registry_timeout_s=_int(
-                PREFIX + "SCHEMA_REGISTRY_TIMEOUT_S", get("SCHEMA_REGISTRY_TIMEOUT_S", "10"), 1
-            ),
+            schema_registry_timeout_s=whole("SCHEMA_REGISTRY_TIMEOUT_S", 10, 1),
             auto_register_schemas=_bool(
                 PREFIX + "AUTO_REGISTER_SCHEMAS", get("AUTO_REGISTER_SCHEMAS", "false")
             ),
             store=store,
             data_dir=Path(get("DATA_DIR", str(defaults.data_dir))),
-            partitions=_int(PREFIX + "PARTITIONS", get("PARTITIONS", "8"), 1),
-            replication_factor=_int(
-                PREFIX + "REPLICATION_FACTOR", get("REPLICATION_FACTOR", "1"), 1
-            ),
-            standby_replicas=_int(PREFIX + "STANDBY_REPLICAS", get("STANDBY_REPLICAS", "0"), 0),
-            state_cleanup_delay_s=_int(
-                PREFIX + "STATE_CLEANUP_DELAY_S", get("STATE_CLEANUP_DELAY_S", "600"), 0
-            ),
-            low_stock_threshold=_int(
-                PREFIX + "LOW_STOCK_THRESHOLD", get("LOW_STOCK_THRESHOLD", "10"), 0
-            ),
+            partitions=whole("PARTITIONS", 8, 1),
+            replication_factor=whole("REPLICATION_FACTOR", 1, 1),
+            standby_replicas=whole("STANDBY_REPLICAS", 0, 0),
+            state_cleanup_delay_s=whole("STATE_CLEANUP_DELAY_S", 600, 0),
+            low_stock_threshold=whole("LOW_STOCK_THRESHOLD", 10, 0),
             web_host=get("WEB_HOST", defaults.web_host),
-            web_port=_int(PREFIX + "WEB_PORT", get("WEB_PORT", "6066"), 1),
+            web_port=whole("WEB_PORT", 6066, 1),
             web_advertised_url=optional("WEB_ADVERTISED_URL"),
-            web_max_body_bytes=_int(
-                PREFIX + "WEB_MAX_BODY_BYTES",
-                get("WEB_MAX_BODY_BYTES", str(defaults.web_max_body_bytes)),
-                1,
-            ),
+            web_max_body_bytes=whole("WEB_MAX_BODY_BYTES", defaults.web_max_body_bytes, 1),
             ingest_enabled=_bool(PREFIX + "INGEST_ENABLED", get("INGEST_ENABLED", "true")),
             ingest_token=optional("INGEST_TOKEN"),
             processing_guarantee=guarantee,
-            commit_interval_ms=_int(
-                PREFIX + "COMMIT_INTERVAL_MS",
-                get("COMMIT_INTERVAL_MS", str(defaults.commit_interval_ms)),
-                1,
+            commit_interval_ms=whole("COMMIT_INTERVAL_MS", defaults.commit_interval_ms, 1),
+            fetch_max_wait_ms=whole("FETCH_MAX_WAIT_MS", defaults.fetch_max_wait_ms, 0),
+            row_cache_rows=whole("ROW_CACHE_ROWS", defaults.row_cache_rows, 0),
+            max_batch_events=whole("MAX_BATCH_EVENTS", defaults.max_batch_events, 1),
+            unknown_schema_recheck_ms=whole(
+                "UNKNOWN_SCHEMA_RECHECK_MS", defaults.unknown_schema_recheck_ms, 0
             ),
-            fetch_max_wait_ms=_int(
-                PREFIX + "FETCH_MAX_WAIT_MS",
-                get("FETCH_MAX_WAIT_MS", str(defaults.fetch_max_wait_ms)),
-                0,
-            ),
-            row_cache_rows=_int(
-                PREFIX + "ROW_CACHE_ROWS", get("ROW_CACHE_ROWS", str(defaults.row_cache_rows)), 0
-            ),
-            max_batch_events=_int(
-                PREFIX + "MAX_BATCH_EVENTS",
-                get("MAX_BATCH_EVENTS", str(defaults.max_batch_events)),
-                1,
-            ),
-            unknown_schema_recheck_ms=_int(
-                PREFIX + "UNKNOWN_SCHEMA_RECHECK_MS",
-                get("UNKNOWN_SCHEMA_RECHECK_MS", str(defaults.unknown_schema_recheck_ms)),
-                0,
-            ),
-            unknown_schema_memory_s=_int(
-                PREFIX + "UNKNOWN_SCHEMA_MEMORY_S",
-                get("UNKNOWN_SCHEMA_MEMORY_S", str(defaults.unknown_schema_memory_s)),
-                0,
+            unknown_schema_memory_s=whole(
+                "UNKNOWN_SCHEMA_MEMORY_S", defaults.unknown_schema_memory_s, 0
             ),
             worker_id=worker_id,
             kafka_security=KafkaSecurity(
