@@ -184,9 +184,6 @@ class WriterSchemas:
         writer = self._by_id.get(schema_id)
         if writer is not None:
             return writer
-        believed = self.believed_unknown(schema_id)
-        if believed is not None:
-            raise believed
         lookup = self.lookup(schema_id)
         try:
             return await asyncio.shield(lookup)

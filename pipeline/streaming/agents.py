@@ -154,6 +154,25 @@ class Outputs:
 # An event's key (text), value and origin.
 Decoded = tuple[str, Any, Origin]
 
+
+@dataclass
+class Setbacks:
+    """What a batch being prepared could not process (yet): ``Prepared``'s ``failed``,
+    ``deferred`` and ``waiting``."""
+
+    failed: list[tuple[Event, Exception]] = field(default_factory=list)
+    deferred: list[Event] = field(default_factory=list)
+    waiting: list[asyncio.Future[Any]] = field(default_factory=list)
+
+    def onto(self, prepared: Prepared) -> Prepared:
+        prepared.failed, prepared.deferred, prepared.waiting = (
+            self.failed,
+            self.deferred,
+            self.waiting,
+        )
+        return prepared
+
+
 # A batch being prepared lets the event loop run other work after this many events: a
 # full batch (2,000 events by default) is about 0.4 s of computing, during which the
 # other agents' events and the producer's delivery reports would otherwise wait.
@@ -183,10 +202,6 @@ class AgentHandler:
         self.replays = metrics.replays_skipped.labels(agent.table.name if agent.table else "")
         self.foreign_replays = metrics.foreign_replays
         self.app_id = serdes.topology.settings.app_id
-        # What the batch being prepared could not process yet (``_decoded``).
-        self.failed: list[tuple[Event, Exception]] = []
-        self.deferred: list[Event] = []
-        self.waiting: list[asyncio.Future[Any]] = []
 
     def _foreign(self, message: Message) -> bool:
         if is_replay_for_another(message, self.app_id):
@@ -204,9 +219,9 @@ class AgentHandler:
                 )
         return self.serdes.encode(emitted, origin)
 
-    def _decode(self, message: Message, keyed: bool) -> Decoded | None:
+    def _decode(self, message: Message, keyed: bool, setbacks: Setbacks) -> Decoded | None:
         """The event's key, value and origin; None while its writer schema is fetched
-        (the fetch is in ``self.waiting``)."""
+        (the fetch is in ``setbacks.waiting``)."""
         key = decode_key(message)
         if keyed and not key:
             raise UndecodableKey("the message has no key: a table row needs one")
@@ -216,44 +231,37 @@ class AgentHandler:
             assert missing.schema_id is not None
             lookup = self.serdes.records.lookup(missing.schema_id)  # raises a failed one's error
             if not lookup.done():
-                self.waiting.append(lookup)
+                setbacks.waiting.append(lookup)
                 return None
             value, origin = self.serdes.decode(message, key)
         return key, value, origin
 
-    def _decoded(self, events: Sequence[Event], keyed: bool) -> Iterator[tuple[Event, Decoded]]:
+    def _decoded(
+        self, events: Sequence[Event], keyed: bool, setbacks: Setbacks
+    ) -> Iterator[tuple[Event, Decoded]]:
         """The events of a batch to process, decoded, in order. Those that cannot be
-        decoded are in ``self.failed``; those waiting for their writer schema, and every
-        later one of their partitions, in ``self.deferred``."""
-        self.failed, self.deferred, self.waiting = [], [], []
+        decoded go to ``setbacks.failed``; those waiting for their writer schema, and every
+        later one of their partitions, to ``setbacks.deferred``."""
         blocked: set[tuple[str, int]] = set()
         for event in events:
             message = event.message
             if blocked and (message.topic, message.partition) in blocked:
-                self.deferred.append(event)
+                setbacks.deferred.append(event)
                 continue
             if self._foreign(message):
                 continue
             try:
-                decoded = self._decode(message, keyed)
+                decoded = self._decode(message, keyed, setbacks)
             except Exception as error:
                 if not is_permanent(error):
                     raise  # the registry away: the batch is retried event by event
-                self.failed.append((event, error))
+                setbacks.failed.append((event, error))
                 continue
             if decoded is None:
                 blocked.add((message.topic, message.partition))
-                self.deferred.append(event)
+                setbacks.deferred.append(event)
                 continue
             yield event, decoded
-
-    def _outcome(self, prepared: Prepared) -> Prepared:
-        prepared.failed, prepared.deferred, prepared.waiting = (
-            self.failed,
-            self.deferred,
-            self.waiting,
-        )
-        return prepared
 
     async def __call__(self, events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
         if self.table is None or self.codec is None:
@@ -269,7 +277,9 @@ class AgentHandler:
             self.cache,
         )
         derived: list[Outgoing] = []
-        for index, (event, (key, value, origin)) in enumerate(self._decoded(events, True), 1):
+        setbacks = Setbacks()
+        decoded = self._decoded(events, True, setbacks)
+        for index, (event, (key, value, origin)) in enumerate(decoded, 1):
             if not index % YIELD_EVERY:
                 await asyncio.sleep(0)
             message = event.message
@@ -285,20 +295,22 @@ class AgentHandler:
                 )
                 outgoing = self._encode(update.emit, origin)
             except Exception as error:  # the rule's, for this event alone: rules are pure
-                self.failed.append((event, error))
+                setbacks.failed.append((event, error))
                 continue
             derived += outgoing
             rows.put(raw_key, Tracked(update.row, advance(applied, origin)), event)
-        return self._outcome(await rows.send(derived))
+        return setbacks.onto(await rows.send(derived))
 
     async def _stateless(self, events: Sequence[Event]) -> Prepared:
         rules = self.agent.rules
         derived: list[Outgoing] = []
-        for index, (event, (key, value, origin)) in enumerate(self._decoded(events, False), 1):
+        setbacks = Setbacks()
+        decoded = self._decoded(events, False, setbacks)
+        for index, (event, (key, value, origin)) in enumerate(decoded, 1):
             if not index % YIELD_EVERY:
                 await asyncio.sleep(0)
             try:
                 derived += self._encode(rules[event.message.topic](key, value), origin)
             except Exception as error:  # the rule's, for this event alone: rules are pure
-                self.failed.append((event, error))
-        return self._outcome(Prepared(await self.outputs.send(derived), derived=derived))
+                setbacks.failed.append((event, error))
+        return setbacks.onto(Prepared(await self.outputs.send(derived), derived=derived))

@@ -126,14 +126,16 @@ class DeadLetters:
         await self.producer.send_and_wait(record)
         self.report(message, error, attempts)
 
+    def records(self, failed: Sequence[tuple[EventT[Any], BaseException]]) -> list[ProducerRecord]:
+        """The dead letters of a batch's ``failed`` events, each failed at its first attempt."""
+        return [self.record(event.message, error, 1) for event, error in failed]
+
     async def send_all(
         self, failed: Sequence[tuple[EventT[Any], BaseException]]
     ) -> asyncio.Future[Delivered]:
-        """Hand the dead letters of a batch's ``failed`` events (each failed at its first
-        attempt) to the producer at once; the future resolves once all are stored."""
-        return await self.producer.send(
-            [self.record(event.message, error, 1) for event, error in failed]
-        )
+        """Hand the ``records`` of ``failed`` to the producer at once; the future resolves
+        once all are stored."""
+        return await self.producer.send(self.records(failed))
 
     def report_all(self, failed: Sequence[tuple[EventT[Any], BaseException]]) -> None:
         for event, error in failed:

@@ -381,9 +381,9 @@ class EventRunner:
                     # Deferred events go first, so each partition keeps its order.
                     if waiting:
                         await asyncio.wait([taking, *waiting], return_when=asyncio.FIRST_COMPLETED)
-                    arrived = taking.result() if taking.done() else []
+                    arrived: list[Event] = []
                     if taking.done():
-                        taking = None
+                        arrived, taking = taking.result(), None
                         if not arrived:
                             break  # stopping: the deferred events were not acknowledged
                     batch = [*held, *arrived]

@@ -373,11 +373,7 @@ class ExactlyOnce:
     async def settle(self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared) -> None:
         records: Sequence[ProducerRecord] = prepared.derived
         if prepared.failed:
-            record = self.dead_letters.record
-            records = [
-                *records,
-                *(record(event.message, error, 1) for event, error in prepared.failed),
-            ]
+            records = [*records, *self.dead_letters.records(prepared.failed)]
         await self._add(Settled(arrivals, events, prepared.rows), records)
         self.dead_letters.report_all(prepared.failed)
 
