@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from pipeline.admin.cli import topics
@@ -10,9 +12,21 @@ from pipeline.dev.demo import demo
 from pipeline.dev.loadgen import loadgen
 from pipeline.dev.stack.cli import stack
 from pipeline.evolution.cli import schemas
+from pipeline.settings import SettingsError
 
 
-@click.group()
+class PipelineGroup(click.Group):
+    """A bad setting (pipeline.settings, pipeline.preflight) ends any command with its
+    message, which names the setting, and exit status 1: no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SettingsError as error:
+            raise click.ClickException(str(error)) from None
+
+
+@click.group(cls=PipelineGroup)
 def main() -> None:
     """Shop event pipeline: local stack, schemas, dead letters, load generation, demo."""
 

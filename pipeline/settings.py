@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,63 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 WORKER_ID = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}")
 
 
+def default_cafile() -> str:
+    """The CA bundle every client trusts when no CA file is set: the system's (what
+    ``SSL_CERT_FILE`` or OpenSSL's default names), else certifi's. One file for all three
+    clients, because left to themselves they would each pick their own (librdkafka probes
+    system paths, Python's ssl the OpenSSL defaults, confluent-kafka's registry client certifi)."""
+    import certifi
+
+    paths = ssl.get_default_verify_paths()
+    for candidate in (os.environ.get(paths.openssl_cafile_env), paths.cafile):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return str(certifi.where())
+
+
+@dataclass(frozen=True)
+class TrustedCas:
+    """The CAs a client trusts for one server (the broker, or the registry), and the setting
+    that chose them: the one place each client's TLS configuration is derived from, so the
+    Kafka clients (aiokafka, librdkafka) and the registry client cannot disagree."""
+
+    # The environment variable a user fixes when the server's certificate is not trusted.
+    setting: str
+    # What the setting says; None: the default bundle (default_cafile).
+    cafile: str | None = None
+
+    @property
+    def path(self) -> str:
+        return self.cafile or default_cafile()
+
+    def describe(self) -> str:
+        """The setting and its value, as an error message names it."""
+        return f"{self.setting}={self.cafile}" if self.cafile else f"{self.setting} (unset)"
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that trusts these CAs only and checks the server's hostname;
+        raises SettingsError, naming the setting, when the file is missing or holds no CA."""
+        path = self.path
+        try:
+            return ssl.create_default_context(cafile=path)
+        except FileNotFoundError:
+            raise SettingsError(f"{self.setting}={path}: no such file") from None
+        except IsADirectoryError:
+            raise SettingsError(f"{self.setting}={path} is a directory, not a PEM file") from None
+        except (ssl.SSLError, OSError, ValueError) as error:
+            raise SettingsError(
+                f"{self.setting}={path} holds no PEM certificate ({error.__class__.__name__})"
+            ) from None
+
+    def librdkafka_config(self) -> dict[str, str]:
+        """The same trust as librdkafka properties (producers, consumers, admin clients)."""
+        return {"ssl.ca.location": self.path, "ssl.endpoint.identification.algorithm": "https"}
+
+    def registry_config(self) -> dict[str, str]:
+        """The same trust as confluent-kafka's ``SchemaRegistryClient`` (httpx) takes it."""
+        return {"ssl.ca.location": self.path}
+
+
 @dataclass(frozen=True)
 class KafkaSecurity:
     protocol: str = "PLAINTEXT"
@@ -80,6 +138,13 @@ class KafkaSecurity:
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
     ssl_cafile: str | None = None
+
+    @property
+    def tls(self) -> TrustedCas | None:
+        """What the Kafka clients trust, with an ``*SSL`` protocol; None without TLS."""
+        if not self.protocol.endswith("SSL"):
+            return None
+        return TrustedCas(PREFIX + "KAFKA_SSL_CAFILE", self.ssl_cafile)
 
     def confluent_config(self) -> dict[str, str]:
         """The same security as librdkafka (confluent-kafka) properties."""
@@ -90,8 +155,8 @@ class KafkaSecurity:
                 config["sasl.username"] = self.sasl_username
             if self.sasl_password is not None:
                 config["sasl.password"] = self.sasl_password
-        if self.protocol.endswith("SSL") and self.ssl_cafile:
-            config["ssl.ca.location"] = self.ssl_cafile
+        if self.tls is not None:
+            config.update(self.tls.librdkafka_config())
         return config
 
 
@@ -109,6 +174,8 @@ class Settings:
     # confluent-kafka's registry client waits forever by default: a registry that accepts the
     # connection and never answers would stall a partition.
     schema_registry_timeout_s: int = 10
+    # The CA bundle an https:// registry's certificate is checked against; None: the system's.
+    schema_registry_ssl_cafile: str | None = None
     store: str = "rocksdb://"
     data_dir: Path = Path(".data")
     partitions: int = 8
@@ -203,7 +270,7 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}WORKER_ID={worker_id!r} must be 1-249 letters, digits, '.', '_' or '-'"
             )
-        return cls(
+        settings = cls(
             app_id=get("APP_ID", defaults.app_id),
             topic_prefix=get("TOPIC_PREFIX", defaults.topic_prefix),
             kafka_bootstrap_servers=get(
@@ -214,6 +281,7 @@ class Settings:
             ),
             schema_registry_basic_auth=basic_auth,
             schema_registry_timeout_s=whole("SCHEMA_REGISTRY_TIMEOUT_S", 10, 1),
+            schema_registry_ssl_cafile=optional("SCHEMA_REGISTRY_SSL_CAFILE"),
             auto_register_schemas=_bool(
                 PREFIX + "AUTO_REGISTER_SCHEMAS", get("AUTO_REGISTER_SCHEMAS", "false")
             ),
@@ -251,11 +319,28 @@ class Settings:
             ),
             schema_dir=Path(schema_dir) if (schema_dir := optional("SCHEMA_DIR")) else None,
         )
+        registry_url = settings.schema_registry_url
+        if not registry_url.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"{PREFIX}SCHEMA_REGISTRY_URL={registry_url!r} must start with http:// or https://"
+            )
+        # A CA file that is missing or holds no certificate stops every command at once.
+        for trusted in (settings.kafka_security.tls, settings.registry_tls):
+            if trusted is not None:
+                trusted.context()
+        return settings
 
     @property
     def web_url(self) -> str:
         """The URL other workers use for this worker's web server."""
         return (self.web_advertised_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
+
+    @property
+    def registry_tls(self) -> TrustedCas | None:
+        """What the registry client trusts, for an https:// registry; None for http://."""
+        if not self.schema_registry_url.startswith("https://"):
+            return None
+        return TrustedCas(PREFIX + "SCHEMA_REGISTRY_SSL_CAFILE", self.schema_registry_ssl_cafile)
 
     def registry_client_config(self) -> dict[str, Any]:
         """Configuration for confluent-kafka's ``SchemaRegistryClient``."""
@@ -263,6 +348,8 @@ class Settings:
             "url": self.schema_registry_url,
             "timeout": self.schema_registry_timeout_s,
         }
+        if self.registry_tls is not None:
+            config.update(self.registry_tls.registry_config())
         if self.schema_registry_basic_auth:
             config["basic.auth.user.info"] = self.schema_registry_basic_auth
         return config

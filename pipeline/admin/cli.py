@@ -8,6 +8,7 @@ from confluent_kafka import Consumer
 from pipeline.admin.clients import logging_to_python
 from pipeline.admin.offsets import record_count
 from pipeline.admin.topics import ensure_topics
+from pipeline.preflight import check
 from pipeline.services import every_service
 from pipeline.settings import Settings
 
@@ -22,7 +23,7 @@ def topics() -> None:
 @topics.command()
 def create() -> None:
     """Create the missing topics and check co-partitioning (workers also do this)."""
-    settings = Settings.from_env()
+    settings = check(Settings.from_env(), registry=False)
     created = [
         name
         for service in every_service(settings)
@@ -36,7 +37,7 @@ def create() -> None:
 @topics.command(name="list")
 def list_topics() -> None:
     """Each topic with its partition count and the records it holds now."""
-    settings = Settings.from_env()
+    settings = check(Settings.from_env(), registry=False)
     config = {**settings.kafka_client_config(), "group.id": f"{settings.app_id}-topics"}
     consumer = Consumer(logging_to_python(config))
     try:

@@ -16,6 +16,7 @@ import click
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from pipeline.admin.clients import logging_to_python
+from pipeline.preflight import check
 from pipeline.services import every_service
 from pipeline.settings import Settings
 from pipeline.streaming.dead_letters import (
@@ -131,7 +132,7 @@ def dlq() -> None:
 @click.argument("sources", nargs=-1)
 def list_dead_letters(sources: tuple[str, ...]) -> None:
     """List dead letters of SOURCES (source topic names; default: every consumed topic)."""
-    settings = Settings.from_env()
+    settings = check(Settings.from_env(), registry=False)
     consumer = _consumer(settings, f"{settings.app_id}-dlq-list")
     total = 0
     try:
@@ -154,7 +155,7 @@ def list_dead_letters(sources: tuple[str, ...]) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; send nothing.")
 def replay(sources: tuple[str, ...], dry_run: bool) -> None:
     """Send dead letters of SOURCES back to their source topic (each one once)."""
-    settings = Settings.from_env()
+    settings = check(Settings.from_env(), registry=False)
     consumer = _consumer(settings, f"{settings.app_id}-dlq-replay")
     producer = Producer(logging_to_python(producer_config(settings)))
     failures: list[str] = []

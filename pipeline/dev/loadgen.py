@@ -24,6 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline.admin.clients import LIBRDKAFKA_LOGGER, logging_to_python
+from pipeline.preflight import check
 from pipeline.serde.codec import Codecs
 from pipeline.settings import Settings
 from pipeline.streaming.producer import producer_config
@@ -229,7 +230,7 @@ def loadgen(users: int, orders: int, skus: int, restock_every: int, rate: float,
         users=users, orders=orders, skus=skus, restock_every=restock_every, seed=seed
     )
     total = sum(1 for _ in generate(config))
-    report = send(generate(config), Settings.from_env(), rate=rate, total=total)
+    report = send(generate(config), check(Settings.from_env()), rate=rate, total=total)
     for stream, count in sorted(report.sent.items()):
         click.echo(f"{stream:<16} {count:>8}")
     click.echo(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from pipeline import preflight
 from pipeline.evolution.workflow import CheckResult, SchemaWorkflow, SubjectState
 from pipeline.serde.catalog import Catalog, CatalogError, TopicSchema
 from pipeline.serde.errors import RegistryUnavailable
@@ -72,6 +73,7 @@ def schemas(
     settings = Settings.from_env()
     if registry_url:
         settings = replace(settings, schema_registry_url=registry_url.rstrip("/"))
+    preflight.check(settings, kafka=False)
     prefix = settings.topic_prefix if topic_prefix is None else topic_prefix
     try:
         catalog = Catalog.load(schemas_dir or settings.schema_dir, topic_prefix=prefix)

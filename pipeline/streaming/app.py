@@ -22,6 +22,7 @@ import faust
 from faust.types import TP, StreamT, TableT
 from faust.types.auth import CredentialsT
 
+from pipeline import preflight
 from pipeline.admin.offsets import EndOffsets
 from pipeline.admin.topics import admin_client, ensure_topics
 from pipeline.serde.codec import Codecs
@@ -77,6 +78,9 @@ class PipelineApp(FixedFaustApp):
     async def on_first_start(self) -> None:
         # Blocking admin calls, once per process, before any consumer or producer runs.
         topology = self.topology
+        # A wrong CA file, a hostname not in a certificate, a plaintext client at a TLS
+        # listener: said now, with the setting to fix, rather than retried for ever.
+        await asyncio.to_thread(preflight.check, topology.settings)
         await asyncio.to_thread(ensure_topics, topology.settings, topology.specs())
         await self.codecs.prepare_async(topology.encoded_topics)
         if self.transactions is not None:
@@ -147,11 +151,12 @@ class PipelineApp(FixedFaustApp):
 
 
 def broker_credentials(security: KafkaSecurity) -> CredentialsT | ssl.SSLContext | None:
+    """Faust's (aiokafka's) form of the security librdkafka gets from
+    ``KafkaSecurity.confluent_config``: the same protocol, login and trusted CAs
+    (``KafkaSecurity.tls``), the hostname checked by both."""
     if security.protocol == "PLAINTEXT":
         return None
-    context = None
-    if security.protocol.endswith("SSL"):
-        context = ssl.create_default_context(cafile=security.ssl_cafile)
+    context = security.tls.context() if security.tls is not None else None
     if security.protocol.startswith("SASL"):
         return faust.SASLCredentials(
             username=security.sasl_username,

@@ -1,10 +1,20 @@
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
+import trustme
 
-from pipeline.settings import Settings, SettingsError, read_env_file
+from pipeline.settings import Settings, SettingsError, default_cafile, read_env_file
+from pipeline.streaming.app import broker_credentials
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(path))
+    return str(path)
 
 
 def test_defaults_suit_the_local_stack() -> None:
@@ -26,7 +36,7 @@ def test_defaults_suit_the_local_stack() -> None:
     }
 
 
-def test_environment_overrides_and_security_maps_to_librdkafka() -> None:
+def test_environment_overrides_and_security_maps_to_librdkafka(ca_file: str) -> None:
     settings = Settings.from_env(
         {
             "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": "b1:9092,b2:9092",
@@ -35,7 +45,7 @@ def test_environment_overrides_and_security_maps_to_librdkafka() -> None:
             "PIPELINE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
             "PIPELINE_KAFKA_SASL_USERNAME": "svc",
             "PIPELINE_KAFKA_SASL_PASSWORD": "s3cret",
-            "PIPELINE_KAFKA_SSL_CAFILE": "/etc/ca.pem",
+            "PIPELINE_KAFKA_SSL_CAFILE": ca_file,
             "PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH": "reg:pw",
             "PIPELINE_SCHEMA_REGISTRY_URL": "http://r:8081/",
         }
@@ -47,7 +57,8 @@ def test_environment_overrides_and_security_maps_to_librdkafka() -> None:
         "sasl.mechanism": "SCRAM-SHA-512",
         "sasl.username": "svc",
         "sasl.password": "s3cret",
-        "ssl.ca.location": "/etc/ca.pem",
+        "ssl.ca.location": ca_file,
+        "ssl.endpoint.identification.algorithm": "https",
     }
     assert settings.registry_client_config() == {
         "url": "http://r:8081",
@@ -118,3 +129,82 @@ def test_a_worker_id_makes_the_membership_static() -> None:
     for bad in ("..", "worker 1", "w/1", "x" * 250):
         with pytest.raises(SettingsError, match="PIPELINE_WORKER_ID="):
             Settings.from_env({"PIPELINE_WORKER_ID": bad})
+
+
+def test_every_client_trusts_the_same_ca_file_and_checks_the_hostname(ca_file: str) -> None:
+    settings = Settings.from_env(
+        {
+            "PIPELINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "PIPELINE_KAFKA_SASL_USERNAME": "svc",
+            "PIPELINE_KAFKA_SASL_PASSWORD": "s3cret",
+            "PIPELINE_KAFKA_SSL_CAFILE": ca_file,
+            "PIPELINE_SCHEMA_REGISTRY_URL": "https://registry.example:443/apis/ccompat/v7",
+            "PIPELINE_SCHEMA_REGISTRY_SSL_CAFILE": ca_file,
+        }
+    )
+    librdkafka = settings.kafka_client_config()
+    assert librdkafka["ssl.ca.location"] == ca_file
+    assert librdkafka["ssl.endpoint.identification.algorithm"] == "https"
+    assert settings.registry_client_config()["ssl.ca.location"] == ca_file
+    credentials = broker_credentials(settings.kafka_security)
+    context = credentials.ssl_context  # type: ignore[union-attr]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.check_hostname is True
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    # The one CA of the file, and nothing of the system's.
+    assert len(context.get_ca_certs()) == 1
+
+
+def test_without_a_ca_file_every_client_trusts_the_same_default_bundle() -> None:
+    settings = Settings.from_env(
+        {
+            "PIPELINE_KAFKA_SECURITY_PROTOCOL": "SSL",
+            "PIPELINE_SCHEMA_REGISTRY_URL": "https://registry.example/apis/ccompat/v7",
+        }
+    )
+    bundle = default_cafile()
+    assert Path(bundle).is_file()
+    assert settings.kafka_client_config()["ssl.ca.location"] == bundle
+    assert settings.registry_client_config()["ssl.ca.location"] == bundle
+    context = broker_credentials(settings.kafka_security)
+    assert isinstance(context, ssl.SSLContext)
+    assert len(context.get_ca_certs()) == len(
+        ssl.create_default_context(cafile=bundle).get_ca_certs()
+    )
+
+
+def test_no_tls_settings_without_tls() -> None:
+    settings = Settings.from_env({"PIPELINE_KAFKA_SSL_CAFILE": "/no/such/ca.pem"})
+    assert settings.kafka_security.tls is None and settings.registry_tls is None
+    assert "ssl.ca.location" not in settings.kafka_client_config()
+    assert "ssl.ca.location" not in settings.registry_client_config()
+    assert broker_credentials(settings.kafka_security) is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "base"),
+    [
+        ("PIPELINE_KAFKA_SSL_CAFILE", {"PIPELINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}),
+        (
+            "PIPELINE_SCHEMA_REGISTRY_SSL_CAFILE",
+            {"PIPELINE_SCHEMA_REGISTRY_URL": "https://r/apis/ccompat/v7"},
+        ),
+    ],
+)
+def test_a_missing_or_unreadable_ca_file_is_named(
+    tmp_path: Path, setting: str, base: dict[str, str]
+) -> None:
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(SettingsError, match=f"{setting}={missing}: no such file"):
+        Settings.from_env({**base, setting: str(missing)})
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(SettingsError, match=f"{setting}={garbage} holds no PEM certificate"):
+        Settings.from_env({**base, setting: str(garbage)})
+    with pytest.raises(SettingsError, match=f"{setting}={tmp_path} is a directory"):
+        Settings.from_env({**base, setting: str(tmp_path)})
+
+
+def test_a_registry_url_must_be_http_or_https() -> None:
+    with pytest.raises(SettingsError, match="PIPELINE_SCHEMA_REGISTRY_URL='r:8081'"):
+        Settings.from_env({"PIPELINE_SCHEMA_REGISTRY_URL": "r:8081"})

@@ -55,12 +55,20 @@ def stack() -> None:
     help="The registry wants HTTP basic auth, checked by a Keycloak started with it; the "
     "login goes to the env file.",
 )
-def up(state_dir: Path, brokers: int, timeout: float, sasl: bool, registry_auth: bool) -> None:
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Clients log in over TLS (SASL_SSL, as --sasl) and the registry serves HTTPS; the "
+    "certificates come from a CA made now, whose file the env file names.",
+)
+def up(
+    state_dir: Path, brokers: int, timeout: float, sasl: bool, registry_auth: bool, tls: bool
+) -> None:
     """Download (once) and start the stack; print where it listens."""
     started = time.monotonic()
     try:
         state = Stack(state_dir).up(
-            brokers=brokers, timeout=timeout, sasl=sasl, registry_auth=registry_auth
+            brokers=brokers, timeout=timeout, sasl=sasl, registry_auth=registry_auth, tls=tls
         )
     except StackAlreadyRunning as running:
         click.echo(f"{running}; `pipeline stack down` first to restart it.")

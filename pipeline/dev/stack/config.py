@@ -21,8 +21,10 @@ class KafkaNode:
     broker_port: int
     controller_port: int
     data_dir: Path
-    # A SASL_PLAINTEXT listener for clients, when the stack runs with --sasl.
+    # A SASL listener for clients, when the stack runs with --sasl (SASL_PLAINTEXT) or with
+    # --tls (SASL_SSL).
     sasl_port: int | None = None
+    client_protocol: str = "SASL_PLAINTEXT"
 
     @property
     def bootstrap(self) -> str:
@@ -47,6 +49,35 @@ class SaslUser:
 
 
 SCRAM_MECHANISM = "SCRAM-SHA-256"
+
+
+@dataclass(frozen=True)
+class StackTls:
+    """The PEM files of a --tls stack, made by pipeline.dev.stack.certs at each start: a CA
+    of its own, and one server certificate it signed for HOST (by IP only: a client that
+    asks for ``localhost`` meets a hostname mismatch), used by the broker and the registry."""
+
+    folder: Path
+
+    @property
+    def ca(self) -> Path:
+        """What clients trust: PIPELINE_KAFKA_SSL_CAFILE and PIPELINE_SCHEMA_REGISTRY_SSL_CAFILE."""
+        return self.folder / "ca.pem"
+
+    @property
+    def chain(self) -> Path:
+        """The server certificate (the CA's is not sent: clients have it)."""
+        return self.folder / "server.pem"
+
+    @property
+    def key(self) -> Path:
+        """The server's private key, PKCS#8, unencrypted; readable by the owner alone."""
+        return self.folder / "server-key.pem"
+
+    @property
+    def keystore(self) -> Path:
+        """Key and chain in one file: Kafka's PEM keystore (``ssl.keystore.type=PEM``)."""
+        return self.folder / "server-keystore.pem"
 
 
 @dataclass(frozen=True)
@@ -94,9 +125,10 @@ def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().byte
 
 
 def plan_nodes(
-    count: int, state_dir: Path, ports: list[int], sasl: bool = False
+    count: int, state_dir: Path, ports: list[int], sasl: bool = False, tls: bool = False
 ) -> list[KafkaNode]:
-    """``count`` nodes on ``ports``: two per node (broker, controller), three with ``sasl``."""
+    """``count`` nodes on ``ports``: two per node (broker, controller), three with ``sasl``
+    (the client listener), whose listener speaks TLS with ``tls``."""
     if count < 1:
         raise ValueError("a cluster needs at least one broker")
     per_node = 3 if sasl else 2
@@ -109,27 +141,32 @@ def plan_nodes(
             controller_port=ports[per_node * i + 1],
             data_dir=state_dir / f"kafka-{i + 1}" / "data",
             sasl_port=ports[per_node * i + 2] if sasl else None,
+            client_protocol="SASL_SSL" if tls else "SASL_PLAINTEXT",
         )
         for i in range(count)
     ]
 
 
 def kafka_properties(
-    node: KafkaNode, nodes: list[KafkaNode], sasl_user: SaslUser | None = None
+    node: KafkaNode,
+    nodes: list[KafkaNode],
+    sasl_user: SaslUser | None = None,
+    tls: StackTls | None = None,
 ) -> dict[str, str]:
     """``server.properties`` of one combined broker+controller node of a KRaft cluster.
 
-    With ``sasl_user``, clients get a SASL_PLAINTEXT listener that takes the user by SCRAM or
-    PLAIN; the brokers still talk to each other on their plaintext listener.
+    With ``sasl_user``, clients get a SASL listener that takes the user by SCRAM or PLAIN:
+    SASL_PLAINTEXT, or with ``tls`` SASL_SSL, whose certificate and key are ``tls``'s PEM
+    keystore. The brokers still talk to each other on their plaintext listener (loopback).
     """
     replicas = min(len(nodes), 3)
     voters = ",".join(f"{n.node_id}@{HOST}:{n.controller_port}" for n in nodes)
     listeners = [f"PLAINTEXT://{HOST}:{node.broker_port}"]
     if sasl_user is not None and node.sasl_port is not None:
-        listeners.append(f"SASL_PLAINTEXT://{HOST}:{node.sasl_port}")
+        listeners.append(f"{node.client_protocol}://{HOST}:{node.sasl_port}")
     sasl: dict[str, str] = {}
     if sasl_user is not None:
-        listener = "listener.name.sasl_plaintext"
+        listener = f"listener.name.{node.client_protocol.lower()}"
         sasl = {
             "sasl.enabled.mechanisms": f"{SCRAM_MECHANISM},PLAIN",
             f"{listener}.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
@@ -140,6 +177,15 @@ def kafka_properties(
                 f'user_{sasl_user.name}="{sasl_user.password}";'
             ),
         }
+        if tls is not None:
+            sasl.update(
+                {
+                    f"{listener}.ssl.keystore.type": "PEM",
+                    f"{listener}.ssl.keystore.location": str(tls.keystore),
+                    # Clients are not asked for a certificate: they log in by SASL.
+                    f"{listener}.ssl.client.auth": "none",
+                }
+            )
     return {
         "process.roles": "broker,controller",
         "node.id": str(node.node_id),
@@ -149,7 +195,8 @@ def kafka_properties(
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": (
-            "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT"
+            "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,"
+            "CONTROLLER:PLAINTEXT"
         ),
         **sasl,
         "log.dirs": str(node.data_dir),
@@ -200,7 +247,11 @@ def kafka_jvm_args(heap_mb: int, log4j_config: Path) -> list[str]:
 
 
 def registry_jvm_args(
-    port: int, management_port: int, heap_mb: int, oidc_issuer: str | None = None
+    port: int,
+    management_port: int,
+    heap_mb: int,
+    oidc_issuer: str | None = None,
+    tls: StackTls | None = None,
 ) -> list[str]:
     """Apicurio Registry 3.x, in-memory storage, Confluent-compatible API, global BACKWARD.
 
@@ -208,7 +259,18 @@ def registry_jvm_args(
     realm, or by HTTP basic with a client id and secret of that realm, which Apicurio trades
     for a token (client-credentials grant) and caches. No roles: any client of the realm may
     read and write.
+
+    With ``tls``, ``port`` serves HTTPS only (Quarkus' PEM certificate and key files), and no
+    plain HTTP port is opened.
     """
+    listen = [f"-Dquarkus.http.port={port}"]
+    if tls is not None:
+        listen = [
+            f"-Dquarkus.http.ssl-port={port}",
+            f"-Dquarkus.http.ssl.certificate.files={tls.chain}",
+            f"-Dquarkus.http.ssl.certificate.key-files={tls.key}",
+            "-Dquarkus.http.insecure-requests=disabled",
+        ]
     auth = []
     if oidc_issuer is not None:
         auth = [
@@ -220,7 +282,7 @@ def registry_jvm_args(
         f"-Xmx{heap_mb}m",
         "-XX:+UseG1GC",
         f"-Dquarkus.http.host={HOST}",
-        f"-Dquarkus.http.port={port}",
+        *listen,
         # Quarkus' health/metrics interface listens on 0.0.0.0:9000 by default: a second
         # registry on the machine would fail to bind, and it need not face the network.
         f"-Dquarkus.management.host={HOST}",
@@ -331,6 +393,7 @@ def env_file_text(
     replication_factor: int,
     sasl_user: SaslUser | None = None,
     registry_client: RegistryClient | None = None,
+    tls: StackTls | None = None,
 ) -> str:
     text = (
         "# Written by `pipeline stack up`; read by pipeline.settings. Removed by `stack down`.\n"
@@ -340,11 +403,15 @@ def env_file_text(
     )
     if sasl_user is not None:
         text += (
-            "PIPELINE_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT\n"
+            f"PIPELINE_KAFKA_SECURITY_PROTOCOL={'SASL_SSL' if tls else 'SASL_PLAINTEXT'}\n"
             f"PIPELINE_KAFKA_SASL_MECHANISM={SCRAM_MECHANISM}\n"
             f"PIPELINE_KAFKA_SASL_USERNAME={sasl_user.name}\n"
             f"PIPELINE_KAFKA_SASL_PASSWORD={sasl_user.password}\n"
         )
     if registry_client is not None:
         text += f"PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH={registry_client.basic_auth}\n"
+    if tls is not None:
+        text += (
+            f"PIPELINE_KAFKA_SSL_CAFILE={tls.ca}\nPIPELINE_SCHEMA_REGISTRY_SSL_CAFILE={tls.ca}\n"
+        )
     return text

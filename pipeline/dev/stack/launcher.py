@@ -6,6 +6,10 @@ exactly the pids it recorded, after checking each is still the process it starte
 
 With ``registry_auth``, a Keycloak runs next to the registry as its OIDC server, and the
 registry answers only requests with a login (HTTP basic: the realm's client id and secret).
+
+With ``tls``, the broker's client listener is SASL_SSL (SCRAM or PLAIN) and the registry
+serves HTTPS only, both with a certificate of a CA made at this start (pipeline.dev.stack.certs);
+the env file names the CA file the clients trust.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -25,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.dev.stack import artifacts, config
+from pipeline.dev.stack.certs import CertificatesUnavailable, make_certificates
 from pipeline.dev.stack.java import find_java
 from pipeline.settings import Settings, read_env_file, read_env_text
 
@@ -152,13 +158,14 @@ def _start_kafka_node(
     node: config.KafkaNode,
     nodes: list[config.KafkaNode],
     sasl_user: config.SaslUser | None,
+    tls: config.StackTls | None = None,
 ) -> ServerProcess:
     """Format the node's log dir for the cluster (KRaft needs it), then start the node."""
     node_dir = node.data_dir.parent
     node_dir.mkdir(parents=True, exist_ok=True)
     props = node_dir / "server.properties"
     props.touch(mode=0o600)  # holds the SASL user's password when there is one
-    props.write_text(config.render_properties(config.kafka_properties(node, nodes, sasl_user)))
+    props.write_text(config.render_properties(config.kafka_properties(node, nodes, sasl_user, tls)))
     storage_tool = [java, *jvm, "kafka.tools.StorageTool", "format"]
     # In KRaft, SCRAM users live in the metadata log: they are created when it is formatted.
     scram = ["--add-scram", sasl_user.scram_credential()] if sasl_user else []
@@ -198,22 +205,27 @@ def broker_ready(
     return len(metadata.brokers) >= expected_brokers
 
 
-def _answers_200(request: urllib.request.Request | str) -> bool:
+def _answers_200(
+    request: urllib.request.Request | str, context: ssl.SSLContext | None = None
+) -> bool:
     try:
-        with urllib.request.urlopen(request, timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2, context=context) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 
 
-def registry_ready(registry_url: str, basic_auth: str | None = None) -> bool:
+def registry_ready(
+    registry_url: str, basic_auth: str | None = None, context: ssl.SSLContext | None = None
+) -> bool:
     """True once the registry lists its subjects; with ``basic_auth`` (``user:password``),
-    asked with that login, which also proves that the registry reaches its OIDC server."""
+    asked with that login, which also proves that the registry reaches its OIDC server; over
+    https, trusting what ``context`` trusts."""
     request = urllib.request.Request(registry_url + "/subjects")
     if basic_auth is not None:
         token = base64.b64encode(basic_auth.encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
-    return _answers_200(request)
+    return _answers_200(request, context)
 
 
 def keycloak_ready(issuer: str) -> bool:
@@ -279,11 +291,15 @@ class Stack:
         sasl: bool = False,
         registry_auth: bool = False,
         keycloak_heap_mb: int = 384,
+        tls: bool = False,
     ) -> StackState:
         """Start the stack. With ``sasl``, clients must log in (SCRAM-SHA-256 or PLAIN) as the
         user written, with its password, to the env file. With ``registry_auth``, the registry
         wants HTTP basic auth with the OIDC client id and secret written to the env file
-        (Keycloak, started too, checks them)."""
+        (Keycloak, started too, checks them). With ``tls`` (which implies ``sasl``), that
+        login goes over TLS (SASL_SSL), the registry serves HTTPS, and the env file names the
+        CA that signed both certificates."""
+        sasl = sasl or tls
         existing = self.running()
         if existing is not None:
             raise StackAlreadyRunning(existing)
@@ -297,15 +313,20 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         kafka_ports = (3 if sasl else 2) * brokers
         ports = config.free_ports(kafka_ports + 2 + (1 if registry_auth else 0))
-        nodes = config.plan_nodes(brokers, self.state_dir, ports[:kafka_ports], sasl=sasl)
+        nodes = config.plan_nodes(brokers, self.state_dir, ports[:kafka_ports], sasl=sasl, tls=tls)
         registry_port, management_port = ports[kafka_ports : kafka_ports + 2]
         bootstrap = ",".join(n.bootstrap for n in nodes)
-        registry_url = f"http://{config.HOST}:{registry_port}{config.REGISTRY_API}"
+        scheme = "https" if tls else "http"
+        registry_url = f"{scheme}://{config.HOST}:{registry_port}{config.REGISTRY_API}"
+        try:
+            stack_tls = make_certificates(self.state_dir / "tls") if tls else None
+        except CertificatesUnavailable as error:
+            raise StackError(str(error)) from None
         sasl_user = config.SaslUser.generate() if sasl else None
         registry_client = config.RegistryClient.generate() if registry_auth else None
         issuer = config.keycloak_issuer(ports[-1]) if registry_auth else None
         env_text = config.env_file_text(
-            bootstrap, registry_url, min(brokers, 3), sasl_user, registry_client
+            bootstrap, registry_url, min(brokers, 3), sasl_user, registry_client, stack_tls
         )
         # Readiness is checked as a client of the pipeline would connect: with the login.
         client_settings = Settings.from_env(read_env_text(env_text))
@@ -328,7 +349,9 @@ class Stack:
         try:
             for node in nodes:
                 state.processes.append(
-                    _start_kafka_node(java, kafka_jvm, cluster_id, node, nodes, sasl_user)
+                    _start_kafka_node(
+                        java, kafka_jvm, cluster_id, node, nodes, sasl_user, stack_tls
+                    )
                 )
             if keycloak_home is not None and registry_client is not None:
                 state.processes.append(
@@ -344,7 +367,7 @@ class Stack:
             # The registry may start before Keycloak answers: it looks the realm up on the
             # first request that needs it.
             registry_jvm = config.registry_jvm_args(
-                registry_port, management_port, registry_heap_mb, oidc_issuer=issuer
+                registry_port, management_port, registry_heap_mb, oidc_issuer=issuer, tls=stack_tls
             )
             registry_dir = self.state_dir / "registry"
             state.processes.append(
@@ -377,7 +400,9 @@ class Stack:
         """Wait until ``proc`` answers as a client with ``settings`` would use it."""
         if proc.name == "registry":
             basic_auth = settings.schema_registry_basic_auth
-            _wait(proc, lambda: registry_ready(state.registry_url, basic_auth), timeout)
+            trusted = settings.registry_tls
+            context = trusted.context() if trusted is not None else None
+            _wait(proc, lambda: registry_ready(state.registry_url, basic_auth, context), timeout)
         elif proc.name == "keycloak":
             issuer = state.keycloak_issuer
             if issuer is None:

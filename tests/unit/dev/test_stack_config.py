@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import ssl
+import stat
 from pathlib import Path
 
 import pytest
 
 from pipeline.dev.stack import artifacts, config
+from pipeline.dev.stack.certs import make_certificates
 from pipeline.dev.stack.launcher import ServerProcess, StackState, is_alive
 from pipeline.settings import Settings, read_env_text
 
@@ -233,3 +237,74 @@ def test_cluster_id_never_starts_with_a_dash() -> None:
     # A CI run failed when one did: kafka-storage read "-t -7igZ..." as a missing value.
     draws = iter([b"\xfb" + bytes(15), bytes(16)])  # the first encodes as "-wAA..."
     assert config.new_cluster_id(lambda: next(draws)) == "A" * 22
+
+
+def test_tls_makes_the_client_listener_sasl_ssl_with_a_pem_keystore(tmp_path: Path) -> None:
+    user = config.SaslUser(name="pipeline", password="s3cret")
+    tls = config.StackTls(tmp_path / "tls")
+    (node,) = config.plan_nodes(1, tmp_path, [9092, 9093, 9094], sasl=True, tls=True)
+    assert node.bootstrap == "127.0.0.1:9094"
+    props = config.kafka_properties(node, [node], user, tls)
+    assert props["listeners"] == (
+        "PLAINTEXT://127.0.0.1:9092,SASL_SSL://127.0.0.1:9094,CONTROLLER://127.0.0.1:9093"
+    )
+    assert "SASL_SSL:SASL_SSL" in props["listener.security.protocol.map"]
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    listener = "listener.name.sasl_ssl"
+    assert props[f"{listener}.ssl.keystore.type"] == "PEM"
+    assert props[f"{listener}.ssl.keystore.location"] == str(tls.keystore)
+    assert f"{listener}.scram-sha-256.sasl.jaas.config" in props
+    assert 'user_pipeline="s3cret"' in props[f"{listener}.plain.sasl.jaas.config"]
+    assert not any(key.startswith("listener.name.sasl_plaintext") for key in props)
+
+
+def test_tls_registry_serves_https_only_from_the_pem_files(tmp_path: Path) -> None:
+    tls = config.StackTls(tmp_path)
+    args = config.registry_jvm_args(8443, 9001, 256, tls=tls)
+    assert "-Dquarkus.http.ssl-port=8443" in args
+    assert f"-Dquarkus.http.ssl.certificate.files={tls.chain}" in args
+    assert f"-Dquarkus.http.ssl.certificate.key-files={tls.key}" in args
+    assert "-Dquarkus.http.insecure-requests=disabled" in args
+    assert not any(arg.startswith("-Dquarkus.http.port=") for arg in args)
+    assert "-Dquarkus.http.port=8081" in config.registry_jvm_args(8081, 9001, 256)
+
+
+def test_certificates_are_signed_by_a_new_ca_for_the_loopback_ip_only(tmp_path: Path) -> None:
+    tls = make_certificates(tmp_path / "tls")
+    assert stat.S_IMODE(tls.folder.stat().st_mode) == 0o700
+    for secret in (tls.key, tls.keystore):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert tls.key.read_text().startswith("-----BEGIN PRIVATE KEY-----")  # PKCS#8
+    assert tls.keystore.read_text().count("BEGIN CERTIFICATE") == 1  # the CA is not sent
+    # The chain and key make a server that a client trusting only the CA file accepts.
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tls.chain, tls.key)
+    client = ssl.create_default_context(cafile=tls.ca)
+    client_in, client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ends = (
+        client.wrap_bio(client_in, client_out, server_hostname=config.HOST),
+        server.wrap_bio(server_in, server_out, server_side=True),
+    )
+    for _ in range(10):
+        for end in ends:
+            with contextlib.suppress(ssl.SSLWantReadError):
+                end.do_handshake()
+        server_in.write(client_out.read())
+        client_in.write(server_out.read())
+    assert ends[0].getpeercert()["subjectAltName"] == (("IP Address", config.HOST),)
+    assert make_certificates(tmp_path / "other").ca.read_bytes() != tls.ca.read_bytes()
+
+
+def test_tls_env_file_names_the_ca_file_both_clients_trust(tmp_path: Path) -> None:
+    tls = make_certificates(tmp_path / "tls")
+    user = config.SaslUser.generate()
+    text = config.env_file_text(
+        "127.0.0.1:1", "https://127.0.0.1:2/apis/ccompat/v7", 1, user, tls=tls
+    )
+    settings = Settings.from_env(read_env_text(text))
+    kafka = settings.kafka_client_config()
+    assert kafka["security.protocol"] == "SASL_SSL"
+    assert kafka["sasl.mechanism"] == "SCRAM-SHA-256"
+    assert kafka["ssl.ca.location"] == str(tls.ca)
+    assert settings.registry_client_config()["ssl.ca.location"] == str(tls.ca)
