@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import click
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from pipeline.admin.clients import logging_to_python
 from pipeline.preflight import check
@@ -76,7 +76,11 @@ def _dead_letter(message: Message) -> DeadLetter:
 def read_dead_letters(
     consumer: Consumer, topic: str, *, from_committed: bool
 ) -> Iterator[DeadLetter]:
-    """Every dead letter from the start (or the group's committed offset) up to now."""
+    """Every dead letter from the start (or the group's committed offset) up to now.
+
+    ``consumer`` reports the end of each partition (``enable.partition.eof``): the last
+    offsets of a partition written in transactions (exactly_once) are commit markers, which
+    are never delivered."""
     metadata = consumer.list_topics(topic, timeout=POLL_TIMEOUT).topics[topic]
     if metadata.error is not None:
         raise click.ClickException(f"{topic}: {metadata.error.str()}")
@@ -97,8 +101,11 @@ def read_dead_letters(
             message = consumer.poll(POLL_TIMEOUT)
             if message is None:
                 raise click.ClickException(f"{topic}[{tp.partition}]: no message at {position}")
-            if message.error() is not None:
-                raise click.ClickException(f"{topic}[{tp.partition}]: {message.error()}")
+            error = message.error()
+            if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                break
+            if error is not None:
+                raise click.ClickException(f"{topic}[{tp.partition}]: {error}")
             position = (message.offset() or 0) + 1
             yield _dead_letter(message)
 
@@ -118,6 +125,7 @@ def _consumer(settings: Settings, group: str) -> Consumer:
                 "group.id": group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                "enable.partition.eof": True,
             }
         )
     )
