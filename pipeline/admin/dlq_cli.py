@@ -76,7 +76,8 @@ def _dead_letter(message: Message) -> DeadLetter:
 def read_dead_letters(
     consumer: Consumer, topic: str, *, from_committed: bool
 ) -> Iterator[DeadLetter]:
-    """Every dead letter from the start (or the group's committed offset) up to now.
+    """Every dead letter from the start (or the group's committed offset) up to the end of
+    each partition as it was when this began.
 
     ``consumer`` reports the end of each partition (``enable.partition.eof``): the last
     offsets of a partition written in transactions (exactly_once) are commit markers, which
@@ -106,7 +107,10 @@ def read_dead_letters(
                 break
             if error is not None:
                 raise click.ClickException(f"{topic}[{tp.partition}]: {error}")
-            position = (message.offset() or 0) + 1
+            offset = message.offset() or 0
+            if offset >= high:
+                break  # written since this began (a replayed letter dead-lettered again)
+            position = offset + 1
             yield _dead_letter(message)
 
 
