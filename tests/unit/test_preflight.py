@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from pipeline.preflight import ConnectionSettingsError, check_kafka, check_registry
-from pipeline.settings import Settings
+from pipeline.settings import Settings, SettingsError
 
 Handler = Callable[[socket.socket], None]
 
@@ -200,3 +200,24 @@ def test_a_silent_or_absent_server_is_left_to_the_clients_within_the_timeout(
     with socket.create_server(("127.0.0.1", 0)) as closed:
         port = closed.getsockname()[1]
     check_kafka(kafka(f"127.0.0.1:{port}", "SASL_SSL", PIPELINE_KAFKA_SSL_CAFILE=ca_file))
+
+
+def test_a_command_with_a_bad_ca_file_exits_1_naming_it_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    env = {
+        "PIPELINE_ENV_FILE": str(tmp_path / "none.env"),
+        "PIPELINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "PIPELINE_KAFKA_SSL_CAFILE": str(tmp_path / "missing.pem"),
+    }
+    for command in (["topics", "list"], ["dlq", "list"], ["loadgen", "--orders", "1"]):
+        result = CliRunner().invoke(main, command, env=env)
+        assert result.exit_code == 1, result.output
+        assert f"PIPELINE_KAFKA_SSL_CAFILE={tmp_path / 'missing.pem'}: no such file" in (
+            result.output
+        )
+        assert not isinstance(result.exception, SettingsError)  # a ClickException's exit

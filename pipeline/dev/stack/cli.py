@@ -83,6 +83,10 @@ def up(
         click.echo(
             f"  logins checked by Keycloak {state.keycloak_version} at {state.keycloak_issuer}"
         )
+    if state.tls_ca is not None:
+        click.echo(
+            f"  over TLS (Kafka SASL_SSL, registry HTTPS), signed by the CA in {state.tls_ca}"
+        )
     click.echo(
         f"ready in {time.monotonic() - started:.1f} s; settings in {state_dir / 'stack.env'}"
     )
@@ -135,6 +139,8 @@ def status(state_dir: Path) -> None:
     click.echo(f"kafka     {state.bootstrap}\nregistry  {state.registry_url}")
     if state.keycloak_issuer is not None:
         click.echo(f"keycloak  {state.keycloak_issuer} (the registry wants a login)")
+    if state.tls_ca is not None:
+        click.echo(f"tls       clients trust the CA in {state.tls_ca}")
     if not all(is_alive(p) for p in state.processes):
         sys.exit(1)
 

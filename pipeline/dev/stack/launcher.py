@@ -65,6 +65,8 @@ class StackState:
     # The OIDC realm the registry checks logins against (--registry-auth), else None.
     keycloak_issuer: str | None = None
     keycloak_version: str | None = None
+    # The CA file clients trust (--tls: the broker's SASL_SSL listener, the HTTPS registry).
+    tls_ca: str | None = None
 
     @classmethod
     def load(cls, state_dir: Path) -> StackState | None:
@@ -345,6 +347,7 @@ class Stack:
             apicurio_version=artifacts.APICURIO_VERSION,
             keycloak_issuer=issuer,
             keycloak_version=artifacts.KEYCLOAK_VERSION if registry_auth else None,
+            tls_ca=str(stack_tls.ca) if stack_tls is not None else None,
         )
         try:
             for node in nodes:
