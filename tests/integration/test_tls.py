@@ -100,6 +100,7 @@ def test_the_env_file_sends_every_client_to_the_tls_listener_and_the_https_regis
         == Path(tls_env["PIPELINE_SCHEMA_REGISTRY_SSL_CAFILE"])
         == tls_stack.state_dir / ("tls/ca.pem")
     )
+    assert state.tls_ca == str(ca)
     assert stat.S_IMODE(ca.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE((ca.parent / "server-key.pem").stat().st_mode) == 0o600
     assert stat.S_IMODE(tls_stack.env_file.stat().st_mode) == 0o600
