@@ -166,6 +166,14 @@ class WriterSchemas:
             writer = self.remember(schema_id, self.source.schema_text(schema_id))
         return writer
 
+    def prefetch(self, schema_id: int) -> None:
+        """Start the lookup of ``schema_id`` unless it is cached, believed unknown or under
+        way: the later ids of a partition held behind one being fetched are asked about at
+        the same time, not one after the other."""
+        known = schema_id in self._by_id or schema_id in self._lookups
+        if not known and self.believed_unknown(schema_id) is None:
+            self.lookup(schema_id)
+
     def lookup(self, schema_id: int) -> asyncio.Future[WriterSchema]:
         """The fetch of ``schema_id`` off the event loop, re-checked as the class says:
         started if none is under way. A finished one is handed out once: when it failed,
@@ -196,7 +204,7 @@ class WriterSchemas:
         pause = RECHECK_FIRST_PAUSE_S
         while True:
             try:
-                return await asyncio.to_thread(self.fetch, schema_id)
+                writer = await asyncio.to_thread(self.fetch, schema_id)
             except UnknownSchemaId as missing:
                 left = deadline - self.clock()
                 if left > 0:
@@ -208,8 +216,25 @@ class WriterSchemas:
                     schema_id=schema_id,
                 )
                 if self.memory_s > 0:
-                    self._unknown[schema_id] = (self.clock() + self.memory_s, error)
+                    self._believe_unknown(schema_id, error)
                 raise error from None
+            # Cached now: whoever asks next finds it there.
+            self._lookups.pop(schema_id, None)
+            return writer
+
+    def _believe_unknown(self, schema_id: int, error: UnknownSchemaId) -> None:
+        """Remember ``error`` for ``memory_s``, in place of the lookup that found it: every
+        later message under the id fails with it. The ids remembered longest, whose time is
+        up, are forgotten first (each has the same memory time): a stream of ever new
+        unknown ids holds no more than ``memory_s`` of them."""
+        now = self.clock()
+        for oldest, (until, _) in list(self._unknown.items()):
+            if until > now:
+                break
+            del self._unknown[oldest]
+        self._unknown.pop(schema_id, None)
+        self._unknown[schema_id] = (now + self.memory_s, error)
+        self._lookups.pop(schema_id, None)
 
 
 RECHECK_FIRST_PAUSE_S = 0.1
@@ -432,6 +457,12 @@ class Codecs:
     def lookup(self, schema_id: int) -> asyncio.Future[WriterSchema]:
         """``WriterSchemas.lookup``: the fetch of a writer schema, re-checked."""
         return self.writers.lookup(schema_id)
+
+    def prefetch(self, data: bytes | None) -> None:
+        """``WriterSchemas.prefetch`` of the writer schema ``data`` is framed with; nothing
+        for data that is not framed (its decode says why)."""
+        if data is not None and len(data) >= HEADER_SIZE and data[0] == MAGIC_BYTE:
+            self.writers.prefetch(HEADER.unpack_from(data)[1])
 
     def prepare(self, topics: Iterable[str] | None = None) -> dict[str, int]:
         """Resolve the encode schema id of ``topics`` (default: every topic), blocking.

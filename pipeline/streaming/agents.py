@@ -70,6 +70,10 @@ class RecordCodec(Protocol):
         """The fetch of a writer schema: under way, or raising why it failed."""
         ...
 
+    def prefetch(self, data: bytes | None) -> None:
+        """Start fetching the writer schema ``data`` is framed with, if it is not known."""
+        ...
+
     def encode(self, topic: str, record: Mapping[str, Any]) -> bytes: ...
 
 
@@ -111,6 +115,11 @@ class Serdes:
         value = self.records.decode_known(message.topic, message.value)
         source = self.source(message.topic, message.partition)
         return value, Origin(source, Position(message.offset))
+
+    def prefetch(self, message: Message) -> None:
+        """Start fetching the writer schema of an event that waits behind another one."""
+        if message.topic not in self.internal:
+            self.records.prefetch(message.value)
 
     def encode(self, emitted: Sequence[Emit], origin: Origin) -> list[Outgoing]:
         """``emitted`` as records of their topics; re-keyed ones framed with ``origin`` and
@@ -246,6 +255,7 @@ class AgentHandler:
         for event in events:
             message = event.message
             if blocked and (message.topic, message.partition) in blocked:
+                self.serdes.prefetch(message)
                 setbacks.deferred.append(event)
                 continue
             if self._foreign(message):

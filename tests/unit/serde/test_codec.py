@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from pipeline.serde.catalog import Catalog, default_schema_dir
-from pipeline.serde.codec import CodecNotPrepared, Codecs, frame, schema_id_of
+from pipeline.serde.codec import CodecNotPrepared, Codecs, WriterSchemas, frame, schema_id_of
 from pipeline.serde.errors import (
     IncompatibleWriterSchema,
     NotConfluentFraming,
@@ -326,3 +326,56 @@ def test_an_id_still_unknown_after_the_recheck_is_believed_for_the_memory_time()
     codecs.writers.clock = lambda: time.monotonic() + 61.0
     with pytest.raises(SchemaNotCached):  # forgotten: asked again when next met
         codecs.decode_known("order_created", frame(4242, b"\x02"))
+
+
+def test_ids_prefetched_together_are_asked_again_side_by_side_and_then_forgotten() -> None:
+    source = LateSource(visible_after=10**9)
+    codecs = Codecs(
+        Catalog.load(), source, auto_register=False, unknown_recheck_s=0.3, unknown_memory_s=60.0
+    )
+    writers = codecs.writers
+
+    async def prefetch_both() -> None:
+        codecs.prefetch(frame(4242, b"\x02"))
+        codecs.prefetch(frame(4243, b"\x02"))
+        codecs.prefetch(frame(4242, b"\x02"))  # under way: not a second lookup
+        codecs.prefetch(b"\x07not framed")  # its decode says why
+        lookups = list(writers._lookups.values())
+        assert len(lookups) == 2  # both asked again side by side, not one after the other
+        await asyncio.wait(lookups)
+
+    asyncio.run(prefetch_both())
+    for schema_id in (4242, 4243):
+        with pytest.raises(UnknownSchemaId, match=r"asked again for 0\.3 s"):
+            codecs.decode_known("order_created", frame(schema_id, b"\x02"))
+    assert writers._lookups == {}  # each error is kept once, as believed unknown
+
+
+def test_a_found_schema_leaves_no_lookup_behind() -> None:
+    source = LateSource(visible_after=0)
+    codecs = Codecs(Catalog.load(), source, auto_register=True)
+    codecs.prepare(["order_created"])
+    data = codecs.encode("order_created", order())
+    reader = Codecs(Catalog.load(), source, auto_register=False)
+
+    async def prefetched() -> None:
+        reader.prefetch(data)
+        await asyncio.wait(list(reader.writers._lookups.values()))
+
+    asyncio.run(prefetched())
+    assert reader.writers._lookups == {}
+    assert reader.decode_known("order_created", data) == order()
+
+
+def test_unknown_ids_whose_memory_time_is_up_are_forgotten_as_new_ones_come() -> None:
+    now = [0.0]
+    writers = WriterSchemas(LateSource(visible_after=10**9), memory_s=10.0, clock=lambda: now[0])
+
+    async def met(schema_id: int) -> None:
+        with pytest.raises(UnknownSchemaId):
+            await writers.fetch_async(schema_id)
+
+    for step in range(100):
+        now[0] = float(step)
+        asyncio.run(met(step))
+    assert sorted(writers._unknown) == list(range(90, 100))  # the last 10 s of them

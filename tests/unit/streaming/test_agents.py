@@ -16,7 +16,8 @@ from pipeline.agents.orders import USER_STATS
 from pipeline.agents.stock import STOCK
 from pipeline.domain.encoding import decode_order_line
 from pipeline.domain.rules import StockRow, UserOrderStats
-from pipeline.serde.errors import UndecodableKey
+from pipeline.serde.codec import frame, schema_id_of
+from pipeline.serde.errors import SchemaNotCached, UndecodableKey
 from pipeline.services import loyalty_points, points_settings, shop
 from pipeline.settings import Settings
 from pipeline.streaming.agents import YIELD_EVERY, AgentHandler, Outputs, Serdes
@@ -37,6 +38,9 @@ class JsonRecords:
 
     def lookup(self, schema_id: int) -> asyncio.Future[Any]:
         raise AssertionError("JSON records have no writer schemas")
+
+    def prefetch(self, data: bytes | None) -> None:
+        pass  # JSON records have no writer schemas to fetch
 
     def encode(self, topic: str, record: Mapping[str, Any]) -> bytes:
         return json.dumps(record).encode()
@@ -279,3 +283,53 @@ def test_a_long_batch_lets_the_event_loop_run_other_work_while_it_is_prepared(
         assert ran_meanwhile - started >= 200 // YIELD_EVERY
 
     asyncio.run(prepare())
+
+
+class FetchedSchemas(JsonRecords):
+    """JSON records, but a Confluent frame is under a writer id whose fetch never ends:
+    which ids were asked for, by a decode (``lookup``) or ahead of one (``prefetch``)."""
+
+    def __init__(self) -> None:
+        self.looked_up: list[int] = []
+        self.prefetched: list[int] = []
+
+    def decode_known(self, topic: str, data: bytes | None) -> dict[str, Any]:
+        if data and data[0] == 0:
+            schema_id = schema_id_of(data)
+            raise SchemaNotCached(f"writer schema id {schema_id}", schema_id=schema_id)
+        return super().decode_known(topic, data)
+
+    def lookup(self, schema_id: int) -> asyncio.Future[Any]:
+        self.looked_up.append(schema_id)
+        return asyncio.get_running_loop().create_future()
+
+    def prefetch(self, data: bytes | None) -> None:
+        if data and data[0] == 0:
+            self.prefetched.append(schema_id_of(data))
+
+
+def test_events_behind_one_waiting_for_its_schema_wait_and_have_their_schemas_fetched_too() -> None:
+    shop_run = Harness(shop(SETTINGS))
+    records = FetchedSchemas()
+    shop_run.serdes = Serdes(records, shop_run.topology.internal, shop_run.topology)
+    (agent,) = [agent for agent in shop_run.topology.agents if agent.name == "orders"]
+    first, later, after = order(2, "u1", [("A", 1)]), order(3, "u1", [("A", 1)]), order(4, "u1", [])
+    first.value, later.value = frame(501, b""), frame(502, b"")
+    other = order(9, "u2", [("B", 1)], partition=5)
+    messages = [order(1, "u1", [("A", 1)]), first, later, after, other]
+
+    async def prepare() -> list[Any]:
+        prepared = await shop_run.handler(agent)(
+            [cast(Event, FakeEvent(m)) for m in messages], None
+        )
+        await prepared.complete()
+        return [event.message for event in prepared.deferred]
+
+    assert asyncio.run(prepare()) == [first, later, after]
+    assert (records.looked_up, records.prefetched) == ([501], [502])
+    users = {
+        json.loads(m.value)["user_id"]
+        for m in shop_run.broker.sent
+        if m.topic == "user_order_stats"
+    }
+    assert users == {"u1", "u2"}  # u1's order before the wait, and the other partition's
