@@ -2,6 +2,7 @@
 
     python -m bench all                          # every part, one table, bench/RESULTS.md
     python -m bench throughput --orders 20000    # one part, small, for a quick check
+    python -m bench poison --repeats 2           # bad messages among the orders: their cost
     python -m bench --commit-interval-ms 100 throughput --no-bare --no-quix \
         --guarantee at_least_once --guarantee exactly_once   # the cost of exactly-once
     python -m bench sustained --no-quix --sustained-rate 500 \
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 import click
 
-from bench import codec_part, latency, profile, recovery, scaling, sustained, throughput
+from bench import codec_part, latency, poison, profile, recovery, scaling, sustained, throughput
 from bench.common import BENCH_DIR, Row, use_pipeline_commit
 from bench.report import publish
 from pipeline.settings import PROCESSING_GUARANTEES
@@ -214,6 +215,33 @@ def recovery_command(keys: int, output: Path | None) -> None:
     publish(recovery.run(workdir(), keys), command_line(), output)
 
 
+@main.command("poison")
+@size_options
+@guarantee_option
+@click.option(
+    "--every",
+    type=int,
+    multiple=True,
+    default=poison.EVERY[1:],
+    show_default=True,
+    help="One bad message per this many orders (repeatable); a clean input always runs.",
+)
+@output_option(None)
+def poison_command(
+    orders: int | None,
+    repeats: int,
+    users: int,
+    skus: int,
+    guarantees: tuple[str, ...],
+    every: tuple[int, ...],
+    output: Path | None,
+) -> None:
+    """Part 7: one worker over clean orders and over orders with bad messages among them
+    (default N: bench.poison.DEFAULT_ORDERS)."""
+    rows = poison.run(workdir(), orders, users, skus, repeats, guarantees, every)
+    publish(rows, command_line(), output)
+
+
 @main.command("profile")
 @click.option("--orders", default=profile.ORDERS, show_default=True)
 @click.option("--top", default=15, show_default=True, help="Functions listed.")
@@ -269,6 +297,7 @@ def all_command(
         rows += latency.run(root, rate, seconds, repeats)
     rows += sustained.run(root, sustained_rates, sustained_seconds, 1, quix=quix)
     rows += recovery.run(root, keys)
+    rows += poison.run(root, None, users, skus, repeats)
     profile_rows, profile_text = profile.run(root, orders or profile.ORDERS, 15)
     rows += profile_rows
     extra = [

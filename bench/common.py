@@ -270,6 +270,8 @@ class Preloaded:
     users: int
     skus: int
     seconds: float
+    # Bad messages among the orders (bench.poison): each one's dead letter is an output.
+    bad: int = 0
 
 
 def order_stream(

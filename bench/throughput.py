@@ -45,6 +45,7 @@ from bench.common import (
     watch_outputs,
 )
 from pipeline.dev.workers import Deployment, wait_for
+from pipeline.topics import TopicNames
 
 BARE = "bare"
 BARE_TOPOLOGY = "bare topology"
@@ -93,9 +94,17 @@ def make_input(root: Path, orders: int, users: int, skus: int) -> Input:
     return Input(deployment, preload_orders(deployment, codecs, orders, users, skus))
 
 
-def run_pipeline(source: Input, workers: int, label: str, guarantee: str) -> Window:
-    """``workers`` workers of a deployment of their own; once their group has settled, the
-    input is copied to its order_created topic; the window of their outputs.
+def run_deployment(source: Input, label: str, guarantee: str) -> Deployment:
+    """A deployment of its own for one run of the pipeline over ``source``."""
+    return make_deployment(
+        f"{source.deployment.name}-{label}", source.deployment.root / label, guarantee
+    )
+
+
+def run_pipeline(source: Input, deployment: Deployment, workers: int, guarantee: str) -> Window:
+    """``workers`` workers of ``deployment`` (``run_deployment``); once their group has
+    settled, the input is copied to its order_created topic; the window of their outputs,
+    the dead letters of the input's bad messages among them.
 
     The workers start on an empty topic because a group that rebalances while working
     through a backlog measures the rebalance (and, at the time of writing, can stall a
@@ -106,15 +115,15 @@ def run_pipeline(source: Input, workers: int, label: str, guarantee: str) -> Win
     has committed every input offset and every re-keyed order line instead, which is when
     the last outputs became visible to read_committed readers (in the same transaction).
     """
-    deployment = make_deployment(
-        f"{source.deployment.name}-{label}", source.deployment.root / label, guarantee
-    )
     prepare(deployment)
     names = deployment.names
     expected = {
         names.user_order_stats: source.loaded.orders,
         names.stock_levels: source.loaded.lines,
     }
+    if source.loaded.bad:
+        expected[TopicNames.dead_letters(names.order_created)] = source.loaded.bad
+    messages = source.loaded.orders + source.loaded.bad
     offsets = Offsets(deployment.settings)
     start = offsets.ends(expected)
     started = [deployment.worker(f"w{index}").start() for index in range(workers)]
@@ -135,7 +144,7 @@ def run_pipeline(source: Input, workers: int, label: str, guarantee: str) -> Win
             wait_for(
                 f"{group} to commit {topic} and {lines}",
                 lambda: (
-                    offsets.committed(group, topic) >= source.loaded.orders
+                    offsets.committed(group, topic) >= messages
                     and offsets.committed(group, lines) >= source.loaded.lines
                 ),
                 timeout=source.timeout(),
@@ -145,7 +154,7 @@ def run_pipeline(source: Input, workers: int, label: str, guarantee: str) -> Win
         # Completeness: the group committed every input offset (commits every 2.8 s).
         wait_for(
             f"{group} to commit {topic}",
-            lambda: offsets.committed(group, topic) >= source.loaded.orders,
+            lambda: offsets.committed(group, topic) >= messages,
             timeout=60,
             interval=0.5,
         )
@@ -304,7 +313,9 @@ def measure(
                 window = run_quix(source, label)
             else:
                 workers = int(system.split()[1].removeprefix("x"))
-                window = run_pipeline(source, workers, label, guarantee_of(system))
+                guarantee = guarantee_of(system)
+                deployment = run_deployment(source, label, guarantee)
+                window = run_pipeline(source, deployment, workers, guarantee)
             results.add(system, window)
     return results
 
