@@ -7,7 +7,8 @@ confluent-kafka (murmur2) to the three input topics, interleaved with a good str
 message must land in ``<topic>.dlq`` unchanged with the reason a local decode gives, every
 good one must be processed, and the worker must stay up. Under both guarantees: under
 exactly_once every dead letter is committed with its source event's offset, and each is in
-its topic exactly once (read with read_committed).
+its topic exactly once (read with read_committed). And a worker SIGKILLed among them, then
+restarted on its state dir, ends with the tables of the good stream alone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,11 +43,14 @@ from pipeline.serde.codec import Codecs, frame
 from pipeline.serde.errors import PipelineCodecError
 from pipeline.streaming.dead_letters import ATTEMPTS, ERROR_CLASS, SOURCE_OFFSET, SOURCE_TOPIC
 from tests.integration.conftest import StackInfo
+from tests.integration.exactly_once import assert_derived_exact
 from tests.integration.harness import deployment, views_match
 
 pytestmark = pytest.mark.integration
 
 BAD_MESSAGES = 2000
+# Fewer where a worker is killed among them: the restart is the point there.
+KILLED_BAD_MESSAGES = 300
 STREAMS = (CONTRACT.user_registered, CONTRACT.order_created, CONTRACT.stock_adjusted)
 
 TEXT = st.text(max_size=12)
@@ -195,6 +200,31 @@ class Thrown:
     seconds: float
 
 
+def mixed(good: list[ShopEvent], poison: list[Poison], seed: int) -> list[Poison | ShopEvent]:
+    """Bad messages at random places; the good ones keep their order."""
+    rng = random.Random(seed)
+    stream: list[Poison | ShopEvent] = [*good]
+    for bad in poison:
+        stream.insert(rng.randrange(len(stream) + 1), bad)
+    return stream
+
+
+def produce(deployed: Deployment, codecs: Codecs, stream: list[Poison | ShopEvent]) -> None:
+    """Every message of ``stream`` to its topic (murmur2, as the shop's producers)."""
+    topic_of = deployed_topics(deployed.names)
+    producer = Producer(
+        {**deployed.settings.kafka_client_config(), "partitioner": "murmur2_random"}
+    )
+    for item in stream:
+        if isinstance(item, Poison):
+            producer.produce(topic_of[item.stream], key=item.key, value=item.value)
+        else:
+            topic = topic_of[item.stream]
+            producer.produce(topic, key=item.key.encode(), value=codecs.encode(topic, item.record))
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
 @pytest.fixture(scope="module", params=["at_least_once", "exactly_once"])
 def thrown(
     stack: StackInfo, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
@@ -212,34 +242,18 @@ def thrown(
         poison = generate_poison(codecs, topic_of, BAD_MESSAGES)
         print(f"\ngenerated in {time.monotonic() - began:.1f} s")
         good = list(generate(LoadConfig(users=40, orders=400, skus=15, restock_every=8, seed=23)))
-        # Bad messages at random places; the good ones keep their order.
-        rng = random.Random(5)
-        stream: list[Poison | ShopEvent] = [*good]
-        for bad in poison:
-            stream.insert(rng.randrange(len(stream) + 1), bad)
-        producer = Producer(
-            {**deployed.settings.kafka_client_config(), "partitioner": "murmur2_random"}
-        )
+        stream = mixed(good, poison, seed=5)
         started = time.monotonic()
-        for item in stream:
-            if isinstance(item, Poison):
-                producer.produce(topic_of[item.stream], key=item.key, value=item.value)
-            else:
-                topic = topic_of[item.stream]
-                producer.produce(
-                    topic, key=item.key.encode(), value=codecs.encode(topic, item.record)
-                )
-            producer.poll(0)
-        assert producer.flush(60) == 0
+        produce(deployed, codecs, stream)
         yield Thrown(deployed, worker, poison, good, started)
     finally:
         worker.stop()
 
 
-def dead_letters(thrown: Thrown) -> list[Letter]:
+def dead_letters(deployed: Deployment) -> list[Letter]:
     """Every record of the three dead-letter topics, read with one consumer (quick for
     thousands of records)."""
-    names, settings = thrown.deployment.names, thrown.deployment.settings
+    names, settings = deployed.names, deployed.settings
     topic_of = deployed_topics(names)
     topics = [names.dead_letters(topic_of[stream]) for stream in STREAMS]
     consumer = Consumer(
@@ -282,6 +296,28 @@ def dead_letters(thrown: Thrown) -> list[Letter]:
         consumer.close()
 
 
+Tally = Counter[tuple[str, bytes | None, bytes | None, str]]
+
+
+def sent(deployed: Deployment, poison: list[Poison]) -> Tally:
+    """(source topic, key, value, reason) of every bad message sent."""
+    topic_of = deployed_topics(deployed.names)
+    return Counter((topic_of[bad.stream], bad.key, bad.value, bad.reason) for bad in poison)
+
+
+def tally(letters: list[Letter]) -> Tally:
+    """(source topic, key, value, reason) of every dead letter; each one tried once (the
+    same bytes never decode)."""
+    received: Tally = Counter()
+    for letter in letters:
+        headers = letter.headers
+        assert headers[ATTEMPTS] == b"1"
+        assert int(headers[SOURCE_OFFSET]) >= 0
+        source = headers[SOURCE_TOPIC].decode()
+        received[(source, letter.key, letter.value, headers[ERROR_CLASS].decode())] += 1
+    return received
+
+
 def record_count(thrown: Thrown, topic: str) -> int:
     """Committed records (transaction markers take offsets too)."""
     return len(read_topic(thrown.deployment.settings, topic))
@@ -322,26 +358,11 @@ def test_every_poison_message_is_dead_lettered_unchanged_with_its_reason(
     def every_letter_readable() -> list[Letter] | None:
         # Under exactly_once a dead letter is counted once it joins the open transaction,
         # and a read_committed reader sees it only once that transaction has committed.
-        letters = dead_letters(thrown)
+        letters = dead_letters(thrown.deployment)
         return letters if len(letters) >= len(thrown.poison) else None
 
     letters = wait_for("every dead letter readable", every_letter_readable, timeout=60)
-    topic_of = deployed_topics(thrown.deployment.names)
-    sent = Counter((topic_of[bad.stream], bad.key, bad.value, bad.reason) for bad in thrown.poison)
-    received: Counter[tuple[str, bytes | None, bytes | None, str]] = Counter()
-    for letter in letters:
-        headers = letter.headers
-        assert headers[ATTEMPTS] == b"1"  # never retried: the same bytes never decode
-        assert int(headers[SOURCE_OFFSET]) >= 0
-        received[
-            (
-                headers[SOURCE_TOPIC].decode(),
-                letter.key,
-                letter.value,
-                headers[ERROR_CLASS].decode(),
-            )
-        ] += 1
-    assert received == sent
+    assert tally(letters) == sent(thrown.deployment, thrown.poison)
 
 
 def test_every_good_message_is_processed_and_the_worker_stays_up(thrown: Thrown) -> None:
@@ -363,3 +384,54 @@ def test_every_good_message_is_processed_and_the_worker_stays_up(thrown: Thrown)
         f"{len(thrown.good)} good messages handled "
         f"{time.monotonic() - thrown.seconds:.1f} s after the first was sent"
     )
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_a_worker_killed_among_poison_ends_with_the_clean_stream_s_tables_and_every_letter(
+    stack: StackInfo, tmp_path: Path, guarantee: str
+) -> None:
+    """Half the mixed stream, a SIGKILL once the worker is into it, the other half, and a
+    restart on the same state dir: the views equal those of the good stream alone, the
+    derived topics miss nothing (and repeat nothing under exactly_once), and the dead-letter
+    topics hold every bad message: once under exactly_once, at least once otherwise (a
+    batch settled but not committed when the worker died is dead-lettered again)."""
+    name = f"it-poison-kill-{uuid.uuid4().hex[:8]}"
+    deployed = deployment(stack, name, tmp_path, guarantee)
+    codecs = Codecs.from_settings(deployed.settings)
+    codecs.prepare()
+    poison = generate_poison(codecs, deployed_topics(deployed.names), KILLED_BAD_MESSAGES)
+    good = list(generate(LoadConfig(users=30, orders=300, skus=12, restock_every=8, seed=29)))
+    stream = mixed(good, poison, seed=11)
+    half = len(stream) // 2
+    victim = deployed.worker("victim").start()
+    try:
+        victim.wait_healthy()
+        produce(deployed, codecs, stream[:half])
+        order_topic = deployed.names.order_created
+        wait_for(
+            "the victim to be into the stream",
+            lambda: victim.metric("pipeline_events_processed_total", topic=order_topic) >= 50,
+        )
+        victim.kill()
+        produce(deployed, codecs, stream[half:])
+        survivor = deployed.worker("survivor", data_dir=victim.data_dir).start()
+        try:
+            survivor.wait_healthy()
+            wait_for("the survivor's views", lambda: views_match(survivor, good))
+            expected_letters = sent(deployed, poison)
+
+            def every_letter() -> Tally | None:
+                received = tally(dead_letters(deployed))
+                return received if set(received) >= set(expected_letters) else None
+
+            received = wait_for("every bad message dead-lettered", every_letter, timeout=120)
+            assert set(received) == set(expected_letters)
+            if guarantee == "exactly_once":
+                assert received == expected_letters
+            repeated = sum((received - expected_letters).values())
+            print(f"\n{guarantee}: {len(poison)} bad, {repeated} dead-lettered again")
+            assert_derived_exact(deployed.settings, good, guarantee, f"{guarantee}, killed")
+        finally:
+            survivor.stop()
+    finally:
+        victim.kill()
