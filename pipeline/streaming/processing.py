@@ -31,9 +31,10 @@ alone: the batch leaves its row as it was and settles its dead letter with its o
 records (``Prepared.failed``). An event whose writer schema is being fetched is deferred
 to a later batch with the rest of its partition, so only that partition waits
 (``Prepared.deferred``). What belongs to no single event (the registry away, a delivery
-that failed) has the batch handled again one event at a time, so only the event at
-fault is retried: with a growing pause, and after the last attempt it is dead-lettered
-and the agent moves on, so one bad message never blocks its partition.
+that failed) has the batch tried once more whole after a pause, then, failing again, one
+event at a time, so only the event at fault is retried: with a growing pause, and after
+the last attempt it is dead-lettered and the agent moves on, so one bad message never
+blocks its partition.
 
 How a prepared batch is settled (its outputs made durable, its events
 acknowledged) is the processing guarantee's: a ``Settlement``. Under
@@ -417,22 +418,17 @@ class EventRunner:
             raise
         except Exception as error:
             if in_flight is not None:
-                await self._finish(arrivals, in_flight, handler)
-            log.warning("batch of %d failed (%r): handling it event by event", len(batch), error)
-            await self._one_by_one(arrivals, batch, handler)
+                undelivered = await in_flight.settled
+                if undelivered is not None:
+                    batch = [*in_flight.events, *batch]
+            await self._again(arrivals, batch, handler, error)
             return None
         if in_flight is not None:
             undelivered = await in_flight.settled
             if undelivered is not None:
                 # The new batch was prepared on rows that will not be written.
                 prepared.abandon()
-                log.warning(
-                    "batch of %d not delivered (%r): handling it and the next event by event",
-                    len(in_flight.events),
-                    undelivered,
-                )
-                await self._one_by_one(arrivals, in_flight.events, handler)
-                await self._one_by_one(arrivals, batch, handler)
+                await self._again(arrivals, [*in_flight.events, *batch], handler, undelivered)
                 return None
         # Settles in a task of its own: while the agent waits for its next event, a
         # rebalance waits for every event handed out to be acknowledged, and this batch's
@@ -440,6 +436,41 @@ class EventRunner:
         settling = prepared.settling(batch)
         settled = asyncio.ensure_future(self._settle(arrivals, settling, prepared))
         return InFlight(list(settling), prepared, settled)
+
+    async def _again(
+        self, arrivals: Arrivals, events: list[Event], handler: BatchHandler, error: Exception
+    ) -> None:
+        """``events`` (in order), whose batch failed as a whole with ``error``: the registry
+        away, a delivery or a commit that failed. Tried once more as one batch after the
+        first pause, so a fault that passed costs one more round trip, not one per event.
+        Failing again, or for a permanent ``error`` (an event at fault that slipped
+        through), they are handled one at a time, as are the events the batch deferred:
+        only the event at fault is retried, with its attempts counted, and dead-lettered."""
+        if is_permanent(error) or not self.backoff:
+            log.warning("batch of %d failed (%r): handling it event by event", len(events), error)
+            await self._one_by_one(arrivals, events, handler)
+            return
+        pause = self.backoff[0]
+        log.warning("batch of %d failed (%r): again in %.1f s", len(events), error, pause)
+        for topic in {event.message.topic for event in events}:
+            self.metrics.retries.labels(topic).inc()
+        await asyncio.sleep(pause)
+        failure: Exception | None
+        try:
+            prepared = await handler(events, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as again:
+            failure = again
+        else:
+            failure = await self._settle(arrivals, prepared.settling(events), prepared)
+            if failure is None:
+                await self._one_by_one(arrivals, prepared.deferred, handler)
+                return
+        log.warning(
+            "batch of %d failed again (%r): handling it event by event", len(events), failure
+        )
+        await self._one_by_one(arrivals, events, handler)
 
     async def _settle(
         self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared

@@ -255,26 +255,40 @@ def test_a_failed_batch_is_handled_event_by_event_and_only_the_bad_one_dead_lett
     assert [(offset, attempts) for offset, _, attempts in dead_letters.sent] == [(11, 1)]
 
 
-def test_an_undelivered_batch_in_flight_is_redone_with_the_batch_prepared_on_top_of_it() -> None:
+def test_an_undelivered_batch_in_flight_is_redone_whole_with_the_batch_prepared_on_top_of_it() -> (
+    None
+):
     log: list[str] = []
     dead_letters = consume([[1, 2, 3, 4]], Handler(log, undelivered=[1]), max_batch=2)
     assert log == [
         "prepare [1, 2]",
         "prepare [3, 4]",  # prepared on [1, 2]'s rows, which are never written
-        "prepare [1]",
-        "complete [1]",
+        "prepare [1, 2, 3, 4]",  # both again, in order, as one batch: one round trip
+        "complete [1, 2, 3, 4]",
         "ack 1",
-        "prepare [2]",
-        "complete [2]",
         "ack 2",
-        "prepare [3]",
-        "complete [3]",
         "ack 3",
-        "prepare [4]",
-        "complete [4]",
         "ack 4",
     ]
     assert dead_letters.sent == []
+
+
+def test_a_batch_that_fails_as_a_whole_is_tried_whole_once_more_before_event_by_event() -> None:
+    log: list[str] = []
+    once: list[BaseException | None] = [RegistryUnavailable("down a moment")]
+    assert consume([[5, 6, 7]], Handler(log, fail_on=once)).sent == []
+    assert log == ["prepare [5, 6, 7]"] * 2 + ["complete [5, 6, 7]", "ack 5", "ack 6", "ack 7"]
+    log.clear()
+    twice: list[BaseException | None] = [RuntimeError("broker away")] * 2
+    assert consume([[5, 6]], Handler(log, fail_on=twice)).sent == []
+    assert log == ["prepare [5, 6]"] * 2 + [
+        "prepare [5]",
+        "complete [5]",
+        "ack 5",
+        "prepare [6]",
+        "complete [6]",
+        "ack 6",
+    ]
 
 
 def test_transient_failures_are_retried_until_they_succeed() -> None:
@@ -293,10 +307,10 @@ def test_a_persistent_failure_is_dead_lettered_after_bounded_attempts() -> None:
     log: list[str] = []
     failures: list[BaseException | None] = [RuntimeError(f"boom {n}") for n in range(10)]
     dead_letters = consume([[42]], Handler(log, fail_on=failures))
-    # The batch, then 4 attempts of the event alone.
-    assert log.count("prepare [42]") == 5
+    # The batch, once more whole, then 4 attempts of the event alone.
+    assert log.count("prepare [42]") == 6
     ((offset, error, attempts),) = dead_letters.sent
-    assert (offset, str(error), attempts) == (42, "boom 4", 4)
+    assert (offset, str(error), attempts) == (42, "boom 5", 4)
     assert log[-1] == "ack 42"
 
 
