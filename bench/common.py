@@ -331,23 +331,38 @@ def produce_all(producer: Producer, topic: str, messages: Iterable[tuple[bytes, 
     return count
 
 
+# After the index, key and value of an order: a bad message to produce next, or None.
+BadAfter = Callable[[int, bytes, bytes], tuple[bytes, bytes] | None]
+
+
 def preload_orders(
-    deployment: Deployment, codecs: Codecs, count: int, users: int, skus: int
+    deployment: Deployment,
+    codecs: Codecs,
+    count: int,
+    users: int,
+    skus: int,
+    bad_after: BadAfter | None = None,
 ) -> Preloaded:
-    """Produce ``count`` Avro orders to the deployment's order_created topic (murmur2)."""
+    """Produce ``count`` Avro orders to the deployment's order_created topic (murmur2),
+    each followed by the bad message ``bad_after`` gives for it, if any."""
     topic = deployment.names.order_created
     codec = codecs[topic]
-    lines = 0
+    lines = bad = 0
 
     def messages() -> Iterable[tuple[bytes, bytes]]:
-        nonlocal lines
-        for key, record in order_stream(count, users, skus):
+        nonlocal lines, bad
+        for index, (key, record) in enumerate(order_stream(count, users, skus)):
             lines += len(record["items"])
-            yield key.encode(), codec.encode(record)
+            message = key.encode(), codec.encode(record)
+            yield message
+            poison = bad_after(index, *message) if bad_after is not None else None
+            if poison is not None:
+                bad += 1
+                yield poison
 
     started = time.monotonic()
     produce_all(bulk_producer(deployment.settings), topic, messages())
-    return Preloaded(count, lines, users, skus, time.monotonic() - started)
+    return Preloaded(count, lines, users, skus, time.monotonic() - started, bad)
 
 
 def copy_topic(settings: Settings, source: str, target: str) -> int:

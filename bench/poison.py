@@ -14,22 +14,18 @@ every bad message, key and value byte for byte, once.
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import (
-    Preloaded,
     Row,
-    bulk_producer,
     cores,
     make_deployment,
     median,
-    order_stream,
+    preload_orders,
     prepare,
-    produce_all,
     run_id,
     spread,
 )
@@ -74,26 +70,17 @@ class PoisonedInput:
 
 def preload(root: Path, orders: int, users: int, skus: int, every: int) -> PoisonedInput:
     deployment = make_deployment(f"bench-{run_id()}", root / f"input-{every}")
-    codec = prepare(deployment)[deployment.names.order_created]
     rng = random.Random(every)
     bad: list[tuple[bytes, bytes]] = []
-    lines = 0
 
-    def messages() -> Iterable[tuple[bytes, bytes]]:
-        nonlocal lines
-        for index, (key, record) in enumerate(order_stream(orders, users, skus)):
-            lines += len(record["items"])
-            good = codec.encode(record)
-            yield key.encode(), good
-            if every and (index + 1) % every == 0:
-                kind = KINDS[len(bad) % len(KINDS)]
-                message = key.encode(), bad_value(kind, len(bad), good, rng)
-                bad.append(message)
-                yield message
+    def bad_after(index: int, key: bytes, good: bytes) -> tuple[bytes, bytes] | None:
+        if not every or (index + 1) % every:
+            return None
+        kind = KINDS[len(bad) % len(KINDS)]
+        bad.append((key, bad_value(kind, len(bad), good, rng)))
+        return bad[-1]
 
-    started = time.monotonic()
-    produce_all(bulk_producer(deployment.settings), deployment.names.order_created, messages())
-    loaded = Preloaded(orders, lines, users, skus, time.monotonic() - started, bad=len(bad))
+    loaded = preload_orders(deployment, prepare(deployment), orders, users, skus, bad_after)
     return PoisonedInput(every, Input(deployment, loaded), bad)
 
 

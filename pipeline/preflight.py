@@ -54,25 +54,9 @@ def _connected(endpoint: Endpoint, timeout: float) -> Iterator[socket.socket]:
         sock.close()
 
 
-def _speaks_tls(endpoint: Endpoint, timeout: float) -> bool:
-    """True if the server completes a TLS handshake (its certificate unchecked)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        with (
-            _connected(endpoint, timeout) as sock,
-            context.wrap_socket(sock, server_hostname=endpoint.host),
-        ):
-            return True
-    except (OSError, ssl.SSLError):
-        return False
-
-
-def _certificate_names(endpoint: Endpoint, timeout: float) -> str:
-    """The DNS names and IPs the server's certificate carries, for the error message."""
-    from cryptography import x509
-
+def _unverified_certificate(endpoint: Endpoint, timeout: float) -> bytes | None:
+    """The server's certificate (DER; b"" if it sent none) from a TLS handshake that checks
+    nothing; None if the server does not complete one."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -81,10 +65,22 @@ def _certificate_names(endpoint: Endpoint, timeout: float) -> str:
             _connected(endpoint, timeout) as sock,
             context.wrap_socket(sock, server_hostname=endpoint.host) as tls,
         ):
-            der = tls.getpeercert(binary_form=True)
+            return tls.getpeercert(binary_form=True) or b""
     except (OSError, ssl.SSLError):
-        return "other names"
-    if der is None:
+        return None
+
+
+def _speaks_tls(endpoint: Endpoint, timeout: float) -> bool:
+    """True if the server completes a TLS handshake (its certificate unchecked)."""
+    return _unverified_certificate(endpoint, timeout) is not None
+
+
+def _certificate_names(endpoint: Endpoint, timeout: float) -> str:
+    """The DNS names and IPs the server's certificate carries, for the error message."""
+    from cryptography import x509
+
+    der = _unverified_certificate(endpoint, timeout)
+    if not der:
         return "other names"
     try:
         sans = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(

@@ -228,7 +228,8 @@ class WriterSchemas:
         up, are forgotten first (each has the same memory time): a stream of ever new
         unknown ids holds no more than ``memory_s`` of them."""
         now = self.clock()
-        for oldest, (until, _) in list(self._unknown.items()):
+        while self._unknown:
+            oldest, (until, _) = next(iter(self._unknown.items()))
             if until > now:
                 break
             del self._unknown[oldest]

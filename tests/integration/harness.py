@@ -7,6 +7,9 @@ and topic prefix, so tests never see each other's topics, consumer groups or tab
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,3 +103,21 @@ def points_match(worker: WorkerProcess, events: list[ShopEvent]) -> bool:
         if status != 200 or body["points"] != points:
             return False
     return True
+
+
+PIPELINE = str(Path(sys.executable).with_name("pipeline"))
+
+
+def run_pipeline(
+    env: dict[str, str], *args: str, timeout: float = 180.0
+) -> subprocess.CompletedProcess[str]:
+    """A `pipeline` command with exactly these PIPELINE_* settings (no env file is read)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    return subprocess.run(
+        [PIPELINE, *args],
+        env={**clean, **env, "PIPELINE_ENV_FILE": os.devnull},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

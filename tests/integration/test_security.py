@@ -8,8 +8,6 @@ from __future__ import annotations
 import base64
 import os
 import stat
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -29,11 +27,9 @@ from pipeline.dev.workers import Deployment, wait_for
 from pipeline.serde.codec import Codecs
 from pipeline.serde.errors import RegistryUnavailable
 from pipeline.settings import Settings, read_env_file
+from tests.integration.harness import run_pipeline
 
 pytestmark = pytest.mark.integration
-
-
-PIPELINE = str(Path(sys.executable).with_name("pipeline"))
 
 
 @pytest.fixture(scope="module")
@@ -66,19 +62,6 @@ def registry_status(registry_url: str, basic_auth: str | None) -> int:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return error.code
-
-
-def run_pipeline(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """A `pipeline` command with exactly these PIPELINE_* settings (no env file is read)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    return subprocess.run(
-        [PIPELINE, *args],
-        env={**clean, **env, "PIPELINE_ENV_FILE": os.devnull},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def metadata_errors(env: dict[str, str]) -> tuple[int, list[KafkaError]]:
@@ -169,7 +152,7 @@ def test_schemas_commands_without_the_right_login_exit_1_saying_why(
         "PIPELINE_TOPIC_PREFIX": unique,
     }
     for command in ("check", "register"):
-        result = run_pipeline(env, "schemas", command)
+        result = run_pipeline(env, "schemas", command, timeout=120)
         assert result.returncode == 1, result
         assert "Traceback" not in result.stderr + result.stdout
         assert secured_env["PIPELINE_SCHEMA_REGISTRY_URL"] in result.stderr
@@ -191,7 +174,7 @@ def test_a_worker_processes_orders_through_both_logins_without_showing_the_secre
         # Registered by the command below, as before a deploy: the worker only looks them up.
         extra_env={"PIPELINE_AUTO_REGISTER_SCHEMAS": "false"},
     )
-    registered = run_pipeline(shop.env, "schemas", "register")
+    registered = run_pipeline(shop.env, "schemas", "register", timeout=120)
     assert registered.returncode == 0, registered.stderr
     assert "registered version 1" in registered.stdout
     assert registry_secret not in registered.stdout + registered.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -25,11 +24,10 @@ from pipeline.dev.stack.launcher import Stack
 from pipeline.dev.workers import POINTS_APP, Deployment, WorkerProcess, wait_for
 from pipeline.settings import read_env_file
 from tests.integration.exactly_once import assert_derived_exact
-from tests.integration.harness import points_match, view_mismatches, views_match
+from tests.integration.harness import points_match, run_pipeline, view_mismatches, views_match
 
 pytestmark = pytest.mark.integration
 
-PIPELINE = str(Path(sys.executable).with_name("pipeline"))
 # Orders from `pipeline loadgen` with these options, and the same events generated here.
 LOAD = LoadConfig(users=6, orders=80, skus=5, restock_every=10, seed=11)
 LOAD_OPTIONS = tuple(
@@ -66,19 +64,6 @@ def other_ca(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("other-ca") / "ca.pem"
     trustme.CA().cert_pem.write_to_path(str(path))
     return str(path)
-
-
-def run_pipeline(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """A `pipeline` command with exactly these PIPELINE_* settings (no env file is read)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    return subprocess.run(
-        [PIPELINE, *args],
-        env={**clean, **env, "PIPELINE_ENV_FILE": os.devnull},
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
 
 
 def succeeded(result: subprocess.CompletedProcess[str]) -> str:
