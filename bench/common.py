@@ -26,9 +26,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline.admin.topics import ensure_topics
 from pipeline.dev.loadgen import order, user_id
 from pipeline.dev.workers import Deployment, WorkerProcess
+from pipeline.kafka.topics import ensure_topics
 from pipeline.serde.codec import Codecs
 from pipeline.services import shop
 from pipeline.settings import Settings, read_env_file, stack_env_file

@@ -44,8 +44,8 @@ from bench.common import (
     wait_stable_group,
 )
 from bench.probe import Percentiles, Probe, latencies, offer, round_trip
-from pipeline.admin.topics import ensure_topics
 from pipeline.dev.workers import Deployment
+from pipeline.kafka.topics import ensure_topics
 from pipeline.settings import Settings
 from pipeline.streaming.producer import producer_config
 from pipeline.topics import TopicSpec

@@ -37,8 +37,8 @@ from pipeline.agents.orders import USER_STATS
 from pipeline.agents.stock import STOCK
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
 from pipeline.domain.rules import StockRow, UserOrderStats
+from pipeline.engine.web import partition_for
 from pipeline.streaming.positions import Position, Tracked, TrackedCodec, source_id
-from pipeline.web.views import partition_for
 
 STOCK_RATIO = 10  # one SKU row per this many user rows
 USER_STATS_ROWS = TrackedCodec(USER_STATS.encode, USER_STATS.decode)

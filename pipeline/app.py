@@ -16,6 +16,6 @@ from __future__ import annotations
 
 from pipeline.services import shop
 from pipeline.settings import Settings
-from pipeline.streaming.app import create_app
+from pipeline.worker import create_app
 
 app = create_app(shop(Settings.from_env()))

@@ -12,6 +12,6 @@ from __future__ import annotations
 
 from pipeline.services import loyalty_points, points_settings
 from pipeline.settings import Settings
-from pipeline.streaming.app import create_app
+from pipeline.worker import create_app
 
 app = create_app(loyalty_points(points_settings(Settings.from_env())))

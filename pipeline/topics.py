@@ -2,7 +2,7 @@
 
 A table writes its changelog to the partition of the event being processed, so
 every topic that feeds a table must have exactly as many partitions as the
-table's changelog (pipeline.admin.topics creates them and checks that).
+table's changelog (pipeline.kafka.topics creates them and checks that).
 """
 
 from __future__ import annotations

@@ -1,3 +1,3 @@
-"""Kafka administration: topic creation, offsets, lag, and the ``pipeline topics`` / ``pipeline
-dlq`` CLIs.
+"""The ``pipeline topics`` and ``pipeline dlq`` CLIs (the Kafka helpers they use are in
+pipeline.kafka).
 """

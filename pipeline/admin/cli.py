@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 from confluent_kafka import Consumer
 
-from pipeline.admin.clients import logging_to_python
-from pipeline.admin.offsets import record_count
-from pipeline.admin.topics import ensure_topics
+from pipeline.kafka.clients import logging_to_python
+from pipeline.kafka.offsets import record_count
+from pipeline.kafka.topics import ensure_topics
 from pipeline.preflight import check
 from pipeline.services import every_service
 from pipeline.settings import Settings

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import click
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from pipeline.admin.clients import logging_to_python
+from pipeline.kafka.clients import logging_to_python
 from pipeline.preflight import check
 from pipeline.services import every_service
 from pipeline.settings import Settings

@@ -5,7 +5,7 @@ pipeline's own rules.
 
 A topic is read from its start to its current end, partition by partition, with
 ``read_committed``: nothing of an aborted or still open transaction is seen, as a
-downstream reader would see it. Record counts from offsets (pipeline.admin.offsets) are no
+downstream reader would see it. Record counts from offsets (pipeline.kafka.offsets) are no
 substitute under exactly_once: commit markers and aborted records take offsets too. Used by
 ``pipeline demo`` and the integration tests.
 """

@@ -25,12 +25,12 @@ import click
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
-from pipeline.admin.offsets import lag_by_partition, record_count
 from pipeline.dev import expected
 from pipeline.dev.audit import derived_tallies, failures, read_topic
 from pipeline.dev.loadgen import LoadConfig, ShopEvent, generate, send
 from pipeline.dev.stack.config import free_ports
 from pipeline.dev.workers import POINTS_APP, WorkerFailed, WorkerProcess
+from pipeline.kafka.offsets import lag_by_partition, record_count
 from pipeline.services import loyalty_points, points_settings, shop
 from pipeline.settings import PROCESSING_GUARANTEES, Settings
 from pipeline.streaming.topology import Topology

@@ -23,7 +23,7 @@ from confluent_kafka import Producer
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pipeline.admin.clients import LIBRDKAFKA_LOGGER, logging_to_python
+from pipeline.kafka.clients import LIBRDKAFKA_LOGGER, logging_to_python
 from pipeline.preflight import check
 from pipeline.serde.codec import Codecs
 from pipeline.settings import Settings

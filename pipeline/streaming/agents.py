@@ -23,11 +23,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from faust.types import Message, StoreT, TableT
-
 from pipeline.serde.errors import SchemaNotCached, UndecodableKey
 from pipeline.streaming.dead_letters import is_replay_for_another
 from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.ports import Event, Message, PartitionStore
 from pipeline.streaming.positions import (
     Origin,
     Position,
@@ -41,7 +40,6 @@ from pipeline.streaming.positions import (
     unframe_origin,
 )
 from pipeline.streaming.processing import (
-    Event,
     Prepared,
     RowBatch,
     RowCache,
@@ -194,13 +192,13 @@ class AgentHandler:
     def __init__(
         self,
         agent: Agent,
-        table: TableT[bytes, bytes] | None,
+        store: PartitionStore | None,
         serdes: Serdes,
         outputs: Outputs,
         metrics: Metrics,
     ) -> None:
         self.agent = agent
-        self.table = table
+        self.store = store
         self.codec = TrackedCodec(agent.table.encode, agent.table.decode) if agent.table else None
         capacity = serdes.topology.settings.row_cache_rows
         self.cache: RowCache[Tracked[Any]] | None = (
@@ -274,16 +272,16 @@ class AgentHandler:
             yield event, decoded
 
     async def __call__(self, events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
-        if self.table is None or self.codec is None:
+        if self.store is None or self.codec is None:
             return await self._stateless(events)
         rules = self.agent.rules
         rows = RowBatch(
-            self.table,
+            self.store,
             self.codec.decode,
             self.codec.encode,
             self.outputs.send,
             in_flight,
-            self.outputs.settlement.unsettled(cast(StoreT[bytes, bytes], self.table.data)),
+            self.outputs.settlement.unsettled(self.store),
             self.cache,
         )
         derived: list[Outgoing] = []

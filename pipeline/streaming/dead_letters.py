@@ -16,12 +16,10 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from faust.types import EventT, Message
 
 from pipeline.serde.codec import schema_id_of as framed_schema_id
 from pipeline.serde.errors import NotConfluentFraming, PipelineCodecError
+from pipeline.streaming.ports import Event, Message
 from pipeline.streaming.producer import BatchProducer, Delivered, ProducerRecord
 from pipeline.topics import TopicNames
 
@@ -126,18 +124,18 @@ class DeadLetters:
         await self.producer.send_and_wait(record)
         self.report(message, error, attempts)
 
-    def records(self, failed: Sequence[tuple[EventT[Any], BaseException]]) -> list[ProducerRecord]:
+    def records(self, failed: Sequence[tuple[Event, BaseException]]) -> list[ProducerRecord]:
         """The dead letters of a batch's ``failed`` events, each failed at its first attempt."""
         return [self.record(event.message, error, 1) for event, error in failed]
 
     async def send_all(
-        self, failed: Sequence[tuple[EventT[Any], BaseException]]
+        self, failed: Sequence[tuple[Event, BaseException]]
     ) -> asyncio.Future[Delivered]:
         """Hand the ``records`` of ``failed`` to the producer at once; the future resolves
         once all are stored."""
         return await self.producer.send(self.records(failed))
 
-    def report_all(self, failed: Sequence[tuple[EventT[Any], BaseException]]) -> None:
+    def report_all(self, failed: Sequence[tuple[Event, BaseException]]) -> None:
         for event, error in failed:
             self.report(event.message, error, 1)
 

@@ -16,8 +16,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pipeline.streaming.lag import Lags
-
 # Up to pipeline.settings ``max_batch_events``.
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -26,8 +24,18 @@ GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 REBALANCE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120, 300)
 
 
+@dataclass(frozen=True)
+class Lags:
+    """How far behind a worker is (pipeline.engine.lag reads them)."""
+
+    # Records written that the consumer has not fetched, by source (topic, partition).
+    consumer: dict[tuple[str, int], int]
+    # Changelog records a standby has not applied, by (table, partition).
+    standby: dict[tuple[str, int], int]
+
+
 class LagCollector(Collector):
-    """The lags (pipeline.streaming.lag) as gauges, read at every scrape: a partition no
+    """The lags (pipeline.engine.lag) as gauges, read at every scrape: a partition no
     longer held disappears from them instead of keeping its last value."""
 
     def __init__(self) -> None:
@@ -55,8 +63,8 @@ class LagCollector(Collector):
         consumer, standby = self._families()
         if self.read is not None:
             lags = self.read()
-            for tp, lag in sorted(lags.consumer.items()):
-                consumer.add_metric([tp.topic, str(tp.partition)], lag)
+            for (topic, partition), lag in sorted(lags.consumer.items()):
+                consumer.add_metric([topic, str(partition)], lag)
             for (table, partition), lag in sorted(lags.standby.items()):
                 standby.add_metric([table, str(partition)], lag)
         yield consumer
@@ -115,7 +123,7 @@ class Metrics:
         self.changelog_records_restored = Counter(
             "pipeline_changelog_records_restored",
             "Changelog records bulk-loaded into a RocksDB table before consuming "
-            "(pipeline.streaming.restore).",
+            "(pipeline.engine.restore).",
             ["table"],
             registry=self.registry,
         )

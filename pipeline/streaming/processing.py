@@ -49,7 +49,7 @@ Faust's own ``take_events`` is not used: in a SIGKILL crash test a worker batchi
 with it never processed one stock_adjusted message (compare robinhood/faust issue
 656 on ``take()``); here the agent takes what waits in its stream's queue itself, as the
 stream's own iterator would, and acknowledges each event once its batch settled
-(pipeline.streaming.faust_internals.ArrivedEvents).
+(pipeline.engine.fast_path.ArrivedEvents).
 """
 
 from __future__ import annotations
@@ -61,19 +61,15 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from faust.types import TP, EventT, Message, StoreT, TableT
-
 from pipeline.domain.encoding import EncodingError
 from pipeline.serde.errors import PipelineCodecError, RegistryUnavailable
 from pipeline.streaming.dead_letters import DeadLetters, error_class_of
-from pipeline.streaming.faust_internals import partition_reader, write_partition
 from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.ports import Arrivals, Event, Message, PartitionStore
 from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing
 from pipeline.streaming.topology import UndeclaredTopic
 
 log = logging.getLogger(__name__)
-
-Event = EventT[Any]
 
 Row = TypeVar("Row")
 
@@ -134,7 +130,7 @@ class RowBatch(Generic[Row]):
 
     def __init__(
         self,
-        table: TableT[bytes, bytes],
+        store: PartitionStore,
         decode: Callable[[bytes], Row],
         encode: Callable[[Row], bytes],
         send: Sender,
@@ -142,9 +138,9 @@ class RowBatch(Generic[Row]):
         unsettled: Mapping[bytes, Row] | None = None,
         cache: RowCache[Row] | None = None,
     ) -> None:
-        self.store = cast(StoreT[bytes, bytes], table.data)
-        self.read = partition_reader(self.store)
-        self.changelog_topic = table.changelog_topic.get_topic_name()
+        self.store = store
+        self.read = store.read
+        self.changelog_topic = store.changelog_topic
         self.decode = decode
         self.encode = encode
         self.pending: dict[bytes, tuple[Row, Event]] = {}
@@ -204,9 +200,9 @@ class RowBatch(Generic[Row]):
                 (record.key, record.value)
             )
         for partition, rows in by_partition.items():
-            write_partition(self.store, partition, rows)
-        for (topic, partition), offset in delivered.items():
-            self.store.set_persisted_offset(TP(topic, partition), offset)
+            self.store.write(partition, rows)
+        for (_, partition), offset in delivered.items():
+            self.store.set_changelog_offset(partition, offset)
         if self.cache is not None:
             self.cache.put((key, row) for key, (row, _) in self.pending.items())
 
@@ -276,20 +272,6 @@ def by_topic(events: Sequence[Event]) -> tuple[dict[str, int], dict[str, float]]
     return counts, oldest
 
 
-class Arrivals(Protocol):
-    """Where an agent's events come from (pipeline.streaming.faust_internals.ArrivedEvents:
-    Faust's, in bulk)."""
-
-    async def take(self, limit: int) -> list[Event]:
-        """The events that arrived, at least one (waited for), at most ``limit``; none
-        once the agent stops."""
-        ...
-
-    def ack(self, event: Event) -> None:
-        """``event`` was processed: its offset may be committed."""
-        ...
-
-
 class Settlement(Protocol):
     """What the processing guarantee decides: when a batch's outputs are sent, and how
     a prepared batch (or a dead letter) becomes durable and its events acknowledged."""
@@ -298,7 +280,7 @@ class Settlement(Protocol):
         """What a batch hands over while it is prepared (its derived events)."""
         ...
 
-    def unsettled(self, store: StoreT[bytes, bytes]) -> Mapping[bytes, Any] | None:
+    def unsettled(self, store: PartitionStore) -> Mapping[bytes, Any] | None:
         """Rows of settled batches not yet in ``store`` (by key), for the batches read
         after them."""
         ...
@@ -326,7 +308,7 @@ class AtLeastOnce:
     async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
         return await self.producer.send(messages)
 
-    def unsettled(self, store: StoreT[bytes, bytes]) -> Mapping[bytes, Any] | None:
+    def unsettled(self, store: PartitionStore) -> Mapping[bytes, Any] | None:
         return None
 
     async def settle(self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared) -> None:

@@ -19,7 +19,7 @@ Streams' ``exactly_once_v2`` does (KIP-447):
 - **Rows reach the store only after their transaction committed.** Until then the batches
   read after them find them in the settlement's ``unsettled`` rows; the events are
   acknowledged to Faust (which commits nothing itself in this mode,
-  pipeline.streaming.faust_internals) only after the commit too, so a rebalance, which
+  pipeline.engine) only after the commit too, so a rebalance, which
   waits for every event handed out to be acknowledged, waits for the commit.
 - **Fencing.** The offsets carry the group generation, member id and group instance id
   the worker's aiokafka consumer holds (``group_metadata``): a worker whose membership
@@ -69,13 +69,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
-from faust.types import StoreT
 
 from pipeline.settings import Settings
 from pipeline.streaming.dead_letters import DeadLetters
-from pipeline.streaming.faust_internals import GroupMember
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.processing import Arrivals, Event, Prepared, RowBatch
+from pipeline.streaming.ports import Arrivals, Event, GroupMember, PartitionStore
+from pipeline.streaming.processing import Prepared, RowBatch
 from pipeline.streaming.producer import (
     BatchProducer,
     Delivered,
@@ -367,7 +366,7 @@ class ExactlyOnce:
         done.set_result({})
         return done
 
-    def unsettled(self, store: StoreT[bytes, bytes]) -> Mapping[bytes, Any] | None:
+    def unsettled(self, store: PartitionStore) -> Mapping[bytes, Any] | None:
         return self._unsettled.setdefault(id(store), {})
 
     async def settle(self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared) -> None:

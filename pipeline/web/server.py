@@ -5,22 +5,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
-from faust.types import AppT, TableT
 
-from pipeline.admin.offsets import EndOffsets
+from pipeline.kafka.offsets import EndOffsets
 from pipeline.serde.codec import Codecs
-from pipeline.streaming.faust_internals import aiohttp_app
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.positions import TrackedCodec
 from pipeline.streaming.producer import BatchProducer
 from pipeline.streaming.topology import IngestRoute, Topology, View
 from pipeline.web.http import Handler, json_errors
 from pipeline.web.ingest import Ingest
-from pipeline.web.views import TableQuery
+from pipeline.web.views import ServedTable, TableQuery
+
+
+class Worker(Protocol):
+    """The worker whose HTTP side this is (pipeline.engine.web serves a Faust worker so)."""
+
+    @property
+    def web_app(self) -> web.Application:
+        """The application of the worker's web server, where the routes are added."""
+        ...
+
+    def assigned_partitions(self) -> int: ...
+
+    def status(self) -> str:
+        """``ok`` while consuming, else what it waits for."""
+        ...
+
+    def served_table(self, name: str) -> ServedTable: ...
 
 
 def view_handler(query: TableQuery, view: View[Any]) -> Handler:
@@ -43,9 +57,8 @@ def ingest_handler(ingest: Ingest, route: IngestRoute) -> Handler:
 
 
 def register(
-    app: AppT,
+    worker: Worker,
     topology: Topology,
-    tables: Mapping[str, TableT[bytes, bytes]],
     codecs: Codecs,
     metrics: Metrics,
     producer: BatchProducer,
@@ -60,31 +73,26 @@ def register(
         max_body_bytes=settings.web_max_body_bytes,
     )
 
-    def assigned_partitions() -> int:
-        return len(app.consumer.assignment())
-
     async def health(request: web.Request) -> web.Response:
-        # Consuming means: the group assigned partitions (the web server starts
-        # before the first assignment), no rebalance and no table recovery running.
-        assigned = app.router.tables_metadata() if tables else app.consumer.assignment()
-        if not assigned:
-            return web.json_response({"status": "waiting for assignment"}, status=503)
-        if app.rebalancing or app.in_recovery:
-            return web.json_response({"status": "rebalancing"}, status=503)
-        return web.json_response({"status": "ok", "assigned_partitions": assigned_partitions()})
+        status = worker.status()
+        if status != "ok":
+            return web.json_response({"status": status}, status=503)
+        return web.json_response(
+            {"status": "ok", "assigned_partitions": worker.assigned_partitions()}
+        )
 
     async def metrics_view(request: web.Request) -> web.Response:
-        metrics.assigned_partitions.set(assigned_partitions())
+        metrics.assigned_partitions.set(worker.assigned_partitions())
         body, content_type = metrics.exposition()
         response = web.Response(body=body)
         response.headers["Content-Type"] = content_type
         return response
 
-    web_app = aiohttp_app(app)
+    web_app = worker.web_app
     web_app.middlewares.append(json_errors)
     router = web_app.router
     for view in topology.views:
-        query = TableQuery(app, tables[view.table.name], settings.partitions, metrics, end_offsets)
+        query = TableQuery(worker.served_table(view.table.name), metrics, end_offsets)
         router.add_get(view.path, view_handler(query, view))
     router.add_get("/health", health)
     router.add_get("/metrics", metrics_view)

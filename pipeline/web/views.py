@@ -11,7 +11,7 @@ up in the assignor's changelog distribution, and the request is forwarded once
 A view never lies. The owner answers from its table, unless it is still recovering
 the partition. When the owner is away (killed, stopped, mid-rebalance, still
 recovering), the worker asked answers from its own copy of the partition: a standby
-replica, or the copy it still holds from an earlier assignment (pipeline.streaming.state),
+replica, or the copy it still holds from an earlier assignment (pipeline.engine.copies),
 saying how stale it is:
 
 - ``X-Pipeline-Answered-By``: the worker that answered;
@@ -29,15 +29,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
-from aiokafka.partitioner import DefaultPartitioner
-from faust.types import TP, AppT, TableT
 
-from pipeline.admin.offsets import EndOffsets
-from pipeline.streaming.faust_internals import copy_offset, read_partition
+from pipeline.kafka.offsets import EndOffsets
 from pipeline.streaming.metrics import Metrics
 from pipeline.web.http import error_response, key_problem
 
@@ -51,13 +48,41 @@ PASSED_ON = (ANSWERED_BY, COPY, COPY_LAG, "Retry-After")
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=3)
 RETRY_AFTER_SECONDS = "1"
 
-_partitioner = DefaultPartitioner()
 
+class ServedTable(Protocol):
+    """A table as its views need it: where each key's partition is served, and this
+    worker's copies (pipeline.engine.web serves a Faust table so)."""
 
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition aiokafka's producer (and any murmur2 producer) places ``key`` on."""
-    every = list(range(partitions))
-    return int(_partitioner(key, every, every))
+    @property
+    def name(self) -> str: ...
+    @property
+    def changelog_topic(self) -> str: ...
+    @property
+    def own_url(self) -> str: ...
+    @property
+    def http_client(self) -> aiohttp.ClientSession: ...
+
+    def partition_for(self, key: bytes) -> int:
+        """The partition the producers place ``key`` on."""
+        ...
+
+    def owner_url(self, partition: int) -> str | None:
+        """The URL of the worker that owns ``partition``; None while nobody does."""
+        ...
+
+    def settled(self) -> bool:
+        """This worker's active partitions are caught up: no rebalance, no recovery."""
+        ...
+
+    def read(self, partition: int, key: bytes) -> bytes | None:
+        """``key``'s value in this worker's copy of ``partition`` (active, standby or
+        one it no longer holds); None without one."""
+        ...
+
+    def copy_offset(self, partition: int) -> int | None:
+        """The offset of the last changelog record this worker's copy holds; None
+        without a copy or a record."""
+        ...
 
 
 def copy_lag(end: int | None, persisted: int | None) -> int | None:
@@ -73,26 +98,13 @@ class TableQuery:
     """Answers GET requests for one table: through the key's owner, or from this worker's
     copy when the owner is away."""
 
-    app: AppT
-    table: TableT[bytes, bytes]
-    partitions: int
+    table: ServedTable
     metrics: Metrics
     end_offsets: EndOffsets
 
     @property
     def own_url(self) -> str:
-        return str(self.app.conf.canonical_url).rstrip("/")
-
-    def owner_url(self, partition: int) -> str | None:
-        changelog = self.table.changelog_topic.get_topic_name()
-        for url, topics in self.app.router.table_metadata(self.table.name).items():
-            if partition in topics.get(changelog, ()):
-                return str(url).rstrip("/")
-        return None
-
-    def settled(self) -> bool:
-        """This worker's active partitions are caught up: no rebalance, no recovery."""
-        return not (self.app.rebalancing or self.app.in_recovery)
+        return self.table.own_url
 
     async def answer(
         self, request: web.Request, key: str, render: Callable[[bytes], dict[str, Any]]
@@ -101,10 +113,10 @@ class TableQuery:
         if problem is not None:
             return error_response(400, "malformed key", {"key": problem})
         raw_key = key.encode()
-        partition = partition_for(raw_key, self.partitions)
-        owner = self.owner_url(partition)
-        if owner == self.own_url and self.settled():
-            stored = read_partition(self.table.data, partition, raw_key)
+        partition = self.table.partition_for(raw_key)
+        owner = self.table.owner_url(partition)
+        if owner == self.own_url and self.table.settled():
+            stored = self.table.read(partition, raw_key)
             if stored is None:
                 return self.not_found(key, {ANSWERED_BY: self.own_url, COPY: "owner"})
             return web.json_response(
@@ -124,14 +136,13 @@ class TableQuery:
         partition: int,
         render: Callable[[bytes], dict[str, Any]],
     ) -> web.Response:
-        store = self.table.data
-        changelog = self.table.changelog_topic.get_topic_name()
+        changelog = self.table.changelog_topic
         # The copy's offset before its row: the row read then is at least that recent, so
         # a key missing from a copy whose offset is current has no entry. (The other way
         # round, a restore running meanwhile could move the offset past a row the read had
         # not seen: a 404 for a key with an entry.)
-        persisted = copy_offset(store, TP(changelog, partition))
-        stored = read_partition(store, partition, raw_key)
+        persisted = self.table.copy_offset(partition)
+        stored = self.table.read(partition, raw_key)
         end = await asyncio.to_thread(self.end_offsets.end, changelog, partition)
         lag = copy_lag(end, persisted)
         headers = {ANSWERED_BY: self.own_url, COPY: "copy"}
@@ -155,7 +166,7 @@ class TableQuery:
     async def forward(self, request: web.Request, owner: str) -> web.Response | None:
         """The owner's answer, or None when it did not answer (or this worker, stopping,
         can no longer ask: Faust closes its HTTP client before the web server)."""
-        client = self.app.http_client
+        client = self.table.http_client
         if client.closed:
             return None
         self.metrics.routed_requests.labels(self.table.name).inc()

@@ -19,10 +19,10 @@ from pathlib import Path
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.admin.offsets import watermarks
 from pipeline.dev import expected
 from pipeline.dev.loadgen import ShopEvent
 from pipeline.dev.workers import Deployment, WorkerProcess
+from pipeline.kafka.offsets import watermarks
 from pipeline.settings import Settings
 from tests.integration.conftest import StackInfo
 

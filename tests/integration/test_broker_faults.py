@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from pipeline.admin.offsets import record_count
 from pipeline.dev.loadgen import LoadConfig, SendReport, ShopEvent, generate, send
 from pipeline.dev.stack.launcher import Stack
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
+from pipeline.kafka.offsets import record_count
 from pipeline.services import shop as shop_topology
 from pipeline.settings import read_env_file
 from pipeline.streaming.transactions import EXIT_TRANSACTION_FAILED

@@ -30,11 +30,11 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
-from pipeline.admin.offsets import committed_offsets, lag_by_partition, record_count
-from pipeline.admin.topics import ensure_topics
 from pipeline.dev import expected
 from pipeline.dev.loadgen import LoadConfig, ShopEvent, generate, send
 from pipeline.dev.workers import WorkerProcess, wait_for
+from pipeline.kafka.offsets import committed_offsets, lag_by_partition, record_count
+from pipeline.kafka.topics import ensure_topics
 from pipeline.services import shop as shop_topology
 from tests.integration.conftest import StackInfo
 from tests.integration.exactly_once import assert_derived_exact

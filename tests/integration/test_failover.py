@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.dev.loadgen import ShopEvent, order, send
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
-from pipeline.web.views import partition_for
+from pipeline.engine.web import partition_for
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import views_match
 

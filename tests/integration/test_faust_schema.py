@@ -12,10 +12,10 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from faust.types import Message
 
+from pipeline.engine.faust_schema import AvroValueSchema
 from pipeline.serde.catalog import Catalog
 from pipeline.serde.codec import Codecs
 from pipeline.serde.errors import NotConfluentFraming, PipelineCodecError
-from pipeline.serde.faust_schema import AvroValueSchema
 from pipeline.serde.registry import InMemorySchemaSource
 from tests.integration.conftest import StackInfo
 

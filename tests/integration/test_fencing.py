@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pipeline.dev.audit import read_topic
-from pipeline.streaming.faust_internals import GroupMember
+from pipeline.streaming.ports import GroupMember
 from pipeline.streaming.producer import Outgoing, producer_config
 from pipeline.streaming.transactions import (
     TRANSACTION_TIMEOUT_MS,

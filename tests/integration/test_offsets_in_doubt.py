@@ -4,7 +4,7 @@ it; ``wait_for_stable_offsets`` (pipeline.streaming.transactions), which a worke
 partitions over runs before it restores its tables and fetches its offsets, returns only
 once the transaction completed, and the offsets read then are the transaction's. A worker
 whose takeover waits so for longer than its session timeout keeps its group membership
-(pipeline.streaming.faust_internals, fix 6)."""
+(pipeline.engine, fix 6)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from pipeline.admin.topics import ensure_topics
 from pipeline.dev.loadgen import LoadConfig, generate, send
 from pipeline.dev.workers import wait_for
+from pipeline.kafka.topics import ensure_topics
 from pipeline.services import shop as shop_topology
 from pipeline.settings import Settings
 from pipeline.streaming.producer import producer_config

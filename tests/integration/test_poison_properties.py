@@ -28,7 +28,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pipeline.admin.offsets import watermarks
 from pipeline.dev import expected
 from pipeline.dev.audit import read_topic
 from pipeline.dev.loadgen import (
@@ -39,6 +38,7 @@ from pipeline.dev.loadgen import (
     generate,
 )
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
+from pipeline.kafka.offsets import watermarks
 from pipeline.serde.codec import Codecs, frame
 from pipeline.serde.errors import PipelineCodecError
 from pipeline.streaming.dead_letters import ATTEMPTS, ERROR_CLASS, SOURCE_OFFSET, SOURCE_TOPIC

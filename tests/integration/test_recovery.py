@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def changelog_read(worker: WorkerProcess, metric: str) -> float:
     """Changelog records a worker read at start: ``restored`` by the bulk restore
-    (pipeline.streaming.restore), ``recovered`` by Faust's recovery after it."""
+    (pipeline.engine.restore), ``recovered`` by Faust's recovery after it."""
     return sum(
         worker.metric(f"pipeline_changelog_{metric}_total", table=table)
         for table in (USER_STATS.name, STOCK.name)

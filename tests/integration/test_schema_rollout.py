@@ -41,13 +41,13 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer
 
-from pipeline.admin.offsets import record_count
 from pipeline.cli import main
 from pipeline.dev import expected
 from pipeline.dev.audit import read_topic
 from pipeline.dev.loadgen import CONTRACT, LoadConfig, ShopEvent, deployed_topics, generate, send
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
 from pipeline.evolution.avro_compat import compatibility_problems
+from pipeline.kafka.offsets import record_count
 from pipeline.serde.catalog import Catalog, default_schema_dir
 from pipeline.serde.codec import Codecs, schema_id_of
 from pipeline.services import shop as shop_topology

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-from pipeline.admin.topics import admin_client, ensure_topics, existing_partition_counts
 from pipeline.cli import main
 from pipeline.dev.workers import wait_for
+from pipeline.kafka.topics import admin_client, ensure_topics, existing_partition_counts
 from pipeline.services import shop
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import deployment

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.engine.fixes import TransactionalTransport
 from pipeline.services import loyalty_points, points_settings, shop
 from pipeline.settings import Settings
-from pipeline.streaming.app import UnsupportedGuarantee, create_app
-from pipeline.streaming.faust_internals import TransactionalTransport
+from pipeline.worker import UnsupportedGuarantee, create_app
 
 
 def test_the_shop_app_runs_its_agents_on_raw_tables() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from pipeline.engine.app import broker_credentials
 from pipeline.settings import Settings, SettingsError, default_cafile, read_env_file
-from pipeline.streaming.app import broker_credentials
 
 
 @pytest.fixture

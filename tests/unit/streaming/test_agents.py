@@ -22,12 +22,12 @@ from pipeline.services import loyalty_points, points_settings, shop
 from pipeline.settings import Settings
 from pipeline.streaming.agents import YIELD_EVERY, AgentHandler, Outputs, Serdes
 from pipeline.streaming.dead_letters import DeadLetters
+from pipeline.streaming.memory import MemoryPartitionStore
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.positions import Origin, Position, TrackedCodec, unframe_origin
 from pipeline.streaming.processing import AtLeastOnce, Event
 from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing
 from pipeline.streaming.topology import Agent, Emit, Topology, UndeclaredTopic
-from tests.unit.streaming.fakes import FakeTable, FakeTopic
 
 SETTINGS = Settings(app_id="unit", low_stock_threshold=10)
 
@@ -81,7 +81,7 @@ class Harness:
         self.failed: list[tuple[Any, Exception]] = []
         self.metrics = Metrics()
         self.tables = {
-            spec.name: FakeTable(FakeTopic(topology.topics.changelog(spec.name)))
+            spec.name: MemoryPartitionStore(topology.topics.changelog(spec.name))
             for spec in topology.tables
         }
         self.serdes = Serdes(JsonRecords(), topology.internal, topology)
@@ -90,7 +90,7 @@ class Harness:
         table = self.tables[agent.table.name] if agent.table is not None else None
         settlement = AtLeastOnce(cast(BatchProducer, self.broker), cast(DeadLetters, None))
         outputs = Outputs(settlement, self.metrics)
-        return AgentHandler(agent, cast(Any, table), self.serdes, outputs, self.metrics)
+        return AgentHandler(agent, table, self.serdes, outputs, self.metrics)
 
     def run(self, agent_name: str, *messages: FakeMessage) -> list[Outgoing]:
         """Handle ``messages`` as one batch; what the batch sent (derived, then changelog)."""
@@ -108,7 +108,7 @@ class Harness:
 
     def row(self, table: str, key: str) -> Any:
         spec = USER_STATS if table == USER_STATS.name else STOCK
-        stored = self.tables[table].data[key.encode()]
+        stored = self.tables[table].rows()[key.encode()]
         return TrackedCodec(spec.encode, spec.decode).decode(stored)
 
 

@@ -4,7 +4,7 @@ import time
 
 from faust.types import TP
 
-from pipeline.streaming.lag import Lags
+from pipeline.engine.lag import Lags
 from pipeline.streaming.metrics import Metrics
 
 

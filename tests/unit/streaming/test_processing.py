@@ -15,6 +15,7 @@ from confluent_kafka import KafkaError
 
 from pipeline.serde.errors import NotConfluentFraming, RegistryUnavailable, UndecodableKey
 from pipeline.streaming.dead_letters import DeadLetters
+from pipeline.streaming.memory import MemoryPartitionStore
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.processing import (
     AtLeastOnce,
@@ -26,7 +27,6 @@ from pipeline.streaming.processing import (
     by_topic,
 )
 from pipeline.streaming.producer import BatchProducer, Delivered, DeliveryFailed, Outgoing
-from tests.unit.streaming.fakes import FakeTable
 
 
 @dataclass
@@ -336,9 +336,9 @@ class Broker:
 
 
 def stock_batch(
-    table: FakeTable, broker: Broker, cache: RowCache[int] | None = None
+    table: MemoryPartitionStore, broker: Broker, cache: RowCache[int] | None = None
 ) -> RowBatch[int]:
-    rows = RowBatch(cast(Any, table), int, lambda row: str(row).encode(), broker.send, cache=cache)
+    rows = RowBatch(table, int, lambda row: str(row).encode(), broker.send, cache=cache)
     event = events(40)[0]
     rows.put(b"sku-1", (rows.get(b"sku-1", event) or 10) - 3, event)
     return rows
@@ -347,7 +347,7 @@ def stock_batch(
 def test_changelog_records_are_sent_only_once_the_derived_events_were_delivered() -> None:
     # A changelog record marks its events applied: a replay skips them, derived events
     # included, so the derived events must be on the broker first.
-    table, broker = FakeTable(), Broker()
+    table, broker = MemoryPartitionStore("stock-changelog"), Broker()
 
     async def scenario() -> None:
         rows = stock_batch(table, broker)
@@ -358,17 +358,17 @@ def test_changelog_records_are_sent_only_once_the_derived_events_were_delivered(
         broker.deliveries[0].set_result({("stock_levels", 0): 11})
         await asyncio.sleep(0)
         assert broker.sent[1] == ["stock-changelog:sku-1=7"]
-        assert table.data == {}  # stored only once the changelog record is acknowledged
+        assert table.rows() == {}  # stored only once the changelog record is acknowledged
         broker.deliveries[1].set_result({("stock-changelog", 3): 99})
         await completing
 
     asyncio.run(scenario())
-    assert table.data == {b"sku-1": b"7"}
-    assert table.data.persisted == {3: 99}
+    assert table.rows() == {b"sku-1": b"7"}
+    assert table.changelog_offsets == {3: 99}
 
 
 def test_rows_of_a_batch_whose_derived_events_failed_are_neither_sent_nor_stored() -> None:
-    table, broker = FakeTable(), Broker()
+    table, broker = MemoryPartitionStore("stock-changelog"), Broker()
 
     async def scenario() -> None:
         rows = stock_batch(table, broker)
@@ -380,7 +380,7 @@ def test_rows_of_a_batch_whose_derived_events_failed_are_neither_sent_nor_stored
 
     asyncio.run(scenario())
     assert broker.sent == [["stock_levels:sku-1=7"]]
-    assert table.data == {}
+    assert table.rows() == {}
 
 
 def test_a_row_cache_keeps_the_rows_written_last_up_to_its_capacity() -> None:
@@ -394,7 +394,11 @@ def test_a_row_cache_keeps_the_rows_written_last_up_to_its_capacity() -> None:
 
 
 def test_rows_are_read_from_the_cache_once_written_and_not_before() -> None:
-    table, broker, cache = FakeTable(), Broker(), RowCache[int](capacity=10)
+    table, broker, cache = (
+        MemoryPartitionStore("stock-changelog"),
+        Broker(),
+        RowCache[int](capacity=10),
+    )
 
     async def scenario() -> None:
         failed = stock_batch(table, broker, cache)  # 10 - 3 = 7
@@ -414,7 +418,7 @@ def test_rows_are_read_from_the_cache_once_written_and_not_before() -> None:
         assert cache.get(b"sku-1") == 7
 
         # The next batch reads the cached row, not the store's bytes.
-        table.data[b"sku-1"] = b"1000"
+        table.write(3, [(b"sku-1", b"1000")])
         assert stock_batch(table, broker, cache).pending[b"sku-1"][0] == 4
 
     asyncio.run(scenario())

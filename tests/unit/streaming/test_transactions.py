@@ -22,8 +22,9 @@ from confluent_kafka.admin import AdminClient
 from pipeline.settings import Settings
 from pipeline.streaming import transactions
 from pipeline.streaming.dead_letters import DeadLetters
-from pipeline.streaming.faust_internals import GroupMember
+from pipeline.streaming.memory import MemoryPartitionStore
 from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.ports import GroupMember
 from pipeline.streaming.processing import Event, RowBatch
 from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing, ProducerRecord
 from pipeline.streaming.transactions import (
@@ -35,7 +36,6 @@ from pipeline.streaming.transactions import (
     group_metadata,
     transactional_id,
 )
-from tests.unit.streaming.fakes import FakeTable
 
 # No broker is needed to make a consumer's group metadata; none is asked.
 OFFLINE = {"bootstrap.servers": "127.0.0.1:9", "log_level": 0}
@@ -165,21 +165,29 @@ def exactly_once(producer: RecordingProducer, member: GroupMember = MEMBER) -> E
 
 
 def stock_rows(
-    settlement: ExactlyOnce, table: FakeTable, event: Event, delta: int, sku: bytes = b"sku-1"
+    settlement: ExactlyOnce,
+    table: MemoryPartitionStore,
+    event: Event,
+    delta: int,
+    sku: bytes = b"sku-1",
 ) -> RowBatch[int]:
     rows = RowBatch(
         cast(Any, table),
         int,
         lambda row: str(row).encode(),
         settlement.send,
-        unsettled=settlement.unsettled(cast(Any, table.data)),
+        unsettled=settlement.unsettled(table),
     )
     rows.put(sku, (rows.get(sku, event) or 0) + delta, event)
     return rows
 
 
 def test_rows_are_stored_and_events_acknowledged_only_after_the_commit() -> None:
-    producer, table, arrivals = RecordingProducer(), FakeTable(), RecordingArrivals()
+    producer, table, arrivals = (
+        RecordingProducer(),
+        MemoryPartitionStore("stock-changelog"),
+        RecordingArrivals(),
+    )
     settlement = exactly_once(producer)
 
     async def scenario() -> None:
@@ -192,7 +200,7 @@ def test_rows_are_stored_and_events_acknowledged_only_after_the_commit() -> None
         later = stock_rows(settlement, table, second[0], -2)
         assert later.pending[b"sku-1"][0] == 3
         await settlement.settle(arrivals, second, await later.send([]))
-        assert table.data == {} and arrivals.acked == []
+        assert table.rows() == {} and arrivals.acked == []
         await settlement.commit()
 
     asyncio.run(scenario())
@@ -205,9 +213,9 @@ def test_rows_are_stored_and_events_acknowledged_only_after_the_commit() -> None
         ("offsets", {("order_created", 3): 6}, group_metadata(MEMBER)),
         "commit",
     ]
-    assert table.data == {b"sku-1": b"3"}
+    assert table.rows() == {b"sku-1": b"3"}
     assert arrivals.acked == [4, 5]
-    assert settlement.unsettled(cast(Any, table.data)) == {}
+    assert settlement.unsettled(table) == {}
 
 
 def test_a_dead_letter_is_committed_with_its_events_offset() -> None:
@@ -241,7 +249,11 @@ def test_a_transaction_that_cannot_commit_is_aborted_and_nothing_is_stored(
     monkeypatch: pytest.MonkeyPatch, fenced: str
 ) -> None:
     monkeypatch.setattr(transactions.os, "_exit", exit_raises)
-    producer, table, arrivals = RecordingProducer(), FakeTable(), RecordingArrivals()
+    producer, table, arrivals = (
+        RecordingProducer(),
+        MemoryPartitionStore("stock-changelog"),
+        RecordingArrivals(),
+    )
     member = [MEMBER]
     settlement = exactly_once(producer)
     settlement.member = lambda: member[0]
@@ -259,16 +271,19 @@ def test_a_transaction_that_cannot_commit_is_aborted_and_nothing_is_stored(
 
     asyncio.run(scenario())
     assert producer.log[-1] == "abort" and "commit" not in producer.log
-    assert table.data == {} and arrivals.acked == []
+    assert table.rows() == {} and arrivals.acked == []
 
 
 def test_a_batch_settled_during_a_commit_goes_into_the_next_transaction() -> None:
     """The agents are not held up by a commit: their batches wait for the next
     transaction, their rows readable meanwhile."""
-    producer, table, arrivals = RecordingProducer(), FakeTable(), RecordingArrivals()
+    producer, table, arrivals = (
+        RecordingProducer(),
+        MemoryPartitionStore("stock-changelog"),
+        RecordingArrivals(),
+    )
     producer.hold = threading.Event()
     settlement = exactly_once(producer)
-    store = cast(Any, table.data)
 
     async def scenario() -> None:
         first, second = events(4), events(5)
@@ -283,15 +298,15 @@ def test_a_batch_settled_during_a_commit_goes_into_the_next_transaction() -> Non
         assert len(producer.log) == 4
         producer.hold.set()
         await committing
-        assert arrivals.acked == [4] and table.data == {b"sku-1": b"5"}
-        assert settlement.unsettled(store) == {b"sku-1": 3}  # the second, not stored yet
+        assert arrivals.acked == [4] and table.rows() == {b"sku-1": b"5"}
+        assert settlement.unsettled(table) == {b"sku-1": 3}  # the second, not stored yet
         await settlement.commit()
 
     asyncio.run(scenario())
     names = [entry if isinstance(entry, str) else entry[0] for entry in producer.log[3:]]
     assert names == ["offsets", "commit", "begin", "send", "send", "offsets", "commit"]
     assert producer.log[-2][1] == {("order_created", 3): 6}
-    assert arrivals.acked == [4, 5] and table.data == {b"sku-1": b"3"}
+    assert arrivals.acked == [4, 5] and table.rows() == {b"sku-1": b"3"}
 
 
 def test_the_batches_settled_during_a_commit_stay_readable_while_handed_over() -> None:
@@ -299,10 +314,13 @@ def test_the_batches_settled_during_a_commit_stay_readable_while_handed_over() -
     at a time, each hand-over waiting for librdkafka; meanwhile the agents prepare their
     next batches, which must still read the rows of every one of them (read from the store
     instead, a row would be stale: an update lost)."""
-    producer, table, arrivals = RecordingProducer(), FakeTable(), RecordingArrivals()
+    producer, table, arrivals = (
+        RecordingProducer(),
+        MemoryPartitionStore("stock-changelog"),
+        RecordingArrivals(),
+    )
     producer.hold = threading.Event()
     settlement = exactly_once(producer)
-    store = cast(Any, table.data)
     readable: list[dict[bytes, Any]] = []
 
     async def scenario() -> None:
@@ -313,7 +331,7 @@ def test_the_batches_settled_during_a_commit_stay_readable_while_handed_over() -
         for offset, sku in ((5, b"sku-2"), (6, b"sku-3")):
             later = stock_rows(settlement, table, events(offset)[0], 1, sku)
             await settlement.settle(arrivals, events(offset), await later.send([]))
-        producer.on_begin = lambda: readable.append(dict(settlement.unsettled(store) or {}))
+        producer.on_begin = lambda: readable.append(dict(settlement.unsettled(table) or {}))
         producer.hold.set()
         await committing
 
@@ -352,7 +370,11 @@ def test_the_commit_interval_counts_from_the_start_of_the_previous_commit(
 def test_a_commit_that_never_completes_fails_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transactions.os, "_exit", exit_raises)
     monkeypatch.setattr(transactions, "COMMIT_DEADLINE_S", 0.1)
-    producer, table, arrivals = RecordingProducer(), FakeTable(), RecordingArrivals()
+    producer, table, arrivals = (
+        RecordingProducer(),
+        MemoryPartitionStore("stock-changelog"),
+        RecordingArrivals(),
+    )
     producer.hold = threading.Event()  # never set: the broker never answers
     settlement = exactly_once(producer)
 
@@ -365,7 +387,7 @@ def test_a_commit_that_never_completes_fails_the_worker(monkeypatch: pytest.Monk
     asyncio.run(scenario())
     producer.hold.set()
     assert producer.log[-1] == "abort"
-    assert table.data == {} and arrivals.acked == []
+    assert table.rows() == {} and arrivals.acked == []
 
 
 @dataclass

@@ -20,17 +20,13 @@ from typing import Any
 
 from faust.types import TP, AppT, StoreT
 
-from pipeline.streaming.faust_internals import FetchState, fetch_states
+from pipeline.engine.membership import FetchState, fetch_states
+from pipeline.streaming.metrics import Lags
 
 
-@dataclass(frozen=True)
-class Lags:
-    consumer: dict[TP, int]
-    # By (table, partition).
-    standby: dict[tuple[str, int], int]
-
-
-def consumer_lag(fetched: Mapping[TP, FetchState], changelog_topics: Set[str]) -> dict[TP, int]:
+def consumer_lag(
+    fetched: Mapping[TP, FetchState], changelog_topics: Set[str]
+) -> dict[tuple[str, int], int]:
     """Records not fetched yet, per fetched partition that is not a table's changelog."""
     return {
         tp: max(0, state.highwater - state.position)

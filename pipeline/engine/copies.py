@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from faust.types import AppT, TableT
 
-from pipeline.streaming.faust_internals import drop_partition, has_partition
+from pipeline.engine.store import drop_partition, has_partition
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ to its end is recorded as applied up to the offset before the end, not only up t
 its last record, or Faust's recovery would wait for a record at the marker's offset.
 
 Only the assigned partitions are restored, so a worker's disk, memory and start time
-grow with its share of the state, not with all of it (pipeline.streaming.state
+grow with its share of the state, not with all of it (pipeline.engine.copies
 removes the copies of partitions it no longer holds, after a delay).
 """
 
@@ -33,9 +33,9 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from faust.types import TP
 from rocksdict import WriteBatch
 
-from pipeline.admin.offsets import watermarks
+from pipeline.engine.store import partition_db
+from pipeline.kafka.offsets import watermarks
 from pipeline.settings import Settings
-from pipeline.streaming.faust_internals import partition_db
 
 log = logging.getLogger(__name__)
 

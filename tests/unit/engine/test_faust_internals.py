@@ -16,41 +16,45 @@ import faust._cython as faust_cython
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer.group_coordinator import GroupCoordinator
-from aiokafka.consumer.subscription_state import SubscriptionState
+from aiokafka.consumer.subscription_state import (
+    Assignment,
+    SubscriptionState,
+    TopicPartitionState,
+)
+from aiokafka.partitioner import DefaultPartitioner
+from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import Stream
+from faust.tables.base import Collection
+from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.conductor import Conductor, ConductorCompiler
 from faust.transport.consumer import Consumer as FaustConsumer
-from faust.transport.consumer import ConsumerMessage, ConsumerThread
+from faust.transport.consumer import ConsumerMessage, ConsumerThread, ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, EventT, StreamT
+from faust.web.drivers.aiohttp import Web
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from pipeline.services import shop
-from pipeline.settings import Settings
-from pipeline.streaming.app import create_app
-from pipeline.streaming.faust_internals import (
-    FAUST_VERSION,
-    ArrivedEvents,
-    DirectDelivery,
-    FetchState,
-    GroupMember,
+from pipeline.engine import FAUST_VERSION
+from pipeline.engine.fast_path import ArrivedEvents, DirectDelivery, RawSchema
+from pipeline.engine.fixes import (
     PipelineConsumer,
     PipelineConsumerThread,
     PipelineRecovery,
     PipelineTransport,
-    RawSchema,
     TransactionalConsumer,
     TransactionalConsumerThread,
     TransactionalTransport,
-    fetch_states,
-    group_member,
-    partition_reader,
-    write_partition,
 )
+from pipeline.engine.membership import FetchState, fetch_states, group_member
+from pipeline.engine.store import partition_reader, write_partition
+from pipeline.services import shop
+from pipeline.settings import Settings
+from pipeline.streaming.ports import GroupMember
+from pipeline.worker import create_app
 
-# Faust's code that pipeline.streaming.faust_internals replaces or relies on; a Faust upgrade
+# Faust's code that pipeline.engine replaces or relies on; a Faust upgrade
 # that changes any of it fails here, so the fixes are compared with the new code.
 UPSTREAM: dict[Callable[..., Any], str] = {
     Recovery.on_recovery_completed: (
@@ -121,6 +125,57 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     ConsumerThread.on_partitions_assigned: (
         "e59e8dda43724bd4c943653b34f70c7baa589427381625bac53ceb4b885ef183"
     ),
+    # FixedFaustApp's transport, and the TableManager's recovery it replaces.
+    faust.App._new_transport: "42db531312dd776fc3937154a32f19eeb9ad7d4ebc2722a92d081a2d271baea1",
+    cast(property, TableManager.recovery).fget: (
+        "f0bf5de78b4c3d235c3554010480f407010ccb7c481c68852a985542b952df32"
+    ),
+    # PipelineRecovery runs the bulk restore before this.
+    Recovery.on_rebalance: "aa4d997a1795ceae3880f98311b46935d9ae1a183a699b9a283bb4306bc8641f",
+    # pipeline.engine.store: the partitions' databases (``_dbs``, ``_db_for_partition``),
+    # their paths and changelog offsets, and the store a table makes on first use.
+    RocksDBStore.__init__: "c7c0fa2989e8ab4a4349ff29df8258471624a160cb549e6735c367d9b2fefd19",
+    RocksDBStore._db_for_partition: (
+        "cb7e67d5f9efc4bced7b7ab09a55fe717c352daad5b693594e3f7ca52a98787f"
+    ),
+    RocksDBStore.partition_path: (
+        "0cc4eae7dc33fcf199f5a271d5186984f3a18af73a5168a9961e71518eb7ab14"
+    ),
+    RocksDBStore.persisted_offset: (
+        "6f2e502fb86043a1cf0adca5c2fffb197579db01b31dbba3b0415aaacc35a2ed"
+    ),
+    RocksDBStore.set_persisted_offset: (
+        "b4c811926678346ebb8c40486dbc46d0fbac2bbeaa592384bd955112556acf45"
+    ),
+    cast(property, Collection.data).fget: (
+        "ade4a02ddd5582cb4264a7f927bf7a59e1c0ca6d0ebf9da40b665860cd1187f4"
+    ),
+    # pipeline.engine.web: the aiohttp application our routes are added to, and the
+    # partitioner a view places a key with.
+    Web.__init__: "52b00c1bd653c82d64519cfc55285b6ca5973a929129d1809c4aff79e262fc2f",
+    DefaultPartitioner.__call__: (
+        "4911320054e76343aabfde5fc9fe3bd27701e332ea3aa0ae06dad1f28fabba74"
+    ),
+    # DirectDelivery reads the conductor's channels by partition (``_tp_index``).
+    Conductor.__init__: "441bc3b1df592aa7de42538bbe499a8b43894f3a2319a325ff64200073aa64d3",
+    # pipeline.engine.membership: the aiokafka consumer behind Faust's (``_thread``,
+    # ``_consumer``) and its subscription state, for the lag metrics.
+    ThreadDelegateConsumer.__init__: (
+        "7072ae80eac1ff62b52ce9503a8fe7b6ff44fbb390b8f6beba7161b31b8bb483"
+    ),
+    AIOKafkaConsumerThread.__post_init__: (
+        "913dc7c0d9578e2da75bba148929a34034746da74726fbd1b550d5a736a69338"
+    ),
+    cast(property, SubscriptionState.subscription).fget: (
+        "fbbd34b17218040f353c192f52caf54bf8f3678e701a825c2c29baa6aa9a3a60"
+    ),
+    Assignment.state_value: "183fea82ef48f3e6136739948785fbf07feec2d7119b60e5e9378264ba6780de",
+    TopicPartitionState.__init__: (
+        "f0b391da1b87af045ac4125de2c2ae928bb351157c2859d9e3586562e0edf7f7"
+    ),
+    cast(property, TopicPartitionState.has_valid_position).fget: (
+        "ebe7c39d949a1f189c840c1d181997cdf5d7809665bc36c5e74b4246e3d4c62f"
+    ),
 }
 # The compiled twin of Stream._py_aiter, the one Faust runs.
 CYTHON_STREAMS = Path(cast(str, faust_cython.__file__)).parent / "streams.pyx"
@@ -136,14 +191,13 @@ def test_the_app_uses_the_fixes() -> None:
 
 def test_the_fixes_match_the_installed_faust() -> None:
     assert faust.__version__ == FAUST_VERSION, (
-        f"faust-streaming {faust.__version__} is installed; pipeline.streaming.faust_internals "
+        f"faust-streaming {faust.__version__} is installed; pipeline.engine "
         f"replaces code of {FAUST_VERSION}: compare it with the new one"
     )
     for function, digest in UPSTREAM.items():
         source = inspect.getsource(function)
         assert hashlib.sha256(source.encode()).hexdigest() == digest, (
-            f"Faust's {function.__qualname__} changed: "
-            "compare it with pipeline.streaming.faust_internals"
+            f"Faust's {function.__qualname__} changed: compare it with pipeline.engine"
         )
     assert hashlib.sha256(CYTHON_STREAMS.read_bytes()).hexdigest() == CYTHON_STREAMS_DIGEST, (
         "Faust's compiled stream iterator changed: compare it with ArrivedEvents"

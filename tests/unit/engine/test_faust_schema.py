@@ -9,10 +9,10 @@ import faust
 import pytest
 from faust.types.tuples import Message
 
+from pipeline.engine.faust_schema import AvroValueSchema, DecodeErrorLog
 from pipeline.serde.catalog import Catalog
 from pipeline.serde.codec import Codecs
 from pipeline.serde.errors import NotConfluentFraming, PipelineCodecError, UndecodableKey
-from pipeline.serde.faust_schema import AvroValueSchema, DecodeErrorLog
 from pipeline.serde.registry import InMemorySchemaSource
 
 LEVEL = {"sku": "sku-1", "available": 3, "updated_at": 0}

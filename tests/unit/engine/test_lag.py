@@ -4,8 +4,8 @@ from typing import Any, cast
 
 from faust.types import TP, StoreT
 
-from pipeline.streaming.faust_internals import FetchState
-from pipeline.streaming.lag import Changelog, consumer_lag, standby_lag
+from pipeline.engine.lag import Changelog, consumer_lag, standby_lag
+from pipeline.engine.membership import FetchState
 
 ORDERS_0, ORDERS_1 = TP("order_created", 0), TP("order_created", 1)
 STOCK_CHANGELOG_2 = TP("shop-stock-changelog", 2)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from pipeline.admin.clients import logging_to_python
+from pipeline.kafka.clients import logging_to_python
 from pipeline.settings import Settings
 from pipeline.topics import TopicSpec, copartitioning_problems
 

@@ -1,21 +1,18 @@
-"""A Faust app that runs a topology (pipeline.streaming.topology).
+"""The Faust app a worker runs (pipeline.worker wires a topology into it).
 
 Before consuming, the app creates its topics (the broker does not), resolves the
-schema ids of what it encodes (encoding is synchronous) and bulk-restores its
-RocksDB tables from their changelogs (pipeline.streaming.restore). Each agent of
-the topology becomes a Faust agent over its source topics, read as raw bytes and
-handled in batches (pipeline.streaming.processing); each table a Faust table of
-raw bytes (pipeline.streaming.tables); the views and ingest routes are served by
-the app's web server (pipeline.web.server). How batches settle is the processing
-guarantee's: under exactly_once, into the worker's Kafka transactions, committed by a
-task every commit interval (pipeline.streaming.transactions), with Faust's own commits
-off and its consumer reading committed records only.
+schema ids of what it encodes (encoding is synchronous) and, at each assignment,
+bulk-restores its RocksDB tables from their changelogs (pipeline.engine.restore). Each
+agent becomes a Faust agent over its source topics, read as raw bytes and handled in
+batches by the runtime (pipeline.streaming.processing); each table a Faust table of raw
+bytes (pipeline.engine.tables).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import faust
@@ -23,36 +20,30 @@ from faust.types import TP, StreamT, TableT
 from faust.types.auth import CredentialsT
 
 from pipeline import preflight
-from pipeline.admin.offsets import EndOffsets
-from pipeline.admin.topics import admin_client, ensure_topics
+from pipeline.engine.copies import StateCleaner
+from pipeline.engine.fast_path import ArrivedEvents, RawSchema
+from pipeline.engine.fixes import FixedFaustApp, PipelineTableManager
+from pipeline.engine.lag import read_lags
+from pipeline.engine.membership import group_member
+from pipeline.engine.restore import ChangelogStore, restore
+from pipeline.engine.store import FaustPartitionStore
+from pipeline.engine.tables import faust_table
+from pipeline.engine.web import FaustWorker
+from pipeline.kafka.offsets import EndOffsets
+from pipeline.kafka.topics import admin_client, ensure_topics
 from pipeline.serde.codec import Codecs
 from pipeline.settings import KafkaSecurity, Settings
 from pipeline.streaming import garbage_collection
-from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
-from pipeline.streaming.dead_letters import DeadLetters
-from pipeline.streaming.faust_internals import (
-    ArrivedEvents,
-    FixedFaustApp,
-    PipelineTableManager,
-    RawSchema,
-    group_member,
-)
-from pipeline.streaming.lag import read_lags
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.processing import AtLeastOnce, EventRunner, RowCache, Settlement
-from pipeline.streaming.producer import BatchProducer, producer_config
-from pipeline.streaming.restore import ChangelogStore, restore
-from pipeline.streaming.state import StateCleaner
-from pipeline.streaming.tables import faust_table
+from pipeline.streaming.ports import GroupMember
+from pipeline.streaming.processing import BatchHandler, EventRunner, RowCache
+from pipeline.streaming.producer import BatchProducer
 from pipeline.streaming.topology import Agent, Topology
 from pipeline.streaming.transactions import (
     ExactlyOnce,
-    TransactionalProducer,
     check_group_metadata,
-    transactional_config,
     wait_for_stable_offsets,
 )
-from pipeline.web import server
 
 
 class PipelineApp(FixedFaustApp):
@@ -70,6 +61,7 @@ class PipelineApp(FixedFaustApp):
     # The agents' decoded rows: only valid while the assignment stands.
     row_caches: list[RowCache[Any]]
     end_offsets: EndOffsets
+    partition_stores: dict[str, FaustPartitionStore]
 
     @property
     def pipeline_settings(self) -> Settings:
@@ -149,6 +141,34 @@ class PipelineApp(FixedFaustApp):
         admin = admin_client(self.pipeline_settings)
         wait_for_stable_offsets(admin, self.pipeline_settings.app_id, partitions)
 
+    def partition_store(self, table: str) -> FaustPartitionStore:
+        """The table's partitions as the runtime reads and writes them (one per table)."""
+        store = self.partition_stores.get(table)
+        if store is None:
+            store = self.partition_stores[table] = FaustPartitionStore(self.pipeline_tables[table])
+        return store
+
+    def run_agent(self, agent: Agent, handler: BatchHandler, runner: EventRunner) -> None:
+        """A Faust agent over ``agent``'s source topics, read as raw bytes, whose batches
+        ``runner`` hands to ``handler``."""
+        source = self.topic(*agent.rules, schema=RawSchema())
+
+        async def process(stream: StreamT[Any]) -> None:
+            await runner.consume(ArrivedEvents(stream), handler)
+
+        self.agent(source, name=agent.name)(process)
+
+    def run_task(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run ``task`` while the worker runs."""
+        self.task(task)
+
+    def group_member(self) -> GroupMember | None:
+        return group_member(self)
+
+    def served(self) -> FaustWorker:
+        """This worker as its web side sees it."""
+        return FaustWorker(self, self.pipeline_tables, self.pipeline_settings.partitions)
+
 
 def broker_credentials(security: KafkaSecurity) -> CredentialsT | ssl.SSLContext | None:
     """Faust's (aiokafka's) form of the security librdkafka gets from
@@ -167,22 +187,9 @@ def broker_credentials(security: KafkaSecurity) -> CredentialsT | ssl.SSLContext
     return context
 
 
-class UnsupportedGuarantee(ValueError):
-    pass
-
-
-def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
-    """The Faust app of ``topology``; nothing is started until a worker runs it."""
+def faust_app(topology: Topology) -> PipelineApp:
+    """The Faust app of ``topology``'s settings, with nothing of the topology in it yet."""
     settings = topology.settings
-    exactly_once = settings.processing_guarantee == "exactly_once"
-    if exactly_once and not settings.store.startswith("rocksdb://"):
-        # Faust's recovery of a memory:// table reads the changelog up to its end, which
-        # is a transaction marker: it would wait for ever for a record that never comes.
-        # (The bulk restore of RocksDB tables, pipeline.streaming.restore, accounts for it.)
-        raise UnsupportedGuarantee(
-            "PIPELINE_PROCESSING_GUARANTEE=exactly_once needs PIPELINE_STORE=rocksdb://"
-        )
-    topology.check()
     brokers = [
         f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")
     ]
@@ -216,43 +223,19 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
         consumer_group_instance_id=settings.worker_id,
         producer_acks=-1,
         # Resumes the streams after a rebalance without dropping fetched events
-        # (pipeline.streaming.faust_internals: Faust's own order loses some and stops
-        # committing).
+        # (pipeline.engine.fixes: Faust's own order loses some and stops committing).
         TableManager=PipelineTableManager,
         autodiscover=False,
     )
     app.topology = topology
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
-    app.codecs = codecs if codecs is not None else Codecs.from_settings(settings)
     metrics = app.pipeline_metrics = Metrics()
     metrics.lags.read = lambda: read_lags(app)
-    app.batch_producer = BatchProducer(producer_config(settings))
-    dead_letters = DeadLetters(app.batch_producer, settings.app_id)
-    settlement: Settlement
-    if exactly_once:
-        app.commits_in_transactions = True
-        transactions = app.transactions = ExactlyOnce(
-            TransactionalProducer(transactional_config(settings)),
-            dead_letters,
-            lambda: group_member(app),
-            metrics,
-        )
-
-        async def commit_transactions() -> None:
-            await transactions.run(settings.commit_interval_ms / 1000)
-
-        app.task(commit_transactions)
-        settlement = transactions
-    else:
-        settlement = AtLeastOnce(app.batch_producer, dead_letters)
+    app.row_caches = []
+    app.partition_stores = {}
     app.pipeline_tables = {
         spec.name: faust_table(app, settings, metrics, spec) for spec in topology.tables
     }
-    serdes = Serdes(records=app.codecs, internal=topology.internal, topology=topology)
-    outputs = Outputs(settlement=settlement, metrics=metrics)
-    runner = EventRunner(
-        settlement=settlement, metrics=metrics, max_batch=settings.max_batch_events
-    )
     if settings.store.startswith("rocksdb://"):
         cleaner = StateCleaner(
             app, app.pipeline_tables, settings.partitions, settings.state_cleanup_delay_s
@@ -263,24 +246,4 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
             cleaner.sweep()
 
         app.timer(interval, name="remove_copies_no_longer_held")(remove_copies_no_longer_held)
-    app.row_caches = []
-    for agent in topology.agents:
-        table = app.pipeline_tables[agent.table.name] if agent.table is not None else None
-        handler = AgentHandler(agent, table, serdes, outputs, metrics)
-        if handler.cache is not None:
-            app.row_caches.append(handler.cache)
-        _run_agent(app, agent, handler, runner)
-    app.end_offsets = EndOffsets(settings.kafka_client_config())
-    server.register(
-        app, topology, app.pipeline_tables, app.codecs, metrics, app.batch_producer, app.end_offsets
-    )
     return app
-
-
-def _run_agent(app: faust.App, agent: Agent, handler: AgentHandler, runner: EventRunner) -> None:
-    source = app.topic(*agent.rules, schema=RawSchema())
-
-    async def process(stream: StreamT[Any]) -> None:
-        await runner.consume(ArrivedEvents(stream), handler)
-
-    app.agent(source, name=agent.name)(process)

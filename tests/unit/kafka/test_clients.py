@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from pipeline.admin.clients import LIBRDKAFKA_LOGGER, logging_to_python
+from pipeline.kafka.clients import LIBRDKAFKA_LOGGER, logging_to_python
 
 
 def test_librdkafka_logs_go_to_python_logging() -> None:

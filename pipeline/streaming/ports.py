@@ -1,0 +1,86 @@
+"""What the runtime's core needs of the engine that runs it, as protocols: the records it
+consumes (``Message``, ``Event``), where a batch of them comes from and is acknowledged
+(``Arrivals``), a table's partitions (``PartitionStore``) and the group membership a
+transaction commits under (``GroupMember``). pipeline.engine implements them on Faust; the
+unit tests implement them in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+# A record's headers as the consumer hands them over.
+MessageHeaders = Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None
+
+
+class Message(Protocol):
+    """A consumed record."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> float: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> MessageHeaders: ...
+
+
+class Event(Protocol):
+    """A consumed record as an agent is handed it."""
+
+    @property
+    def message(self) -> Message: ...
+
+
+class Arrivals(Protocol):
+    """Where an agent's events come from, in batches, and where each is acknowledged."""
+
+    async def take(self, limit: int) -> list[Event]:
+        """The events that arrived, at least one (waited for), at most ``limit``; none
+        once the agent stops."""
+        ...
+
+    def ack(self, event: Event) -> None:
+        """``event`` was processed: its offset may be committed."""
+        ...
+
+
+class PartitionStore(Protocol):
+    """A table's rows, one store per partition this worker holds, with the offset of the
+    last changelog record each holds."""
+
+    @property
+    def changelog_topic(self) -> str: ...
+
+    def read(self, partition: int, key: bytes) -> bytes | None:
+        """``key``'s value in ``partition``; None when it has none."""
+        ...
+
+    def write(self, partition: int, rows: Iterable[tuple[bytes, bytes]]) -> None:
+        """Store ``rows`` (key, value) in ``partition``, in one write."""
+        ...
+
+    def set_changelog_offset(self, partition: int, offset: int) -> None:
+        """``partition`` holds the changelog up to ``offset`` (the last record written)."""
+        ...
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """This worker's membership of its consumer group, as the group coordinator knows
+    it: a transaction's offsets are committed under it, and the broker rejects them
+    once the group has moved on without this member (KIP-447)."""
+
+    group_id: str
+    generation_id: int  # -1 while not a member
+    member_id: str  # empty while not a member
+    group_instance_id: str | None  # static membership (KIP-345)
