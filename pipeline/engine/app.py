@@ -11,6 +11,7 @@ bytes (pipeline.engine.tables).
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -38,12 +39,14 @@ from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import GroupMember
 from pipeline.streaming.processing import BatchHandler, EventRunner, RowCache
 from pipeline.streaming.producer import BatchProducer
-from pipeline.streaming.topology import Agent, Topology
+from pipeline.streaming.topology import Agent, Topology, UndeclaredTopic
 from pipeline.streaming.transactions import (
     ExactlyOnce,
     check_group_metadata,
     wait_for_stable_offsets,
 )
+
+log = logging.getLogger(__name__)
 
 
 class PipelineApp(FixedFaustApp):
@@ -154,7 +157,13 @@ class PipelineApp(FixedFaustApp):
         source = self.topic(*agent.rules, schema=RawSchema())
 
         async def process(stream: StreamT[Any]) -> None:
-            await runner.consume(ArrivedEvents(stream), handler)
+            try:
+                await runner.consume(ArrivedEvents(stream), handler)
+            except UndeclaredTopic as bug:
+                # A bug in the service's rules: the worker stops (exit 1), rather than
+                # dead-letter every event or restart the agent into the same error.
+                log.critical("agent %s stopped the worker: %s", agent.name, bug)
+                await self.crash(bug)
 
         self.agent(source, name=agent.name)(process)
 

@@ -216,7 +216,8 @@ class AgentHandler:
             return True
         return False
 
-    def _encode(self, emitted: Sequence[Emit], origin: Origin) -> list[Outgoing]:
+    def _check_declared(self, emitted: Sequence[Emit]) -> None:
+        """A rule's bug, not its event's: raised out of the batch, it stops the agent."""
         emits = self.agent.emits
         for event in emitted:
             if event.topic not in emits:
@@ -224,7 +225,6 @@ class AgentHandler:
                     f"agent {self.agent.name!r} emitted to {event.topic!r}, which it does not "
                     f"declare (emits: {', '.join(sorted(emits)) or 'none'})"
                 )
-        return self.serdes.encode(emitted, origin)
 
     def _decode(self, message: Message, keyed: bool, setbacks: Setbacks) -> Decoded | None:
         """The event's key, value and origin; None while its writer schema is fetched
@@ -301,8 +301,13 @@ class AgentHandler:
                 update: Update[Any] = rules[message.topic](
                     key, value, tracked.row if tracked is not None else None
                 )
-                outgoing = self._encode(update.emit, origin)
             except Exception as error:  # the rule's, for this event alone: rules are pure
+                setbacks.failed.append((event, error))
+                continue
+            self._check_declared(update.emit)
+            try:
+                outgoing = self.serdes.encode(update.emit, origin)
+            except Exception as error:  # a record its topic's schema refuses
                 setbacks.failed.append((event, error))
                 continue
             derived += outgoing
@@ -318,7 +323,13 @@ class AgentHandler:
             if not index % YIELD_EVERY:
                 await asyncio.sleep(0)
             try:
-                derived += self._encode(rules[event.message.topic](key, value), origin)
+                emitted = rules[event.message.topic](key, value)
             except Exception as error:  # the rule's, for this event alone: rules are pure
+                setbacks.failed.append((event, error))
+                continue
+            self._check_declared(emitted)
+            try:
+                derived += self.serdes.encode(emitted, origin)
+            except Exception as error:  # a record its topic's schema refuses
                 setbacks.failed.append((event, error))
         return setbacks.onto(Prepared(await self.outputs.send(derived), derived=derived))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pipeline.serde.codec import schema_id_of as framed_schema_id
 from pipeline.serde.errors import NotConfluentFraming, PipelineCodecError
 from pipeline.streaming.ports import Event, Message
-from pipeline.streaming.producer import BatchProducer, Delivered, ProducerRecord
+from pipeline.streaming.producer import Delivered, ProducerRecord, RecordSender
 from pipeline.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class DeadLetters:
     so a message is only acknowledged (and its offset committed) once its dead letter
     is stored."""
 
-    producer: BatchProducer
+    producer: RecordSender
     app_id: str
 
     async def send(self, message: Message, error: BaseException, attempts: int) -> None:

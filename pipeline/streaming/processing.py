@@ -66,7 +66,7 @@ from pipeline.serde.errors import PipelineCodecError, RegistryUnavailable
 from pipeline.streaming.dead_letters import DeadLetters, error_class_of
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import Arrivals, Event, Message, PartitionStore
-from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing
+from pipeline.streaming.producer import Delivered, Outgoing, RecordSender
 from pipeline.streaming.topology import UndeclaredTopic
 
 log = logging.getLogger(__name__)
@@ -251,10 +251,15 @@ def _ignore_outcome(delivery: asyncio.Future[Delivered]) -> None:
 BatchHandler = Callable[[Sequence[Event], Prepared | None], Awaitable[Prepared]]
 
 
+# What stops an agent at once: its cancellation, and a bug in its rules, which no retry
+# and no dead letter would fix.
+STOPS_THE_AGENT = (asyncio.CancelledError, UndeclaredTopic)
+
+
 def is_permanent(error: BaseException) -> bool:
-    """Errors that retrying cannot fix: bad bytes, unknown schemas, invalid records, a rule
-    emitting to a topic it does not declare."""
-    if isinstance(error, EncodingError | UndeclaredTopic):
+    """Errors of one event that retrying cannot fix: bad bytes, unknown schemas, invalid
+    records."""
+    if isinstance(error, EncodingError):
         return True
     return isinstance(error, PipelineCodecError) and not isinstance(error, RegistryUnavailable)
 
@@ -302,7 +307,7 @@ class AtLeastOnce:
     """The order of the module's docstring: derived events, then changelog records,
     then the store, then the acknowledgements."""
 
-    producer: BatchProducer
+    producer: RecordSender
     dead_letters: DeadLetters
 
     async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
@@ -396,7 +401,7 @@ class EventRunner:
         """Prepare ``batch``, then settle the batch in flight; the new batch in flight."""
         try:
             prepared = await handler(batch, in_flight.prepared if in_flight else None)
-        except asyncio.CancelledError:
+        except STOPS_THE_AGENT:
             raise
         except Exception as error:
             if in_flight is not None:
@@ -440,7 +445,7 @@ class EventRunner:
         failure: Exception | None
         try:
             prepared = await handler(events, None)
-        except asyncio.CancelledError:
+        except STOPS_THE_AGENT:
             raise
         except Exception as again:
             failure = again
@@ -500,7 +505,7 @@ class EventRunner:
                 await self.settlement.settle(arrivals, [event], prepared)
                 self._count_failed(prepared)
                 return
-            except asyncio.CancelledError:
+            except STOPS_THE_AGENT:
                 raise
             except Exception as error:
                 last_attempt = attempt > len(self.backoff)

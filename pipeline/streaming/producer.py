@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -90,6 +90,19 @@ class Placement:
 
 # The last offset delivered per (topic, partition) in one batch.
 Delivered = dict[tuple[str, int], int]
+
+
+class RecordSender(Protocol):
+    """What sends the runtime's records: ``BatchProducer``, or a test's topics in memory
+    (pipeline.streaming.testing)."""
+
+    async def send(self, messages: Sequence[ProducerRecord]) -> asyncio.Future[Delivered]:
+        """Hand ``messages`` over; the future resolves once every one was stored."""
+        ...
+
+    async def send_and_wait(self, message: ProducerRecord) -> Placement:
+        """Send one message and wait until it was stored."""
+        ...
 
 
 class ProducerClosed(RuntimeError):

@@ -1,6 +1,7 @@
-"""The agents of the shop and points services, run by the runtime's handler without a broker:
-records are JSON (a stand-in for the registry codec), the table is a dict, and every send is
-acknowledged at once."""
+"""The runtime's agent handler, batch by batch, without a broker: records are JSON (a
+stand-in for the registry codec), the table is in memory, and every send is acknowledged
+at once. The services' own behaviour is tested through the public harness
+(tests/unit/agents)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from pipeline.agents.orders import USER_STATS
 from pipeline.agents.stock import STOCK
 from pipeline.domain.encoding import decode_order_line
-from pipeline.domain.rules import StockRow, UserOrderStats
+from pipeline.domain.rules import UserOrderStats
 from pipeline.serde.codec import frame, schema_id_of
 from pipeline.serde.errors import SchemaNotCached, UndecodableKey
 from pipeline.services import loyalty_points, points_settings, shop
@@ -149,62 +150,6 @@ def test_an_order_updates_the_user_row_and_re_keys_its_lines_with_the_order_s_po
     assert tracked.applied == {"order_created:3": Position(7)}
 
 
-def test_a_replayed_order_changes_nothing_and_emits_nothing() -> None:
-    shop_run = Harness(shop(SETTINGS))
-    shop_run.run("orders", order(7, "u1", [("A", 2)]))
-    assert shop_run.run("orders", order(7, "u1", [("A", 2)]), order(6, "u1", [("A", 1)])) == []
-    assert shop_run.row("user_order_stats", "u1").row.order_count == 1
-    skipped = shop_run.metrics.replays_skipped.labels("user_order_stats")._value.get()
-    assert skipped == 2
-
-
-def test_re_keyed_lines_apply_once_each_even_when_the_order_is_replayed() -> None:
-    shop_run = Harness(shop(SETTINGS))
-    lines = [
-        message
-        for message in shop_run.run("orders", order(7, "u1", [("A", 2), ("A", 5)]))
-        if message.topic == "unit-order_lines_by_sku"
-    ]
-    as_consumed = [
-        FakeMessage(line.topic, 0, offset, line.key, line.value)
-        for offset, line in enumerate(lines + lines)  # the order's lines, then their replay
-    ]
-    sent = shop_run.run("stock", *as_consumed)
-    assert [json.loads(m.value)["available"] for m in sent if m.topic == "stock_levels"] == [-2, -7]
-    assert shop_run.row("stock", "A").row == StockRow(-7)
-
-
-def test_an_adjustment_crossing_the_threshold_raises_one_alert() -> None:
-    shop_run = Harness(shop(SETTINGS))
-
-    def adjustment(offset: int, delta: int) -> FakeMessage:
-        value = {"sku": "A", "delta": delta, "reason": "r", "adjusted_at": offset}
-        return FakeMessage("stock_adjusted", 1, offset, b"A", json.dumps(value).encode())
-
-    sent = shop_run.run("stock", adjustment(0, 12), adjustment(1, -3), adjustment(2, -1))
-    alerts = [json.loads(m.value) for m in sent if m.topic == "low_stock_alerts"]
-    assert alerts == [{"sku": "A", "available": 9, "threshold": 10, "at": 1}]
-    assert shop_run.row("stock", "A").row == StockRow(8)
-
-
-def test_a_registration_requests_the_welcome_email() -> None:
-    user = {"user_id": "u1", "email": "u1@shop.example", "name": "U", "registered_at": 5}
-    message = FakeMessage("user_registered", 0, 0, b"u1", json.dumps(user).encode())
-    (sent,) = Harness(shop(SETTINGS)).run("notifications", message)
-    assert (sent.topic, sent.key, json.loads(sent.value)["address"]) == (
-        "notifications",
-        b"u1",
-        "u1@shop.example",
-    )
-
-
-def test_the_points_service_counts_a_point_per_whole_currency_unit() -> None:
-    points_run = Harness(loyalty_points(points_settings(SETTINGS)))
-    sent = points_run.run("points", order(1, "u1", [("A", 3)]), order(2, "u1", [("B", 1)]))
-    records = [json.loads(m.value) for m in sent if m.topic == "user_points"]
-    assert [(r["points"], r["last_order_id"]) for r in records] == [(3, "u1-o1"), (4, "u1-o2")]
-
-
 def test_a_table_event_without_a_key_fails_alone_with_the_typed_error() -> None:
     keyless = order(2, "u1", [("A", 1)])
     keyless.key = None
@@ -228,7 +173,9 @@ def test_an_event_a_rule_raises_for_fails_alone_and_leaves_its_row_as_it_was() -
     assert (stats.order_count, stats.last_order_id) == (2, "u1-o3")
 
 
-def test_emitting_to_an_undeclared_topic_is_a_permanent_error_naming_it() -> None:
+def test_emitting_to_an_undeclared_topic_stops_the_batch_naming_the_topic() -> None:
+    """A bug in the rule, not in its event: raised out of the batch (the worker stops),
+    never a dead letter."""
     topology = Topology(SETTINGS)
     agent = topology.agent("careless", emits=[topology.topics.notifications])
 
@@ -238,9 +185,9 @@ def test_emitting_to_an_undeclared_topic_is_a_permanent_error_naming_it() -> Non
 
     message = FakeMessage("user_registered", 0, 0, b"u1", b"{}")
     careless_run = Harness(topology)
-    assert careless_run.run("careless", message) == []
-    ((_, error),) = careless_run.failed
-    assert isinstance(error, UndeclaredTopic) and "'stock_levels'" in str(error)
+    with pytest.raises(UndeclaredTopic, match="'stock_levels'"):
+        careless_run.run("careless", message)
+    assert careless_run.broker.sent == []
 
 
 def test_a_dead_letter_replayed_for_the_shop_is_skipped_by_the_points_service() -> None:

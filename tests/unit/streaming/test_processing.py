@@ -27,6 +27,7 @@ from pipeline.streaming.processing import (
     by_topic,
 )
 from pipeline.streaming.producer import BatchProducer, Delivered, DeliveryFailed, Outgoing
+from pipeline.streaming.topology import UndeclaredTopic
 
 
 @dataclass
@@ -490,3 +491,16 @@ def test_an_event_waiting_for_its_schema_holds_its_partition_only_and_one_bad_fa
     prepared = [line for line in log if line.startswith("prepare")]
     assert prepared[1] == "prepare [(1, 11), (1, 12)]"  # the deferred, in their order
     assert [(offset, attempts) for offset, _, attempts in dead_letters.sent] == [(21, 1)]
+
+
+def test_an_undeclared_topic_stops_the_agent_without_a_retry_or_a_dead_letter() -> None:
+    log: list[str] = []
+    bug = UndeclaredTopic("agent 'stock' emitted to 'elsewhere', which it does not declare")
+    event_runner, dead_letters = runner(max_batch=2)
+    handler = Handler(log, fail_on=[None, bug])
+    with pytest.raises(UndeclaredTopic):
+        asyncio.run(event_runner.consume(FakeArrivals([[1, 2], [3]], log), handler))
+    assert dead_letters.sent == []
+    # The batch before it settles; the failing one is neither retried nor acknowledged.
+    assert [line for line in log if line.startswith("prepare")] == ["prepare [1, 2]", "prepare [3]"]
+    assert "ack 3" not in log
