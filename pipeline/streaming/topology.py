@@ -6,13 +6,15 @@ rule it applies to each source topic's events and which topics it emits to::
     orders = topology.agent("orders", table=USER_STATS, emits=[topics.user_order_stats])
 
     @orders.on(topics.order_created)
-    def order(user_id: str, order: dict[str, Any], stats: UserOrderStats | None) -> Update:
-        updated = apply_order(stats, order_id=order["order_id"], total_cents=...)
+    def order(user_id: str, order: Order, stats: UserOrderStats | None) -> Update[UserOrderStats]:
+        updated = apply_order(stats, order)
         return Update(updated, emit=[Emit(topics.user_order_stats, user_id, {...})])
 
 A rule gets the event's key (text), its decoded value and, for an agent with a
 table, the key's row (None when the table has none); it returns the new row and
-the events to emit (``Update``), or, without a table, only the events. The runtime
+the events to emit (``Update``), or, without a table, only the events. mypy checks
+each rule's shape against its agent (``TableRule``, ``StreamRule``). Emitting to a
+topic the agent does not declare stops the worker: a bug, not a bad event. The runtime
 (pipeline.streaming.agents) does the rest: decoding (awaiting unknown schema ids),
 batches, binding each row to its partition, skipping replays, sending derived
 events before the changelog and the changelog before the store, retries and dead
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from pipeline.settings import Settings
 from pipeline.topics import TopicNames, TopicSpec
@@ -80,29 +82,48 @@ class InternalTopic(Generic[Value]):
     decode: Callable[[str, bytes], Value]
 
 
-# With a table: (key, value, row or None) -> Update; without: (key, value) -> events.
-Rule = Callable[..., Any]
+# A rule with a table: (key, value, the key's row or None) -> the new row and its events.
+TableRule = Callable[[str, Any, Row | None], Update[Row]]
+# A rule without one: (key, value) -> the events it emits.
+StreamRule = Callable[[str, Any], Sequence[Emit]]
+Rule = TypeVar("Rule", bound=Callable[..., Any])
 
 
 @dataclass
 class Agent:
-    """One agent: its source topics with a rule each, its table, the topics it emits to."""
+    """One agent: its source topics with a rule each, its table, the topics it emits to.
+
+    Made by ``Topology.agent``: a ``TableAgent`` or a ``StreamAgent``, whose ``on`` checks
+    the rule's shape (mypy)."""
 
     name: str
     table: TableSpec[Any] | None
     emits: frozenset[str]
-    rules: dict[str, Rule] = field(default_factory=dict)
+    rules: dict[str, Callable[..., Any]] = field(default_factory=dict)
 
-    def on(self, topic: str) -> Callable[[Rule], Rule]:
+    def _register(self, topic: str, rule: Rule) -> Rule:
+        if topic in self.rules:
+            raise ValueError(f"agent {self.name!r} already has a rule for topic {topic!r}")
+        self.rules[topic] = rule
+        return rule
+
+
+@dataclass
+class TableAgent(Agent, Generic[Row]):
+    """An agent keeping a table of ``Row``s."""
+
+    def on(self, topic: str) -> Callable[[TableRule[Row]], TableRule[Row]]:
         """Apply the decorated rule to every event of ``topic``."""
+        return lambda rule: self._register(topic, rule)
 
-        def register(rule: Rule) -> Rule:
-            if topic in self.rules:
-                raise ValueError(f"agent {self.name!r} already has a rule for topic {topic!r}")
-            self.rules[topic] = rule
-            return rule
 
-        return register
+@dataclass
+class StreamAgent(Agent):
+    """An agent without a table: each event becomes the events its rule emits."""
+
+    def on(self, topic: str) -> Callable[[StreamRule], StreamRule]:
+        """Apply the decorated rule to every event of ``topic``."""
+        return lambda rule: self._register(topic, rule)
 
 
 @dataclass(frozen=True)
@@ -138,10 +159,22 @@ class Topology:
         self.views: list[View[Any]] = []
         self.ingest_routes: list[IngestRoute] = []
 
+    @overload
+    def agent(
+        self, name: str, *, table: TableSpec[Row], emits: Iterable[str] = ()
+    ) -> TableAgent[Row]: ...
+
+    @overload
+    def agent(self, name: str, *, table: None = None, emits: Iterable[str] = ()) -> StreamAgent: ...
+
     def agent(
         self, name: str, *, table: TableSpec[Any] | None = None, emits: Iterable[str] = ()
     ) -> Agent:
-        agent = Agent(name, table, frozenset(emits))
+        agent: Agent = (
+            StreamAgent(name, None, frozenset(emits))
+            if table is None
+            else TableAgent(name, table, frozenset(emits))
+        )
         self.agents.append(agent)
         return agent
 

@@ -1,0 +1,32 @@
+"""Rules of the wrong shape, for mypy to refuse (tests/unit/streaming/test_rule_types.py)."""
+
+from typing import Any
+
+from pipeline.agents.orders import USER_STATS
+from pipeline.domain.rules import UserOrderStats
+from pipeline.settings import Settings
+from pipeline.streaming.topology import Emit, Topology, Update
+
+topology = Topology(Settings())
+orders = topology.agent("orders", table=USER_STATS)
+stateless = topology.agent("n")
+
+
+@orders.on("x")
+def forgets_the_row(key: str, value: dict[str, Any]) -> Update[UserOrderStats]:
+    return Update(UserOrderStats(0, 0, ""))
+
+
+@orders.on("y")
+def wrong_row(key: str, value: dict[str, Any], row: UserOrderStats | None) -> Update[int]:
+    return Update(1)
+
+
+@stateless.on("z")
+def returns_a_row(key: str, value: dict[str, Any]) -> Update[int]:
+    return Update(1)
+
+
+@stateless.on("w")
+def fine(key: str, value: dict[str, Any]) -> list[Emit]:
+    return []
