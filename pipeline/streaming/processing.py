@@ -1,55 +1,21 @@
-"""How every agent handles its events: in batches, pipelined, with bounded retries
-per event, then the dead-letter topic.
+"""How every agent handles its events: in batches, pipelined, each event failing alone,
+then the dead-letter topic.
 
-An agent takes the events that have already arrived, up to ``max_batch`` (one at
-a time when they trickle in, so a quiet pipeline adds no latency; pipeline.settings
-``max_batch_events``). A batch is *prepared* (decoded, its rows computed, its
-derived events handed to the producer) and then *completed*: once the broker
-acknowledged every derived event, the rows' changelog records are sent; once those
-are acknowledged too, the rows are written to the table's store and the events
-acknowledged to Faust, whose committed offsets advance only over acknowledged events.
+An agent takes the events that have already arrived, up to ``max_batch``. A batch is
+*prepared* (decoded, its rows computed, its derived events handed over) and then
+*settled* by the processing guarantee's ``Settlement``: under at-least-once
+(``AtLeastOnce``) the derived events are delivered first, then the rows' changelog
+records, then the rows are stored and the events acknowledged, the order that makes a
+replay safe (docs/guarantees.md, "The crash-safety protocol"); under exactly-once, in the
+worker's transaction (pipeline.streaming.transactions). The next batch is prepared while
+the previous one's records are on their way, reading its rows.
 
-That order is what makes replays safe. A row remembers the events it applied (see
-pipeline.domain.rules), and a replayed event the row already applied is skipped, derived
-events included; so a changelog record must never reach the broker before the
-derived events of the changes it holds. (Sent together, a SIGKILL could deliver a
-user's row and not the order lines re-keyed to the stock side: the replayed order
-was then skipped and its lines never counted.) A crash before completion replays
-the batch: it re-sends the derived events (duplicates, never losses) and applies
-each row change once.
-
-While more events wait, the next batch is prepared while the previous one's
-records are on their way (reading the previous batch's rows where it changed
-them), so the broker round trip overlaps work instead of idling the agent. A batch
-in flight settles (completes and acknowledges) in a task of its own as soon as its
-records are delivered, so it does even while the agent waits for events, as during
-a rebalance, which waits for every event handed out to be acknowledged.
-
-An event the batch cannot process (bytes that do not decode, a schema id the registry
-does not have, a rule that raises: rules are pure, so the others' results stand) fails
-alone: the batch leaves its row as it was and settles its dead letter with its other
-records (``Prepared.failed``). An event whose writer schema is being fetched is deferred
-to a later batch with the rest of its partition, so only that partition waits
-(``Prepared.deferred``). What belongs to no single event (the registry away, a delivery
-that failed) has the batch tried once more whole after a pause, then, failing again, one
-event at a time, so only the event at fault is retried: with a growing pause, and after
-the last attempt it is dead-lettered and the agent moves on, so one bad message never
-blocks its partition.
-
-How a prepared batch is settled (its outputs made durable, its events
-acknowledged) is the processing guarantee's: a ``Settlement``. Under
-at-least-once (``AtLeastOnce``, here) it is the order above. Under exactly-once
-(pipeline.streaming.transactions) nothing is sent while a batch is prepared: its
-derived events, dead letters and changelog records go out at settlement, in the
-worker's open Kafka transaction with the batch's offsets, and its rows reach the
-store and its events are acknowledged only once that transaction committed (until
-then later batches read them from the settlement's ``unsettled`` rows).
-
-Faust's own ``take_events`` is not used: in a SIGKILL crash test a worker batching
-with it never processed one stock_adjusted message (compare robinhood/faust issue
-656 on ``take()``); here the agent takes what waits in its stream's queue itself, as the
-stream's own iterator would, and acknowledges each event once its batch settled
-(pipeline.engine.fast_path.ArrivedEvents).
+An event that cannot be processed (bytes that do not decode, an unknown schema id, a rule
+that raises) fails alone: its dead letter settles with the batch. An event whose writer
+schema is being fetched is deferred with the rest of its partition. What belongs to no
+single event (the registry away, a failed delivery) has the batch tried once more whole,
+then event by event with a growing pause, then dead-lettered (docs/guarantees.md,
+"Failures and dead letters"). A rule emitting to an undeclared topic stops the agent.
 """
 
 from __future__ import annotations

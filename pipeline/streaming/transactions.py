@@ -1,51 +1,15 @@
 """Exactly-once processing (``PIPELINE_PROCESSING_GUARANTEE=exactly_once``): every
-worker's outputs and consumed offsets in Kafka transactions of its own.
+worker's outputs and consumed offsets in Kafka transactions of its own, as Kafka Streams'
+``exactly_once_v2`` does (KIP-447).
 
-Faust's ``exactly_once`` is not used (it opens a transaction per source partition and
-fails for topics the app does not consume, pipeline.streaming.app). Instead, as Kafka
-Streams' ``exactly_once_v2`` does (KIP-447):
-
-- **One transactional producer per worker**, with a ``transactional.id`` that stays the
-  same across restarts of the worker (``transactional_id``): starting it aborts what
-  the previous incarnation left open, and fences that incarnation's producer out.
-- **A transaction spans a commit interval** (``PIPELINE_COMMIT_INTERVAL_MS``), across the
-  batches of every agent of the worker. A batch prepares without sending anything; when
-  it settles (pipeline.streaming.processing's ``Settlement``), its derived events, dead
-  letters and changelog records are handed to the producer inside the open transaction,
-  in one step with its events' offsets (so no commit can fall between them). At the end
-  of the interval the offsets are sent to the transaction with the consumer group's
-  metadata and the transaction is committed: a ``read_committed`` consumer sees all of
-  it or nothing.
-- **Rows reach the store only after their transaction committed.** Until then the batches
-  read after them find them in the settlement's ``unsettled`` rows; the events are
-  acknowledged to Faust (which commits nothing itself in this mode,
-  pipeline.engine) only after the commit too, so a rebalance, which
-  waits for every event handed out to be acknowledged, waits for the commit.
-- **Fencing.** The offsets carry the group generation, member id and group instance id
-  the worker's aiokafka consumer holds (``group_metadata``): a worker whose membership
-  the group has moved past (a zombie, paused past its session timeout) has its
-  ``TxnOffsetCommit`` rejected by the broker, and never gets a write committed. A
-  transaction whose membership changed while it was open, or that has none, is not
-  committed either.
-- **Stable offsets at a takeover.** Before a worker restores the tables of the partitions
-  it is assigned and fetches their committed offsets, it waits until no transaction holds
-  offsets of them pending (``wait_for_stable_offsets``): a previous owner's commit in doubt
-  is seen whole or not at all.
-- **A failed transaction is a crash.** Aborting it leaves no trace in Kafka, but the worker
-  has moved its consumer positions past the events and holds their rows in memory; the
-  simplest state that is right is the one after a SIGKILL: the transaction is aborted,
-  the process exits (``EXIT_TRANSACTION_FAILED``), and the events are consumed again from
-  the committed offsets by whichever worker holds them next, their rows read back from the
-  store and changelog, which never saw the aborted ones. Transient broker errors are
-  retried by librdkafka first (and the commit itself while they are retriable).
-
-librdkafka only makes the group metadata from its own consumer, and aiokafka consumes
-here: ``group_metadata`` writes librdkafka's serialized form from aiokafka's
-membership. The format is librdkafka's own, undocumented
-(``rd_kafka_consumer_group_metadata_write`` in src/rdkafka_cgrp.c, "CGMDv2", unchanged
-since librdkafka 1.4 up to the 2.x confluent-kafka 2.16 bundles); ``check_group_metadata``
-compares it at start-up with what a real confluent-kafka consumer writes, and the worker
-refuses to start when they differ.
+One transactional producer per worker (``transactional_id``, stable across restarts, so a
+restart fences the previous incarnation); one transaction per commit interval, across the
+batches of every agent; each batch's derived events, dead letters and changelog records
+handed over at settlement with its offsets; rows stored and events acknowledged only once
+the transaction committed (``unsettled`` meanwhile). The offsets carry the group membership
+(``group_metadata``, librdkafka's format written from aiokafka's membership), so a zombie's
+commit is refused; a takeover waits for stable offsets; a failed transaction exits the
+worker as a SIGKILL would. Why each, and what it costs: docs/guarantees.md ("Exactly-once").
 """
 
 from __future__ import annotations
