@@ -45,10 +45,10 @@ from bench.common import (
 )
 from bench.probe import Percentiles, Probe, latencies, offer, round_trip
 from pipeline.dev.workers import Deployment
+from pipeline.kafka.naming import TopicSpec
 from pipeline.kafka.topics import ensure_topics
 from pipeline.settings import Settings
 from pipeline.streaming.producer import producer_config
-from pipeline.topics import TopicSpec
 
 PIPELINE = "pipeline x1"
 QUIX = throughput.QUIX

@@ -17,16 +17,17 @@ from dataclasses import replace
 from pipeline.agents import notifications, orders, points, stock
 from pipeline.settings import Settings
 from pipeline.streaming.topology import Topology
+from pipeline.topics import TopicNames
 
 POINTS_APP_SUFFIX = "-points"
 
 
 def shop(settings: Settings) -> Topology:
     topology = Topology(settings)
-    notifications.register(topology)
-    orders.register(topology)
-    stock.register(topology)
-    topics = topology.topics
+    topics = TopicNames.from_settings(settings)
+    notifications.register(topology, topics)
+    orders.register(topology, topics)
+    stock.register(topology, topics, settings.low_stock_threshold)
     topology.ingest("/users", topics.user_registered, "user_id")
     topology.ingest("/orders", topics.order_created, "user_id")
     topology.ingest("/stock", topics.stock_adjusted, "sku")
@@ -41,7 +42,7 @@ def points_settings(settings: Settings) -> Settings:
 def loyalty_points(settings: Settings) -> Topology:
     """``settings`` are the points service's own (``points_settings``)."""
     topology = Topology(settings)
-    points.register(topology)
+    points.register(topology, TopicNames.from_settings(settings))
     return topology
 
 

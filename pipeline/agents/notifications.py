@@ -7,10 +7,10 @@ from typing import Any
 from pipeline.domain.records import welcome_notification
 from pipeline.domain.rules import millis
 from pipeline.streaming.topology import Emit, Topology
+from pipeline.topics import TopicNames
 
 
-def register(topology: Topology) -> None:
-    topics = topology.topics
+def register(topology: Topology, topics: TopicNames) -> None:
     notifications = topology.agent("notifications", emits=[topics.notifications])
 
     @notifications.on(topics.user_registered)

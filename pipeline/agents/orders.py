@@ -11,6 +11,7 @@ from pipeline.domain import encoding
 from pipeline.domain.records import user_order_stats, user_stats_view
 from pipeline.domain.rules import Order, UserOrderStats, apply_order, millis, order_lines
 from pipeline.streaming.topology import Emit, TableSpec, Topology, Update
+from pipeline.topics import TopicNames
 
 USER_STATS = TableSpec(
     "user_order_stats",
@@ -20,8 +21,7 @@ USER_STATS = TableSpec(
 )
 
 
-def register(topology: Topology) -> None:
-    topics = topology.topics
+def register(topology: Topology, topics: TopicNames) -> None:
     lines = topology.repartition(
         "order_lines_by_sku", encoding.encode_order_line, encoding.decode_order_line
     )

@@ -10,12 +10,12 @@ from pipeline.domain.encoding import decode_points, encode_points
 from pipeline.domain.records import points_view, user_points
 from pipeline.domain.rules import Order, UserPoints, apply_points, millis
 from pipeline.streaming.topology import Emit, TableSpec, Topology, Update
+from pipeline.topics import TopicNames
 
 POINTS = TableSpec("points", encode_points, decode_points, help="Loyalty points per user.")
 
 
-def register(topology: Topology) -> None:
-    topics = topology.topics
+def register(topology: Topology, topics: TopicNames) -> None:
     points = topology.agent("points", table=POINTS, emits=[topics.user_points])
 
     @points.on(topics.order_created)

@@ -15,13 +15,13 @@ from pipeline.domain.encoding import decode_stock_row, encode_stock_row
 from pipeline.domain.records import low_stock_alert, stock_level, stock_view
 from pipeline.domain.rules import OrderLine, StockRow, apply_stock_delta, millis
 from pipeline.streaming.topology import Emit, TableSpec, Topology, Update
+from pipeline.topics import TopicNames
 
 STOCK = TableSpec("stock", encode_stock_row, decode_stock_row, help="Units available per SKU.")
 
 
-def register(topology: Topology) -> None:
-    topics = topology.topics
-    threshold = topology.settings.low_stock_threshold
+def register(topology: Topology, topics: TopicNames, threshold: int) -> None:
+    """The stock agent; ``threshold``: below it a SKU raises a low-stock alert."""
     stock = topology.agent(
         "stock", table=STOCK, emits=[topics.stock_levels, topics.low_stock_alerts]
     )

@@ -13,8 +13,8 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pipeline.kafka.clients import logging_to_python
+from pipeline.kafka.naming import TopicSpec, copartitioning_problems
 from pipeline.settings import Settings
-from pipeline.topics import TopicSpec, copartitioning_problems
 
 
 class TopicLayoutError(RuntimeError):

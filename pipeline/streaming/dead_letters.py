@@ -17,11 +17,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pipeline.kafka.naming import TopicNaming
 from pipeline.serde.codec import schema_id_of as framed_schema_id
 from pipeline.serde.errors import NotConfluentFraming, PipelineCodecError
 from pipeline.streaming.ports import Event, Message
 from pipeline.streaming.producer import Delivered, ProducerRecord, RecordSender
-from pipeline.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class DeadLetters:
             failed_at_ms=int(time.time() * 1000),
             app_id=self.app_id,
         )
-        target = TopicNames.dead_letters(message.topic)
+        target = TopicNaming.dead_letters(message.topic)
         return ProducerRecord(target, message.key, message.value, headers=headers)
 
     def report(self, message: Message, error: BaseException, attempts: int) -> None:
@@ -162,7 +162,7 @@ class DeadLetters:
             message.topic,
             message.partition,
             message.offset,
-            TopicNames.dead_letters(message.topic),
+            TopicNaming.dead_letters(message.topic),
             attempts,
             error_class_of(error),
             error,

@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
 
+from pipeline.kafka.naming import TopicNaming, TopicSpec
 from pipeline.settings import Settings
-from pipeline.topics import TopicNames, TopicSpec
 
 Row = TypeVar("Row")
 Value = TypeVar("Value")
@@ -153,7 +153,7 @@ class Topology:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.topics = TopicNames.from_settings(settings)
+        self.topics = TopicNaming.from_settings(settings)
         self.agents: list[Agent] = []
         self.internal: dict[str, InternalTopic[Any]] = {}
         self.views: list[View[Any]] = []

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+from pipeline.kafka.naming import copartitioning_problems
 from pipeline.services import shop
 from pipeline.settings import Settings
-from pipeline.topics import TopicNames, copartitioning_problems
+from pipeline.topics import TopicNames
 
 
 def test_contract_names_without_prefix() -> None:

@@ -29,6 +29,7 @@ from pipeline.streaming.positions import Origin, Position, TrackedCodec, unframe
 from pipeline.streaming.processing import AtLeastOnce, Event
 from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing
 from pipeline.streaming.topology import Agent, Emit, Topology, UndeclaredTopic
+from pipeline.topics import TopicNames
 
 SETTINGS = Settings(app_id="unit", low_stock_threshold=10)
 
@@ -176,12 +177,12 @@ def test_an_event_a_rule_raises_for_fails_alone_and_leaves_its_row_as_it_was() -
 def test_emitting_to_an_undeclared_topic_stops_the_batch_naming_the_topic() -> None:
     """A bug in the rule, not in its event: raised out of the batch (the worker stops),
     never a dead letter."""
-    topology = Topology(SETTINGS)
-    agent = topology.agent("careless", emits=[topology.topics.notifications])
+    topology, topics = Topology(SETTINGS), TopicNames.from_settings(SETTINGS)
+    agent = topology.agent("careless", emits=[topics.notifications])
 
-    @agent.on(topology.topics.user_registered)
+    @agent.on(topics.user_registered)
     def emit_elsewhere(user_id: str, user: dict[str, Any]) -> list[Emit]:
-        return [Emit(topology.topics.stock_levels, user_id, {})]
+        return [Emit(topics.stock_levels, user_id, {})]
 
     message = FakeMessage("user_registered", 0, 0, b"u1", b"{}")
     careless_run = Harness(topology)

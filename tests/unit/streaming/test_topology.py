@@ -4,10 +4,10 @@ from typing import Any
 
 import pytest
 
+from pipeline.kafka.naming import TopicSpec
 from pipeline.services import loyalty_points, points_settings, shop
 from pipeline.settings import Settings
 from pipeline.streaming.topology import Emit, Topology
-from pipeline.topics import TopicSpec
 
 SETTINGS = Settings(app_id="app")
 
