@@ -6,7 +6,7 @@ endpoint answers only true or false (``verbose=true`` adds no messages), so
 with one schema read data written with another (Avro spec, "Schema Resolution")?
 
 The rules agree with Apache Avro Java's ``SchemaCompatibility`` (the differential
-test in ``tests/unit/test_avro_compat_oracle.py`` holds them to it), except where
+test in ``tests/unit/evolution/test_avro_compat_oracle.py`` holds them to it), except where
 the spec is silent and Avro's checker accepts what its own decoder or fastavro
 cannot read; ``docs/schema-compatibility.md`` lists those cases.
 """

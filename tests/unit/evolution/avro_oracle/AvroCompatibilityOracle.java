@@ -8,7 +8,7 @@ import org.apache.avro.Schema;
 import org.apache.avro.SchemaCompatibility;
 
 /**
- * Apache Avro's own verdict on schema pairs, for the differential test of pipeline.avro_compat.
+ * Apache Avro's own verdict on schema pairs, for the differential test of pipeline.evolution.avro_compat.
  *
  * <p>Reads one JSON array [reader, writer] per line on stdin and answers one line per pair on
  * stdout, flushed, so a caller can ask pair by pair or send thousands at once: COMPATIBLE,

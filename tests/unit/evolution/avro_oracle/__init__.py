@@ -1,4 +1,4 @@
-"""Apache Avro Java's ``SchemaCompatibility`` as an oracle for ``pipeline.avro_compat``.
+"""Apache Avro Java's ``SchemaCompatibility`` as an oracle for ``pipeline.evolution.avro_compat``.
 
 The Java side is ``AvroCompatibilityOracle.java`` beside this file, compiled at test time against
 the Avro jar and its runtime dependencies, which Maven fetches from Maven Central once into the
