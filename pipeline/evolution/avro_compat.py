@@ -223,6 +223,13 @@ def _same_name(reader: _Named, writer: _Named) -> bool:
     )
 
 
+def _names_in_full(reader: _Type, writer: _Named) -> bool:
+    """``reader`` is the named type of ``writer``'s full name, or has it as an alias."""
+    return isinstance(reader, _Named) and (
+        reader.full_name == writer.full_name or writer.full_name in reader.aliases
+    )
+
+
 def _matches(reader: _Type, writer: _Type) -> bool:
     """The spec's "match" that picks a reader union's branch: shallow for named types."""
     if isinstance(reader, _Union) or isinstance(writer, _Union):
@@ -248,12 +255,14 @@ class _Resolver:
         # recursive type meets itself: assume it resolves, as Avro does, until shown otherwise).
         self._named_results: dict[tuple[str, str], list[str] | None] = {}
 
-    def resolve(self, reader: _Type, writer: _Type, path: str) -> list[str]:
+    def resolve(
+        self, reader: _Type, writer: _Type, path: str, *, in_writer_union: bool = False
+    ) -> list[str]:
         where = path or "the record"
         if isinstance(writer, _Union):
             problems = []
             for branch in writer.branches:
-                branch_problems = self.resolve(reader, branch, path)
+                branch_problems = self.resolve(reader, branch, path, in_writer_union=True)
                 if (
                     branch_problems
                     and not isinstance(reader, _Union)
@@ -267,7 +276,7 @@ class _Resolver:
                     problems.extend(branch_problems)
             return problems
         if isinstance(reader, _Union):
-            return self._resolve_union(reader, writer, path)
+            return self._resolve_union(reader, writer, path, by_full_name=not in_writer_union)
         if isinstance(reader, _Named) and isinstance(writer, _Named) and reader.kind == writer.kind:
             return self._resolve_named(reader, writer, path)
         if isinstance(reader, _Array) and isinstance(writer, _Array):
@@ -278,17 +287,33 @@ class _Resolver:
             return []
         return [f"{where}: type changed from {_label(writer)} to {_label(reader)}"]
 
-    def _resolve_union(self, reader: _Union, writer: _Type, path: str) -> list[str]:
+    def _resolve_union(
+        self, reader: _Union, writer: _Type, path: str, *, by_full_name: bool
+    ) -> list[str]:
         """The spec: the first branch that matches the writer is resolved, the others unused.
 
         Avro's checker accepts a union if *any* branch can read the writer; its decoder and
-        fastavro pick one branch and fail if it cannot (docs/schema-compatibility.md).
+        fastavro pick one branch and fail if it cannot. Avro Java's decoder also finds an
+        enum's or a fixed's branch by full name (or alias) when the writer's type is not in
+        a union of its own (``by_full_name``): docs/schema-compatibility.md.
         """
         where = path or "the record"
         matching = [branch for branch in reader.branches if _matches(branch, writer)]
         if not matching:
             return [f"{where}: {_label(writer)} matches no branch of {_label(reader)}"]
         first, *later = matching
+        if (
+            by_full_name
+            and isinstance(writer, _Named)
+            and writer.kind != "record"
+            and not any(_names_in_full(branch, writer) for branch in matching)
+        ):
+            return [
+                f"{where}: {_label(writer)} matches the reader's union branch {_label(first)} "
+                f"by its short name only, and Avro Java's decoder finds a union branch of an "
+                f"{writer.kind} by its full name: give the branch the alias "
+                f"{writer.full_name!r}, or the writer's namespace"
+            ]
         problems = self.resolve(first, writer, path)
         if not problems:
             return []
