@@ -17,7 +17,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.consumer.subscription_state import SubscriptionState
+from faust.stores.rocksdb import RocksDBOptions
+from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import Stream
+from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport.conductor import Conductor, ConductorCompiler
 from faust.transport.consumer import Consumer as FaustConsumer
@@ -121,6 +124,27 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     ConsumerThread.on_partitions_assigned: (
         "e59e8dda43724bd4c943653b34f70c7baa589427381625bac53ceb4b885ef183"
     ),
+    # pipeline.streaming.rocksdb_memory: BoundedStore replaces how a partition's database is
+    # opened (the path, read_only only for a file, the options, the TTL, the read options)
+    # and reads the store's read_only, rocksdb_options and partition_path; the bulk restore
+    # and the agents reach the databases through _db_for_partition.
+    RocksDBStore._open_for_partition: (
+        "1dc4e0113d67379dd61c0a396fa92636577d5fc6be60d4312253fa566080377b"
+    ),
+    RocksDBStore.__init__: "c7c0fa2989e8ab4a4349ff29df8258471624a160cb549e6735c367d9b2fefd19",
+    RocksDBStore.partition_path: (
+        "0cc4eae7dc33fcf199f5a271d5186984f3a18af73a5168a9961e71518eb7ab14"
+    ),
+    RocksDBStore._db_for_partition: (
+        "cb7e67d5f9efc4bced7b7ab09a55fe717c352daad5b693594e3f7ca52a98787f"
+    ),
+    RocksDBOptions.open: "ff87e92d69e2f487e2657c1df266543f4733d4acad3dd18fa5c86f239d8e340d",
+    RocksDBOptions.as_options: ("d2a1bea17736d2eb2f8d2da592ef843f31bd9583b17b3fcbb2ebd84c15051660"),
+    # PipelineTable builds its store as this does, and is made and added as App.Table does.
+    Collection._new_store_by_url: (
+        "343a8125107d3f69ced468ee156659955d31abbc3bbed3df0e6ac87b474f850b"
+    ),
+    faust.App.Table: "e49f205922bb5121659c410e6a8edb1bc8009068dbb5b097c73f4a1868cc47bb",
 }
 # The compiled twin of Stream._py_aiter, the one Faust runs.
 CYTHON_STREAMS = Path(cast(str, faust_cython.__file__)).parent / "streams.pyx"
@@ -143,7 +167,7 @@ def test_the_fixes_match_the_installed_faust() -> None:
         source = inspect.getsource(function)
         assert hashlib.sha256(source.encode()).hexdigest() == digest, (
             f"Faust's {function.__qualname__} changed: "
-            "compare it with pipeline.streaming.faust_internals"
+            "compare it with pipeline.streaming.faust_internals (or rocksdb_memory)"
         )
     assert hashlib.sha256(CYTHON_STREAMS.read_bytes()).hexdigest() == CYTHON_STREAMS_DIGEST, (
         "Faust's compiled stream iterator changed: compare it with ArrivedEvents"
