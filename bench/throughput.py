@@ -164,7 +164,7 @@ def run_pipeline(source: Input, deployment: Deployment, workers: int, guarantee:
         for worker in started:
             if worker.process is not None and worker.process.poll() is None:
                 peak = peak_rss_bytes(worker.pid) / 1024**2
-                print(f"  {deployment.name} {worker.name}: peak RSS {peak:,.0f} MiB", flush=True)
+                print(f"  {deployment.name} {worker.label}: peak RSS {peak:,.0f} MiB", flush=True)
             worker.stop()
         offsets.close()
 
