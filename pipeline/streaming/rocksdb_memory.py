@@ -67,6 +67,8 @@ def state_memory(budget_mb: int) -> StateMemory:
     if memory is None:
         budget = budget_mb * MIB
         cache = rocksdict.Cache(budget)
+        # No stalls: with them on, a writer over the limit waited for the flush of another
+        # database that nothing triggered, and the process hung (bench part 8).
         write_buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
             int(budget * MEMTABLE_SHARE), False, cache
         )
