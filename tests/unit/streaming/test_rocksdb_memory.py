@@ -84,18 +84,23 @@ def test_a_memory_store_stays_fausts(tmp_path: Path) -> None:
 
 
 def test_every_database_reads_its_blocks_into_the_shared_cache(tmp_path: Path) -> None:
-    memory = state_memory(13)
-    app = shop_app(tmp_path, 13)
+    memory = state_memory(61)
+
+    def blocks() -> int:
+        # The cache holds the memtables' reservations too (released lazily after a flush).
+        return memory.cache.get_usage() - memory.write_buffers.get_usage()
+
+    app = shop_app(tmp_path, 61)
     dbs = every_db(app, 4)
     assert len({id(db) for db in dbs}) == len(dbs) >= 8
     for index, db in enumerate(dbs):
-        for i in range(1_000):
+        for i in range(2_000):
             db[f"k{i}".encode()] = os.urandom(500)
         db.flush(True)
-        before = memory.cache.get_usage()
-        assert sum(len(value) for value in db.values()) == 500_000
-        # Its data blocks (about 500 kB) are now held by the one cache of the budget.
-        assert memory.cache.get_usage() - before > 250_000, f"database {index}"
+        before = blocks()
+        assert sum(len(value) for value in db.values()) == 1_000_000
+        # Its data blocks (about 1 MB) are now held by the one cache of the budget.
+        assert blocks() - before > 500_000, f"database {index}"
 
 
 def test_the_memtables_of_every_database_stay_within_the_budget(tmp_path: Path) -> None:
@@ -113,9 +118,11 @@ def test_the_memtables_of_every_database_stay_within_the_budget(tmp_path: Path) 
             most_cached = max(most_cached, memory.cache.get_usage())
     assert written > 7 * memory.budget_bytes
     # Memtables, charged to the cache, count in it: every database's writes went through
-    # the one write-buffer manager, and the cache held them within the budget.
-    assert 0 < most_memtables <= memory.budget_bytes
-    assert most_memtables <= most_cached <= memory.budget_bytes * 1.1
+    # the one write-buffer manager. It flushes without stalling writers, so a flush that
+    # lags lets them pass their half of the budget (docs/settings.md); without the manager
+    # these 16 databases could hold 2 x 1 MiB of memtables each, 4x the budget.
+    assert 0 < most_memtables <= memory.budget_bytes * 1.5
+    assert most_memtables <= most_cached <= memory.budget_bytes * 2
     # Every row is still there, flushed or not.
     assert all(db[b"k1999-3"] and db[b"k0-0"] for db in dbs)
 
