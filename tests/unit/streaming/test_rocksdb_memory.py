@@ -94,13 +94,13 @@ def test_every_database_reads_its_blocks_into_the_shared_cache(tmp_path: Path) -
     dbs = every_db(app, 4)
     assert len({id(db) for db in dbs}) == len(dbs) >= 8
     for index, db in enumerate(dbs):
-        for i in range(2_000):
+        for i in range(4_000):
             db[f"k{i}".encode()] = os.urandom(500)
         db.flush(True)
         before = blocks()
-        assert sum(len(value) for value in db.values()) == 1_000_000
-        # Its data blocks (about 1 MB) are now held by the one cache of the budget.
-        assert blocks() - before > 500_000, f"database {index}"
+        assert sum(len(value) for value in db.values()) == 2_000_000
+        # Its data blocks (about 2 MB) are now held by the one cache of the budget.
+        assert blocks() - before > 1_000_000, f"database {index}"
 
 
 def test_the_memtables_of_every_database_stay_within_the_budget(tmp_path: Path) -> None:
