@@ -26,7 +26,17 @@ from typing import Any, TypeVar
 
 import click
 
-from bench import codec_part, latency, poison, profile, recovery, scaling, sustained, throughput
+from bench import (
+    codec_part,
+    latency,
+    memory,
+    poison,
+    profile,
+    recovery,
+    scaling,
+    sustained,
+    throughput,
+)
 from bench.common import BENCH_DIR, Row, use_pipeline_commit
 from bench.report import publish
 from pipeline.settings import PROCESSING_GUARANTEES
@@ -213,6 +223,43 @@ def sustained_command(
 def recovery_command(keys: int, output: Path | None) -> None:
     """Parts 4 and 5: restart with and without the state dir; peak RSS with the keys."""
     publish(recovery.run(workdir(), keys), command_line(), output)
+
+
+@main.command("memory")
+@click.option(
+    "--dbs",
+    "counts",
+    type=int,
+    multiple=True,
+    default=memory.COUNTS,
+    show_default=True,
+    help="Partition databases one table holds (repeatable).",
+)
+@click.option(
+    "--per-db-mib",
+    default=8.0,
+    show_default=True,
+    help="MiB of rows written into each database (the old 8 MiB memtables fill once).",
+)
+@click.option(
+    "--budget-mb",
+    "budgets_mb",
+    type=int,
+    multiple=True,
+    default=memory.BUDGETS_MB,
+    show_default=True,
+    help="PIPELINE_STATE_MEMORY_MB of the bounded runs (repeatable).",
+)
+@output_option(None)
+def memory_command(
+    counts: tuple[int, ...],
+    per_db_mib: float,
+    budgets_mb: tuple[int, ...],
+    output: Path | None,
+) -> None:
+    """Part 8: RSS against the number of RocksDB partition databases, before and after the
+    one memory budget (each measure in a fresh process; no stack needed)."""
+    publish(memory.run(counts, per_db_mib, budgets_mb), command_line(), output)
 
 
 @main.command("poison")

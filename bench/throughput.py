@@ -36,6 +36,7 @@ from bench.common import (
     guarantee_of,
     make_deployment,
     median,
+    peak_rss_bytes,
     preload_orders,
     prepare,
     run_id,
@@ -161,6 +162,9 @@ def run_pipeline(source: Input, deployment: Deployment, workers: int, guarantee:
         return window
     finally:
         for worker in started:
+            if worker.process is not None and worker.process.poll() is None:
+                peak = peak_rss_bytes(worker.pid) / 1024**2
+                print(f"  {deployment.name} {worker.label}: peak RSS {peak:,.0f} MiB", flush=True)
             worker.stop()
         offsets.close()
 

@@ -181,6 +181,10 @@ class Settings:
     partitions: int = 8
     replication_factor: int = 1
     standby_replicas: int = 0
+    # One budget for every RocksDB database the worker opens (every table, active, standby
+    # or restoring): a block cache shared by all, their memtables charged to it
+    # (pipeline.engine.rocksdb_memory, docs/settings.md).
+    state_memory_mb: int = 256
     # How long the copy of a table partition this worker no longer holds stays on disk.
     state_cleanup_delay_s: int = 600
     low_stock_threshold: int = 10
@@ -290,6 +294,7 @@ class Settings:
             partitions=whole("PARTITIONS", 8, 1),
             replication_factor=whole("REPLICATION_FACTOR", 1, 1),
             standby_replicas=whole("STANDBY_REPLICAS", 0, 0),
+            state_memory_mb=whole("STATE_MEMORY_MB", defaults.state_memory_mb, 1),
             state_cleanup_delay_s=whole("STATE_CLEANUP_DELAY_S", 600, 0),
             low_stock_threshold=whole("LOW_STOCK_THRESHOLD", 10, 0),
             web_host=get("WEB_HOST", defaults.web_host),

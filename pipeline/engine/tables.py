@@ -11,43 +11,38 @@ Keys and values are raw bytes on purpose (``bytes`` types select Faust's raw ser
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import EventT, TableT
 
+from pipeline.engine.rocksdb_memory import PipelineTable, state_memory
 from pipeline.settings import Settings
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.topology import TableSpec
-
-# RocksDB's default block cache is 2 GiB for each partition's database; with
-# 8 partitions and 2 tables per worker that is far beyond what the rows need.
-ROCKSDB_OPTIONS: dict[str, Any] = {
-    "block_cache_size": 16 * 1024**2,
-    "block_cache_compressed_size": 4 * 1024**2,
-    "write_buffer_size": 8 * 1024**2,
-    "max_write_buffer_number": 2,
-}
 
 
 def faust_table(
     app: faust.App, settings: Settings, metrics: Metrics, spec: TableSpec[Any]
 ) -> TableT[bytes, bytes]:
-    rocksdb = settings.store.startswith("rocksdb://")
     recovered = metrics.changelog_events_recovered.labels(spec.name)
 
     async def count_recovered(event: EventT[bytes]) -> None:
         # Shows how much of the changelog a (re)started worker had to read.
         recovered.inc()
 
-    return app.Table(
-        spec.name,
+    # What app.Table does, with our table class: its RocksDB databases share one memory
+    # budget (pipeline.engine.rocksdb_memory).
+    table = PipelineTable(
+        app,
+        name=spec.name,
+        default=None,
+        beacon=app.tables.beacon,
+        state_memory=state_memory(settings.state_memory_mb),
         key_type=bytes,
         value_type=bytes,
         partitions=settings.partitions,
         help=spec.help,
-        # A fresh dict per table: Faust's RocksDB store pops keys from it.
-        options=dict(ROCKSDB_OPTIONS) if rocksdb else None,
         on_changelog_event=count_recovered,
         # A standby applies each changelog record as it arrives: Faust's default buffers
         # 1,000 per partition and applies them only when the buffer is full, so a standby
@@ -55,3 +50,4 @@ def faust_table(
         # The bulk restore at start-up does the large catch-ups.
         standby_buffer_size=1,
     )
+    return cast(TableT[bytes, bytes], app.tables.add(table))

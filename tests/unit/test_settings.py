@@ -76,6 +76,9 @@ def test_environment_overrides_and_security_maps_to_librdkafka(ca_file: str) -> 
         ("PIPELINE_PARTITIONS", "eight", "PIPELINE_PARTITIONS='eight' is not an integer"),
         ("PIPELINE_PARTITIONS", "0", "PIPELINE_PARTITIONS=0 is below the minimum 1"),
         ("PIPELINE_MAX_BATCH_EVENTS", "0", "PIPELINE_MAX_BATCH_EVENTS=0 is below the minimum 1"),
+        ("PIPELINE_STATE_MEMORY_MB", "0", "PIPELINE_STATE_MEMORY_MB=0 is below the minimum 1"),
+        ("PIPELINE_STATE_MEMORY_MB", "-5", "PIPELINE_STATE_MEMORY_MB=-5 is below the minimum 1"),
+        ("PIPELINE_STATE_MEMORY_MB", "1GB", "PIPELINE_STATE_MEMORY_MB='1GB' is not an integer"),
         ("PIPELINE_AUTO_REGISTER_SCHEMAS", "maybe", "is not a boolean"),
         ("PIPELINE_PROCESSING_GUARANTEE", "twice", "PIPELINE_PROCESSING_GUARANTEE='twice'"),
         ("PIPELINE_STORE", "redis://", "must be rocksdb:// or memory://"),
@@ -86,6 +89,11 @@ def test_environment_overrides_and_security_maps_to_librdkafka(ca_file: str) -> 
 def test_bad_values_are_named(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
         Settings.from_env({name: value})
+
+
+def test_the_state_memory_budget_defaults_to_256_mib_and_is_read() -> None:
+    assert Settings.from_env({}).state_memory_mb == 256
+    assert Settings.from_env({"PIPELINE_STATE_MEMORY_MB": "1024"}).state_memory_mb == 1024
 
 
 def test_env_file_lines_and_comments(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from aiokafka.consumer.subscription_state import (
     TopicPartitionState,
 )
 from aiokafka.partitioner import DefaultPartitioner
+from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import Stream
 from faust.tables.base import Collection
@@ -176,6 +177,18 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     cast(property, TopicPartitionState.has_valid_position).fget: (
         "ebe7c39d949a1f189c840c1d181997cdf5d7809665bc36c5e74b4246e3d4c62f"
     ),
+    # pipeline.engine.rocksdb_memory: BoundedStore replaces how a partition's database is
+    # opened (the path, read_only only for a file, the options, the TTL, the read options);
+    # PipelineTable builds its store as Collection does, and is made and added as App.Table does.
+    RocksDBStore._open_for_partition: (
+        "1dc4e0113d67379dd61c0a396fa92636577d5fc6be60d4312253fa566080377b"
+    ),
+    RocksDBOptions.open: "ff87e92d69e2f487e2657c1df266543f4733d4acad3dd18fa5c86f239d8e340d",
+    RocksDBOptions.as_options: ("d2a1bea17736d2eb2f8d2da592ef843f31bd9583b17b3fcbb2ebd84c15051660"),
+    Collection._new_store_by_url: (
+        "343a8125107d3f69ced468ee156659955d31abbc3bbed3df0e6ac87b474f850b"
+    ),
+    faust.App.Table: "e49f205922bb5121659c410e6a8edb1bc8009068dbb5b097c73f4a1868cc47bb",
 }
 # The compiled twin of Stream._py_aiter, the one Faust runs.
 CYTHON_STREAMS = Path(cast(str, faust_cython.__file__)).parent / "streams.pyx"
