@@ -118,12 +118,21 @@ def prepare(deployment: Deployment) -> Codecs:
     return codecs
 
 
+def _status_bytes(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
 def peak_rss_bytes(pid: int) -> int:
     """VmHWM: the peak resident set size of a process so far."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+    return _status_bytes(pid, "VmHWM")
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS: the resident set size of a process now."""
+    return _status_bytes(pid, "VmRSS")
 
 
 def wait_stable_group(

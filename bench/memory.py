@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from bench.common import Row, peak_rss_bytes
+from bench.common import Row, peak_rss_bytes, rss_bytes
 
 BEFORE = "before"
 AFTER = "after"
@@ -43,14 +43,6 @@ VALUE_BYTES = 256
 KEYS = 100_000
 BATCH_ROWS = 200
 READS_PER_BATCH = 20
-
-
-def rss_bytes(pid: int) -> int:
-    """VmRSS: the resident set size of a process now."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
 def measure_in_this_process(
