@@ -188,6 +188,11 @@ class Settings:
     # How long the copy of a table partition this worker no longer holds stays on disk.
     state_cleanup_delay_s: int = 600
     low_stock_threshold: int = 10
+    # A join's stream records held per key while its table row is absent
+    # (pipeline.streaming.joins): at most this many, none older in event time than this
+    # behind the key's latest event; a record beyond either is dead-lettered.
+    join_hold_max_records: int = 100
+    join_hold_max_age_ms: int = 24 * 3600 * 1000
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     # Where other workers reach this one to forward a query for a key it owns; differs from
@@ -297,6 +302,8 @@ class Settings:
             state_memory_mb=whole("STATE_MEMORY_MB", defaults.state_memory_mb, 1),
             state_cleanup_delay_s=whole("STATE_CLEANUP_DELAY_S", 600, 0),
             low_stock_threshold=whole("LOW_STOCK_THRESHOLD", 10, 0),
+            join_hold_max_records=whole("JOIN_HOLD_MAX_RECORDS", defaults.join_hold_max_records, 0),
+            join_hold_max_age_ms=whole("JOIN_HOLD_MAX_AGE_MS", defaults.join_hold_max_age_ms, 0),
             web_host=get("WEB_HOST", defaults.web_host),
             web_port=whole("WEB_PORT", 6066, 1),
             web_advertised_url=optional("WEB_ADVERTISED_URL"),

@@ -15,8 +15,9 @@ from __future__ import annotations
 from pipeline.engine.app import PipelineApp, faust_app
 from pipeline.kafka.offsets import EndOffsets
 from pipeline.serde.codec import Codecs
-from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
+from pipeline.streaming.agents import Outputs, Serdes
 from pipeline.streaming.dead_letters import DeadLetters
+from pipeline.streaming.handlers import handler_for
 from pipeline.streaming.processing import AtLeastOnce, EventRunner, Settlement
 from pipeline.streaming.producer import BatchProducer, producer_config
 from pipeline.streaming.topology import Topology
@@ -64,14 +65,14 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
         settlement = AtLeastOnce(app.batch_producer, dead_letters)
     serdes = Serdes(records=app.codecs, internal=topology.internal, topology=topology)
     outputs = Outputs(settlement=settlement, metrics=metrics)
-    runner = EventRunner(
-        settlement=settlement, metrics=metrics, max_batch=settings.max_batch_events
-    )
     for agent in topology.agents:
         store = app.partition_store(agent.table.name) if agent.table is not None else None
-        handler = AgentHandler(agent, store, serdes, outputs, metrics)
+        handler = handler_for(agent, store, serdes, outputs, metrics)
         if handler.cache is not None:
             app.row_caches.append(handler.cache)
+        runner = EventRunner(
+            agent.name, settlement=settlement, metrics=metrics, max_batch=settings.max_batch_events
+        )
         app.run_agent(agent, handler, runner)
     app.end_offsets = EndOffsets(settings.kafka_client_config())
     server.register(

@@ -20,10 +20,12 @@ from pipeline.preflight import check
 from pipeline.services import every_service
 from pipeline.settings import Settings
 from pipeline.streaming.dead_letters import (
+    AGENT,
     APP_ID,
     ATTEMPTS,
     ERROR_CLASS,
     ERROR_MESSAGE,
+    REPLAY_AGENT,
     REPLAY_FOR,
     SOURCE_OFFSET,
     SOURCE_PARTITION,
@@ -187,9 +189,12 @@ def replay(sources: tuple[str, ...], dry_run: bool) -> None:
                     original: list[tuple[str, str | bytes | None]] = list(
                         without_dead_letter_headers(letter.headers)
                     )
-                    # Only the service that could not process it takes it again.
+                    # Only the service, and the agent of it, that could not process it
+                    # takes it again.
                     if letter.header(APP_ID):
                         original.append((REPLAY_FOR, letter.header(APP_ID)))
+                        if letter.header(AGENT):
+                            original.append((REPLAY_AGENT, letter.header(AGENT)))
                     producer.produce(
                         target,
                         key=letter.key,

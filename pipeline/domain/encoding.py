@@ -12,6 +12,7 @@ Layouts (big-endian):
   last_order_id UTF-8 to the end
 - stock row: u8 version=1, i64 available
 - points row: u8 version=1, i64 points, then last_order_id UTF-8 to the end
+- user address row: u8 version=1, then the email UTF-8 to the end
 - order line: u8 version=1, i32 quantity, i64 order created_at (ms), then order_id
   UTF-8 to the end (the SKU is the record key)
 """
@@ -20,13 +21,14 @@ from __future__ import annotations
 
 import struct
 
-from pipeline.domain.rules import OrderLine, StockRow, UserOrderStats, UserPoints
+from pipeline.domain.rules import OrderLine, StockRow, UserAddress, UserOrderStats, UserPoints
 
 VERSION = 1
 _STATS = struct.Struct(">Bqq")
 _STOCK = struct.Struct(">Bq")
 _POINTS = struct.Struct(">Bq")
 _LINE = struct.Struct(">Biq")
+_ADDRESS = struct.Struct(">B")
 
 
 class EncodingError(ValueError):
@@ -76,6 +78,15 @@ def decode_points(data: bytes) -> UserPoints:
     _check(data, _POINTS, "points row")
     _, points = _POINTS.unpack_from(data)
     return UserPoints(points, _text(data[_POINTS.size :], "points row"))
+
+
+def encode_address(address: UserAddress) -> bytes:
+    return _ADDRESS.pack(VERSION) + address.email.encode()
+
+
+def decode_address(data: bytes) -> UserAddress:
+    _check(data, _ADDRESS, "user address row")
+    return UserAddress(_text(data[_ADDRESS.size :], "user address row"))
 
 
 def encode_order_line(line: OrderLine) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.domain.rules import StockRow, UserOrderStats, UserPoints
+from pipeline.domain.rules import Order, StockRow, UserAddress, UserOrderStats, UserPoints, millis
 
 
 def user_stats_view(user_id: str, stats: UserOrderStats) -> dict[str, Any]:
@@ -49,6 +49,20 @@ def welcome_notification(user: dict[str, Any], requested_at_ms: int) -> dict[str
         "template": "welcome",
         "address": user["email"],
         "requested_at": requested_at_ms,
+        "order_id": None,
+    }
+
+
+def order_confirmation(user_id: str, order: Order, address: UserAddress) -> dict[str, Any]:
+    """``shop.NotificationRequested``: the confirmation email of an order, at the user's
+    address, requested at the order's creation."""
+    return {
+        "user_id": user_id,
+        "channel": "email",
+        "template": "order_confirmed",
+        "address": address.email,
+        "requested_at": millis(order["created_at"]),
+        "order_id": order["order_id"],
     }
 
 

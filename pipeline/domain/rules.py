@@ -89,6 +89,13 @@ def order_lines(order: Order) -> list[OrderLine]:
 
 
 @dataclass(frozen=True)
+class UserAddress:
+    """Where a user is reached: the email of the user's latest registration."""
+
+    email: str
+
+
+@dataclass(frozen=True)
 class UserPoints:
     points: int = 0
     last_order_id: str = ""

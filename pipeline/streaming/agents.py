@@ -211,7 +211,7 @@ class AgentHandler:
         self.app_id = serdes.topology.settings.app_id
 
     def _foreign(self, message: Message) -> bool:
-        if is_replay_for_another(message, self.app_id):
+        if is_replay_for_another(message, self.app_id, self.agent.name):
             self.foreign_replays.labels(message.topic).inc()
             return True
         return False
@@ -271,19 +271,25 @@ class AgentHandler:
                 continue
             yield event, decoded
 
+    def _rows(
+        self, store: PartitionStore, codec: TrackedCodec[Any], in_flight: Prepared | None
+    ) -> RowBatch[Tracked[Any]]:
+        """The rows of a batch prepared on top of ``in_flight``."""
+        return RowBatch(
+            store,
+            codec.decode,
+            codec.encode,
+            self.outputs.send,
+            in_flight,
+            self.outputs.settlement.unsettled(store),
+            self.cache,
+        )
+
     async def __call__(self, events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
         if self.store is None or self.codec is None:
             return await self._stateless(events)
         rules = self.agent.rules
-        rows = RowBatch(
-            self.store,
-            self.codec.decode,
-            self.codec.encode,
-            self.outputs.send,
-            in_flight,
-            self.outputs.settlement.unsettled(self.store),
-            self.cache,
-        )
+        rows = self._rows(self.store, self.codec, in_flight)
         derived: list[Outgoing] = []
         setbacks = Setbacks()
         decoded = self._decoded(events, True, setbacks)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pipeline.kafka.naming import TopicNaming
 from pipeline.serde.codec import schema_id_of as framed_schema_id
 from pipeline.serde.errors import NotConfluentFraming, PipelineCodecError
-from pipeline.streaming.ports import Event, Message
+from pipeline.streaming.ports import Event, Message, MessageHeaders
 from pipeline.streaming.producer import Delivered, ProducerRecord, RecordSender
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,9 @@ SCHEMA_ID = "dlq.schema.id"
 ATTEMPTS = "dlq.attempts"
 FAILED_AT = "dlq.failed.at"  # milliseconds since the epoch
 APP_ID = "dlq.app.id"  # the service (Faust app id, consumer group) that dead-lettered it
+AGENT = "dlq.agent"  # which of the service's agents could not process it
 REPLAY_FOR = "dlq.replay.for"  # on a replayed message: the one service it is meant for
+REPLAY_AGENT = "dlq.replay.agent"  # and the one agent of it
 
 Headers = list[tuple[str, bytes]]
 
@@ -69,6 +71,7 @@ def dead_letter_headers(
     attempts: int,
     failed_at_ms: int,
     app_id: str,
+    agent: str,
 ) -> Headers:
     """The original headers (minus any earlier ``dlq.*`` ones) and why this message failed."""
     schema_id = schema_id_of(value, error)
@@ -82,6 +85,7 @@ def dead_letter_headers(
         (ATTEMPTS, str(attempts).encode()),
         (FAILED_AT, str(failed_at_ms).encode()),
         (APP_ID, app_id.encode()),
+        (AGENT, agent.encode()),
     ]
     kept = [(name, value) for name, value in original if not name.startswith(HEADER_PREFIX)]
     return kept + reason
@@ -92,7 +96,8 @@ def without_dead_letter_headers(headers: Iterable[tuple[str, bytes]]) -> Headers
     return [(name, value) for name, value in headers if not name.startswith(HEADER_PREFIX)]
 
 
-def _header_pairs(headers: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None) -> Headers:
+def header_pairs(headers: MessageHeaders) -> Headers:
+    """A message's headers as (name, value) pairs, in order."""
     if headers is None:
         return []
     if isinstance(headers, Mapping):
@@ -100,14 +105,42 @@ def _header_pairs(headers: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | N
     return list(headers)
 
 
-def is_replay_for_another(message: Message, app_id: str) -> bool:
-    """A replayed dead letter of another service: this one processed the original."""
+def is_replay_for_another(message: Message, app_id: str, agent: str) -> bool:
+    """A replayed dead letter of another service, or of another agent of this one: this
+    one processed the original. (A dead letter from before agents were named is for
+    every agent of its service.)"""
     if not message.headers:
         return False
-    for name, value in _header_pairs(message.headers):
-        if name == REPLAY_FOR:
-            return bool(value != app_id.encode())
-    return False
+    headers = dict(header_pairs(message.headers))
+    meant_for = headers.get(REPLAY_FOR)
+    if meant_for is None:
+        return False
+    if meant_for != app_id.encode():
+        return True
+    meant_for_agent = headers.get(REPLAY_AGENT)
+    return meant_for_agent is not None and meant_for_agent != agent.encode()
+
+
+def dead_letter_record(
+    message: Message, error: BaseException, attempts: int, app_id: str, agent: str
+) -> ProducerRecord:
+    """The dead letter of ``message``, which ``agent`` of service ``app_id`` could not
+    process: its own key, value and headers, and why it failed."""
+    headers = dead_letter_headers(
+        original=header_pairs(message.headers),
+        source_topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        value=message.value,
+        error=error,
+        attempts=attempts,
+        failed_at_ms=int(time.time() * 1000),
+        app_id=app_id,
+        agent=agent,
+    )
+    return ProducerRecord(
+        TopicNaming.dead_letters(message.topic), message.key, message.value, headers=headers
+    )
 
 
 @dataclass
@@ -119,42 +152,34 @@ class DeadLetters:
     producer: RecordSender
     app_id: str
 
-    async def send(self, message: Message, error: BaseException, attempts: int) -> None:
-        record = self.record(message, error, attempts)
+    async def send(self, message: Message, error: BaseException, attempts: int, agent: str) -> None:
+        record = self.record(message, error, attempts, agent)
         await self.producer.send_and_wait(record)
         self.report(message, error, attempts)
 
-    def records(self, failed: Sequence[tuple[Event, BaseException]]) -> list[ProducerRecord]:
+    def records(
+        self, failed: Sequence[tuple[Event, BaseException]], agent: str
+    ) -> list[ProducerRecord]:
         """The dead letters of a batch's ``failed`` events, each failed at its first attempt."""
-        return [self.record(event.message, error, 1) for event, error in failed]
+        return [self.record(event.message, error, 1, agent) for event, error in failed]
 
     async def send_all(
-        self, failed: Sequence[tuple[Event, BaseException]]
+        self, failed: Sequence[tuple[Event, BaseException]], agent: str
     ) -> asyncio.Future[Delivered]:
         """Hand the ``records`` of ``failed`` to the producer at once; the future resolves
         once all are stored."""
-        return await self.producer.send(self.records(failed))
+        return await self.producer.send(self.records(failed, agent))
 
     def report_all(self, failed: Sequence[tuple[Event, BaseException]]) -> None:
         for event, error in failed:
             self.report(event.message, error, 1)
 
-    def record(self, message: Message, error: BaseException, attempts: int) -> ProducerRecord:
+    def record(
+        self, message: Message, error: BaseException, attempts: int, agent: str
+    ) -> ProducerRecord:
         """The dead letter of ``message``: sent here, or in a transaction
         (pipeline.streaming.transactions)."""
-        headers = dead_letter_headers(
-            original=_header_pairs(message.headers),
-            source_topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            value=message.value,
-            error=error,
-            attempts=attempts,
-            failed_at_ms=int(time.time() * 1000),
-            app_id=self.app_id,
-        )
-        target = TopicNaming.dead_letters(message.topic)
-        return ProducerRecord(target, message.key, message.value, headers=headers)
+        return dead_letter_record(message, error, attempts, self.app_id, agent)
 
     def report(self, message: Message, error: BaseException, attempts: int) -> None:
         log.warning(

@@ -108,6 +108,14 @@ class Metrics:
             ["topic"],
             registry=self.registry,
         )
+        self.join_records = Counter(
+            "pipeline_join_records",
+            "Stream records of a join by outcome: held for want of their key's table row, "
+            "released once it came, expired (held too long) or refused (too many held); "
+            "the last two are dead-lettered.",
+            ["join", "outcome"],
+            registry=self.registry,
+        )
         self.derived_events = Counter(
             "pipeline_derived_events",
             "Records the agents produced, by topic: derived events and table changelog records.",

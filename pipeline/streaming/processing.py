@@ -256,15 +256,18 @@ class Settlement(Protocol):
         after them."""
         ...
 
-    async def settle(self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared) -> None:
-        """Make ``prepared`` durable, its dead letters included, and acknowledge
-        ``events``; raises what stopped it."""
+    async def settle(
+        self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared, agent: str
+    ) -> None:
+        """Make ``prepared`` durable, its dead letters (from ``agent``) included, and
+        acknowledge ``events``; raises what stopped it."""
         ...
 
     async def dead_letter(
-        self, arrivals: Arrivals, event: Event, error: BaseException, attempts: int
+        self, arrivals: Arrivals, event: Event, error: BaseException, attempts: int, agent: str
     ) -> None:
-        """Send ``event`` to its dead-letter topic and acknowledge it."""
+        """Send ``event``, which ``agent`` could not process, to its dead-letter topic and
+        acknowledge it."""
         ...
 
 
@@ -282,9 +285,11 @@ class AtLeastOnce:
     def unsettled(self, store: PartitionStore) -> Mapping[bytes, Any] | None:
         return None
 
-    async def settle(self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared) -> None:
+    async def settle(
+        self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared, agent: str
+    ) -> None:
         # The dead letters travel beside the batch's own records: one round trip for both.
-        dead_letters = await self.dead_letters.send_all(prepared.failed)
+        dead_letters = await self.dead_letters.send_all(prepared.failed, agent)
         await prepared.complete()
         await dead_letters
         self.dead_letters.report_all(prepared.failed)
@@ -293,9 +298,9 @@ class AtLeastOnce:
             ack(event)
 
     async def dead_letter(
-        self, arrivals: Arrivals, event: Event, error: BaseException, attempts: int
+        self, arrivals: Arrivals, event: Event, error: BaseException, attempts: int, agent: str
     ) -> None:
-        await self.dead_letters.send(event.message, error, attempts)
+        await self.dead_letters.send(event.message, error, attempts, agent)
         arrivals.ack(event)
 
 
@@ -309,6 +314,10 @@ class InFlight:
 
 @dataclass
 class EventRunner:
+    """Runs one agent's batches (``consume``)."""
+
+    # The agent's name: its dead letters say which agent of the service failed them.
+    agent: str
     settlement: Settlement
     metrics: Metrics
     # The most events one batch takes: bounds the work redone after a crash and the time
@@ -429,7 +438,7 @@ class EventRunner:
         self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared
     ) -> Exception | None:
         try:
-            await self.settlement.settle(arrivals, events, prepared)
+            await self.settlement.settle(arrivals, events, prepared, self.agent)
         except Exception as error:
             return error
         self.metrics.batch_settled(*by_topic(events))
@@ -468,7 +477,7 @@ class EventRunner:
                 while prepared.deferred:  # its writer schema is being fetched
                     await asyncio.wait(prepared.waiting)
                     prepared = await handler([event], None)
-                await self.settlement.settle(arrivals, [event], prepared)
+                await self.settlement.settle(arrivals, [event], prepared, self.agent)
                 self._count_failed(prepared)
                 return
             except STOPS_THE_AGENT:
@@ -476,7 +485,7 @@ class EventRunner:
             except Exception as error:
                 last_attempt = attempt > len(self.backoff)
                 if is_permanent(error) or last_attempt:
-                    await self.settlement.dead_letter(arrivals, event, error, attempt)
+                    await self.settlement.dead_letter(arrivals, event, error, attempt, self.agent)
                     self.metrics.dead_letters.labels(message.topic, error_class_of(error)).inc()
                     return
                 self.metrics.retries.labels(message.topic).inc()

@@ -25,8 +25,9 @@ from typing import Any
 from pipeline.serde.catalog import Catalog
 from pipeline.serde.codec import Codecs
 from pipeline.serde.registry import InMemorySchemaSource
-from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
-from pipeline.streaming.dead_letters import ERROR_CLASS, ERROR_MESSAGE, DeadLetters
+from pipeline.streaming.agents import Outputs, Serdes
+from pipeline.streaming.dead_letters import AGENT, ERROR_CLASS, ERROR_MESSAGE, DeadLetters
+from pipeline.streaming.handlers import handler_for
 from pipeline.streaming.memory import MemoryPartitionStore
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import Event, MessageHeaders
@@ -58,12 +59,14 @@ class Delivery:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A dead letter: the failed record's own key and value, and why it failed."""
+    """A dead letter: the failed record's own key and value, why it failed, and which
+    agent failed it (each agent reading a topic dead-letters what it cannot process)."""
 
     key: bytes | None
     value: bytes | None
     error: str
     reason: str
+    agent: str
 
 
 class MemoryTopics:
@@ -77,7 +80,8 @@ class MemoryTopics:
     def partition_for(self, key: bytes | None) -> int:
         return zlib.crc32(key or b"") % self.partitions
 
-    def append(self, record: ProducerRecord) -> Placement:
+    def append(self, record: ProducerRecord, timestamp: float | None = None) -> Placement:
+        """Store ``record``, stamped ``timestamp`` (seconds since the epoch; by default now)."""
         partition = (
             record.partition if record.partition is not None else self.partition_for(record.key)
         )
@@ -90,6 +94,7 @@ class MemoryTopics:
                 record.key,
                 record.value,
                 list(record.headers or ()),
+                time.time() if timestamp is None else timestamp,
             )
         )
         return Placement(record.topic, partition, len(log) - 1)
@@ -150,9 +155,6 @@ class ServiceTest:
         self.topics = MemoryTopics(settings.partitions)
         self.metrics = Metrics()
         settlement = AtLeastOnce(self.topics, DeadLetters(self.topics, settings.app_id))
-        self.runner = EventRunner(
-            settlement=settlement, metrics=self.metrics, max_batch=settings.max_batch_events
-        )
         serdes = Serdes(records=self.codecs, internal=topology.internal, topology=topology)
         outputs = Outputs(settlement=settlement, metrics=self.metrics)
         self.stores = {
@@ -162,12 +164,18 @@ class ServiceTest:
         self.handlers = [
             (
                 agent,
-                AgentHandler(
+                handler_for(
                     agent,
                     self.stores[agent.table.name] if agent.table is not None else None,
                     serdes,
                     outputs,
                     self.metrics,
+                ),
+                EventRunner(
+                    agent.name,
+                    settlement=settlement,
+                    metrics=self.metrics,
+                    max_batch=settings.max_batch_events,
                 ),
             )
             for agent in topology.agents
@@ -175,13 +183,20 @@ class ServiceTest:
         # Per agent and source partition: the offset of the next record to read.
         self.positions: dict[tuple[str, str, int], int] = {}
 
-    def send(self, topic: str, key: str, record: Mapping[str, Any]) -> Placement:
-        """Write ``record`` to ``topic`` as a producer would (Avro, Confluent-framed)."""
-        return self.send_bytes(topic, key.encode(), self.codecs.encode(topic, record))
+    def send(
+        self, topic: str, key: str, record: Mapping[str, Any], *, timestamp: float | None = None
+    ) -> Placement:
+        """Write ``record`` to ``topic`` as a producer would (Avro, Confluent-framed),
+        with its Kafka ``timestamp`` (seconds since the epoch; by default now)."""
+        return self.send_bytes(
+            topic, key.encode(), self.codecs.encode(topic, record), timestamp=timestamp
+        )
 
-    def send_bytes(self, topic: str, key: bytes | None, value: bytes | None) -> Placement:
+    def send_bytes(
+        self, topic: str, key: bytes | None, value: bytes | None, *, timestamp: float | None = None
+    ) -> Placement:
         """Write a record's bytes to ``topic`` as they are: a bad one is for a dead letter."""
-        return self.topics.append(ProducerRecord(topic, key, value))
+        return self.topics.append(ProducerRecord(topic, key, value), timestamp)
 
     def run(self) -> None:
         """Let every agent read what it has not read yet, until none has anything left."""
@@ -190,12 +205,12 @@ class ServiceTest:
     async def _run(self) -> None:
         while True:
             ran = False
-            for agent, handler in self.handlers:
+            for agent, handler, runner in self.handlers:
                 pending = Pending(self._unread(agent))
                 if not pending.waiting:
                     continue
                 ran = True
-                await self.runner.consume(pending, handler)
+                await runner.consume(pending, handler)
                 for event in pending.acknowledged:
                     message = event.message
                     place = (agent.name, message.topic, message.partition)
@@ -249,6 +264,7 @@ class ServiceTest:
                     record.value,
                     headers[ERROR_CLASS].decode(),
                     headers[ERROR_MESSAGE].decode(),
+                    headers[AGENT].decode(),
                 )
             )
         return letters
@@ -260,3 +276,11 @@ class ServiceTest:
             "pipeline_replays_skipped_total", {"table": table}
         )
         return int(skipped or 0)
+
+    def join_records(self, join: str, outcome: str) -> int:
+        """Stream records of ``join`` by ``outcome``: held, released, expired or refused
+        (the worker's ``pipeline_join_records``)."""
+        counted = self.metrics.registry.get_sample_value(
+            "pipeline_join_records_total", {"join": join, "outcome": outcome}
+        )
+        return int(counted or 0)

@@ -35,6 +35,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from pipeline.kafka.naming import TopicNaming, TopicSpec
 from pipeline.settings import Settings
+from pipeline.streaming.joined import Joined, JoinedCodec
 
 Row = TypeVar("Row")
 Value = TypeVar("Value")
@@ -86,6 +87,8 @@ class InternalTopic(Generic[Value]):
 TableRule = Callable[[str, Any, Row | None], Update[Row]]
 # A rule without one: (key, value) -> the events it emits.
 StreamRule = Callable[[str, Any], Sequence[Emit]]
+# A join's stream-side rule: (key, value, the key's table row) -> the events it emits.
+JoinRule = Callable[[str, Any, Row], Sequence[Emit]]
 Rule = TypeVar("Rule", bound=Callable[..., Any])
 
 
@@ -124,6 +127,49 @@ class StreamAgent(Agent):
     def on(self, topic: str) -> Callable[[StreamRule], StreamRule]:
         """Apply the decorated rule to every event of ``topic``."""
         return lambda rule: self._register(topic, rule)
+
+
+@dataclass(frozen=True)
+class HoldBound:
+    """How much of a join's stream one key may hold while its table row is absent: at most
+    ``max_records`` records, none older in event time than ``max_age_ms`` behind the
+    key's latest event. A record beyond either goes to its dead-letter topic."""
+
+    max_records: int
+    max_age_ms: int
+
+
+@dataclass
+class JoinAgent(Agent, Generic[Row]):
+    """A stream-table join: a table of ``Row``s kept from its table topics, read while
+    its stream topics (co-partitioned with them) are processed. A stream record whose key
+    has no row yet is held, in the table's store, until the row arrives; then it is
+    released, in the order of its arrival. The agent's ``table`` stores ``Joined`` rows."""
+
+    row_table: TableSpec[Row] = field(kw_only=True)
+    hold: HoldBound = field(kw_only=True)
+    stream_rules: dict[str, JoinRule[Row]] = field(default_factory=dict, kw_only=True)
+
+    def on_table(self, topic: str) -> Callable[[TableRule[Row]], TableRule[Row]]:
+        """Keep the table's rows with the decorated rule, applied to every event of
+        ``topic``; it may emit events too."""
+        return lambda rule: self._register(topic, rule)
+
+    def on_stream(self, topic: str) -> Callable[[JoinRule[Row]], JoinRule[Row]]:
+        """Apply the decorated rule to every event of ``topic`` with its key's row, once
+        the table has one."""
+
+        def register(rule: JoinRule[Row]) -> JoinRule[Row]:
+            self.stream_rules[topic] = self._register(topic, rule)
+            return rule
+
+        return register
+
+
+def joined_table(table: TableSpec[Row]) -> TableSpec[Joined[Row]]:
+    """The table a join stores: ``table``'s rows, or the records held for want of one."""
+    codec = JoinedCodec(table.encode, table.decode)
+    return TableSpec(table.name, codec.encode, codec.decode, table.help)
 
 
 @dataclass(frozen=True)
@@ -178,6 +224,24 @@ class Topology:
         self.agents.append(agent)
         return agent
 
+    def join(
+        self,
+        name: str,
+        *,
+        table: TableSpec[Row],
+        emits: Iterable[str] = (),
+        hold: HoldBound | None = None,
+    ) -> JoinAgent[Row]:
+        """A stream-table join (``JoinAgent``) keeping ``table``; held records are bounded by
+        ``hold``, by default the settings' (``join_hold_max_records``,
+        ``join_hold_max_age_ms``)."""
+        bound = hold or HoldBound(
+            self.settings.join_hold_max_records, self.settings.join_hold_max_age_ms
+        )
+        agent = JoinAgent(name, joined_table(table), frozenset(emits), row_table=table, hold=bound)
+        self.agents.append(agent)
+        return agent
+
     def repartition(
         self, name: str, encode: Callable[[Value], bytes], decode: Callable[[str, bytes], Value]
     ) -> InternalTopic[Value]:
@@ -224,6 +288,13 @@ class Topology:
                     f"agent {agent.name!r} reads the internal topic {rekeyed[0]!r} and emits to "
                     f"the internal topic {rekeying[0]!r}: one re-keying hop is supported"
                 )
+            if isinstance(agent, JoinAgent) and (
+                not agent.stream_rules or len(agent.stream_rules) == len(agent.rules)
+            ):
+                raise ValueError(
+                    f"join {agent.name!r} needs a rule for its table (@join.on_table) and "
+                    "one for its stream (@join.on_stream)"
+                )
             for topic in agent.rules:
                 if topic.startswith(f"{self.settings.app_id}-") and topic not in self.internal:
                     raise ValueError(
@@ -234,8 +305,11 @@ class Topology:
         """Every topic the service needs: sources, emitted topics, changelogs, dead letters.
 
         A table's changelog and the topics its agent reads are co-partitioned: a row's
-        changelog record goes to the partition of the event that changed it.
+        changelog record goes to the partition of the event that changed it. Tables whose
+        agents share a source topic are co-partitioned with each other through it: one
+        group, named after the first of them.
         """
+        groups = self._copartition_groups()
         specs: dict[str, TopicSpec] = {}
 
         def add(spec: TopicSpec) -> None:
@@ -244,7 +318,7 @@ class Topology:
                 specs[spec.name] = spec
 
         for agent in self.agents:
-            group = agent.table.name if agent.table is not None else None
+            group = groups[agent.table.name] if agent.table is not None else None
             for topic in agent.rules:
                 add(TopicSpec(topic, group))
                 add(TopicSpec(self.topics.dead_letters(topic)))
@@ -255,3 +329,21 @@ class Topology:
         for route in self.ingest_routes:
             add(TopicSpec(route.topic))
         return list(specs.values())
+
+    def _copartition_groups(self) -> dict[str, str]:
+        """Each table's co-partitioning group: the first table, in declaration order, that
+        it shares a source topic with, directly or through other tables."""
+        group_of: dict[str, str] = {}  # table -> the first table of its group
+        readers: dict[str, str] = {}  # source topic -> a table whose agent reads it
+        for agent in self.agents:
+            if agent.table is None:
+                continue
+            tables = list(group_of)  # declaration order
+            shared = {group_of[readers[topic]] for topic in agent.rules if topic in readers}
+            group = min(shared, key=tables.index) if shared else agent.table.name
+            for table, its_group in group_of.items():
+                if its_group in shared:
+                    group_of[table] = group
+            group_of[agent.table.name] = group
+            readers.update(dict.fromkeys(agent.rules, agent.table.name))
+        return group_of

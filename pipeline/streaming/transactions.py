@@ -333,18 +333,20 @@ class ExactlyOnce:
     def unsettled(self, store: PartitionStore) -> Mapping[bytes, Any] | None:
         return self._unsettled.setdefault(id(store), {})
 
-    async def settle(self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared) -> None:
+    async def settle(
+        self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared, agent: str
+    ) -> None:
         records: Sequence[ProducerRecord] = prepared.derived
         if prepared.failed:
-            records = [*records, *self.dead_letters.records(prepared.failed)]
+            records = [*records, *self.dead_letters.records(prepared.failed, agent)]
         await self._add(Settled(arrivals, events, prepared.rows), records)
         self.dead_letters.report_all(prepared.failed)
 
     async def dead_letter(
-        self, arrivals: Arrivals, event: Event, error: BaseException, attempts: int
+        self, arrivals: Arrivals, event: Event, error: BaseException, attempts: int, agent: str
     ) -> None:
         message = event.message
-        record = self.dead_letters.record(message, error, attempts)
+        record = self.dead_letters.record(message, error, attempts, agent)
         await self._add(Settled(arrivals, [event]), [record])
         self.dead_letters.report(message, error, attempts)
 

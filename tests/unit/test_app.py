@@ -49,7 +49,7 @@ def test_the_worker_id_is_the_consumers_group_instance_id() -> None:
 
 def test_a_rebalance_clears_the_agents_row_caches_at_its_start_and_end() -> None:
     app = create_app(shop(Settings(app_id="unit")))
-    assert len(app.row_caches) == 2  # one per table
+    assert len(app.row_caches) == 3  # one per table
     for clear in (app.on_rebalance_start, app.on_rebalance_end):
         for cache in app.row_caches:
             cache.put([(b"u1", "row")])

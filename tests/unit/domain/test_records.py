@@ -57,4 +57,5 @@ def test_welcome_notification() -> None:
         "template": "welcome",
         "address": "a@b.example",
         "requested_at": 123,
+        "order_id": None,
     }

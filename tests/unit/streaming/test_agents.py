@@ -23,6 +23,7 @@ from pipeline.services import loyalty_points, points_settings, shop
 from pipeline.settings import Settings
 from pipeline.streaming.agents import YIELD_EVERY, AgentHandler, Outputs, Serdes
 from pipeline.streaming.dead_letters import DeadLetters
+from pipeline.streaming.handlers import handler_for
 from pipeline.streaming.memory import MemoryPartitionStore
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.positions import Origin, Position, TrackedCodec, unframe_origin
@@ -92,7 +93,7 @@ class Harness:
         table = self.tables[agent.table.name] if agent.table is not None else None
         settlement = AtLeastOnce(cast(BatchProducer, self.broker), cast(DeadLetters, None))
         outputs = Outputs(settlement, self.metrics)
-        return AgentHandler(agent, table, self.serdes, outputs, self.metrics)
+        return handler_for(agent, table, self.serdes, outputs, self.metrics)
 
     def run(self, agent_name: str, *messages: FakeMessage) -> list[Outgoing]:
         """Handle ``messages`` as one batch; what the batch sent (derived, then changelog)."""
@@ -201,11 +202,25 @@ def test_a_dead_letter_replayed_for_the_shop_is_skipped_by_the_points_service() 
     assert "user_order_stats" in [m.topic for m in shop_run.run("orders", replay)]
 
 
-@pytest.mark.parametrize("agent_name", ["orders", "notifications"])  # with a table, without
+def echo_registrations(settings: Settings) -> Topology:
+    """A service of one agent without a table."""
+    topology = Topology(settings)
+    topics = TopicNames.from_settings(settings)
+    echo = topology.agent("echo", emits=[topics.notifications])
+
+    @echo.on(topics.user_registered)
+    def welcome(user_id: str, user: dict[str, Any]) -> list[Emit]:
+        return [Emit(topics.notifications, user_id, user)]
+
+    return topology
+
+
+# With a table, a join's (its table side), without a table.
+@pytest.mark.parametrize("agent_name", ["orders", "notifications", "echo"])
 def test_a_long_batch_lets_the_event_loop_run_other_work_while_it_is_prepared(
     agent_name: str,
 ) -> None:
-    shop_run = Harness(shop(SETTINGS))
+    shop_run = Harness(echo_registrations(SETTINGS) if agent_name == "echo" else shop(SETTINGS))
     (agent,) = [agent for agent in shop_run.topology.agents if agent.name == agent_name]
     if agent_name == "orders":
         messages = [order(offset, f"u{offset}", [("A", 1)]) for offset in range(200)]

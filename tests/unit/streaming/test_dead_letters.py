@@ -7,6 +7,7 @@ from faust.types import Message
 
 from pipeline.serde.errors import UnknownSchemaId
 from pipeline.streaming.dead_letters import (
+    REPLAY_AGENT,
     REPLAY_FOR,
     DeadLetters,
     dead_letter_headers,
@@ -28,6 +29,7 @@ def test_headers_say_why_and_keep_the_originals() -> None:
         attempts=1,
         failed_at_ms=123,
         app_id="shop-pipeline",
+        agent="orders",
     )
     as_dict = dict(headers)
     assert as_dict["dlq.error.class"] == b"UnknownSchemaId"
@@ -35,7 +37,7 @@ def test_headers_say_why_and_keep_the_originals() -> None:
     assert as_dict["dlq.source.topic"] == b"order_created"
     assert (as_dict["dlq.source.partition"], as_dict["dlq.source.offset"]) == (b"2", b"17")
     assert (as_dict["dlq.schema.id"], as_dict["dlq.attempts"]) == (b"7", b"1")
-    assert as_dict["dlq.app.id"] == b"shop-pipeline"
+    assert (as_dict["dlq.app.id"], as_dict["dlq.agent"]) == (b"shop-pipeline", b"orders")
     # An earlier dead letter's reasons are replaced, not accumulated.
     assert [name for name, _ in headers].count("dlq.attempts") == 1
     assert without_dead_letter_headers(headers) == [("trace", b"t1")]
@@ -63,7 +65,7 @@ def test_a_dead_letter_is_the_original_message_sent_to_the_dead_letter_topic() -
     )
     asyncio.run(
         DeadLetters(cast(BatchProducer, producer), "shop-pipeline").send(
-            message, ValueError("bad"), attempts=1
+            message, ValueError("bad"), attempts=1, agent="orders"
         )
     )
     (letter,) = producer.sent
@@ -74,12 +76,18 @@ def test_a_dead_letter_is_the_original_message_sent_to_the_dead_letter_topic() -
     assert headers["dlq.error.class"] == b"ValueError"
 
 
-def test_a_replay_is_taken_only_by_the_service_that_dead_lettered_it() -> None:
+def test_a_replay_is_taken_only_by_the_service_and_agent_that_dead_lettered_it() -> None:
     def message(headers: list[tuple[str, bytes]] | None) -> Message:
         return Message("order_created", 0, 5, 0.0, 0, headers, b"u1", b"v", None)
 
     replay = message([("trace", b"t1"), (REPLAY_FOR, b"shop-pipeline")])
-    assert not is_replay_for_another(replay, "shop-pipeline")
-    assert is_replay_for_another(replay, "shop-pipeline-points")
-    assert not is_replay_for_another(message(None), "shop-pipeline-points")
-    assert not is_replay_for_another(message([("trace", b"t1")]), "shop-pipeline-points")
+    assert not is_replay_for_another(replay, "shop-pipeline", "orders")
+    assert is_replay_for_another(replay, "shop-pipeline-points", "points")
+    assert not is_replay_for_another(message(None), "shop-pipeline-points", "points")
+    plain = message([("trace", b"t1")])
+    assert not is_replay_for_another(plain, "shop-pipeline-points", "points")
+    # Two agents of one service read order_created: the one that failed it takes it again.
+    for_orders = message([(REPLAY_FOR, b"shop-pipeline"), (REPLAY_AGENT, b"orders")])
+    assert not is_replay_for_another(for_orders, "shop-pipeline", "orders")
+    assert is_replay_for_another(for_orders, "shop-pipeline", "notifications")
+    assert is_replay_for_another(for_orders, "shop-pipeline-points", "orders")

@@ -34,10 +34,12 @@ from pipeline.streaming.topology import UndeclaredTopic
 class RecordingDeadLetters:
     sent: list[tuple[int, BaseException, int]] = field(default_factory=list)
 
-    async def send(self, message: Any, error: BaseException, attempts: int) -> None:
+    async def send(self, message: Any, error: BaseException, attempts: int, agent: str) -> None:
         self.sent.append((message.offset, error, attempts))
 
-    async def send_all(self, failed: Sequence[tuple[Any, BaseException]]) -> asyncio.Future[Any]:
+    async def send_all(
+        self, failed: Sequence[tuple[Any, BaseException]], agent: str
+    ) -> asyncio.Future[Any]:
         self.sent += [(event.message.offset, error, 1) for event, error in failed]
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         done.set_result({})
@@ -68,6 +70,7 @@ def events(*offsets: int) -> list[Event]:
 def runner(max_batch: int = 10) -> tuple[EventRunner, RecordingDeadLetters]:
     dead_letters = RecordingDeadLetters()
     event_runner = EventRunner(
+        "orders",
         settlement=AtLeastOnce(cast(BatchProducer, None), cast(DeadLetters, dead_letters)),
         metrics=Metrics(),
         backoff=(0, 0, 0),

@@ -14,11 +14,13 @@ SETTINGS = Settings(app_id="app")
 
 def test_the_shop_s_topics_follow_from_its_agents() -> None:
     specs = {spec.name: spec for spec in shop(SETTINGS).specs()}
-    assert specs["order_created"] == TopicSpec("order_created", "user_order_stats")
+    # The orders' and the notifications' tables are co-partitioned through order_created.
+    assert specs["order_created"] == TopicSpec("order_created", "addresses")
+    assert specs["app-user_order_stats-changelog"].copartition_group == "addresses"
     assert specs["app-order_lines_by_sku"] == TopicSpec("app-order_lines_by_sku", "stock")
     assert specs["stock_adjusted"] == TopicSpec("stock_adjusted", "stock")
     assert specs["app-stock-changelog"] == TopicSpec("app-stock-changelog", "stock", True)
-    assert specs["user_registered"] == TopicSpec("user_registered")
+    assert specs["user_registered"] == TopicSpec("user_registered", "addresses")
     assert {name for name in specs if name.endswith(".dlq")} == {
         "user_registered.dlq",
         "order_created.dlq",

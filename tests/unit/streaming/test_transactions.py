@@ -195,11 +195,11 @@ def test_rows_are_stored_and_events_acknowledged_only_after_the_commit() -> None
         rows = stock_rows(settlement, table, first[0], 5)
         prepared = await rows.send([Outgoing("stock_levels", b"sku-1", b"5")])
         assert producer.log == []  # nothing is sent while a batch is prepared
-        await settlement.settle(arrivals, first, prepared)
+        await settlement.settle(arrivals, first, prepared, "orders")
         # A later batch reads the row from the open transaction, not the store.
         later = stock_rows(settlement, table, second[0], -2)
         assert later.pending[b"sku-1"][0] == 3
-        await settlement.settle(arrivals, second, await later.send([]))
+        await settlement.settle(arrivals, second, await later.send([]), "orders")
         assert table.rows() == {} and arrivals.acked == []
         await settlement.commit()
 
@@ -223,7 +223,7 @@ def test_a_dead_letter_is_committed_with_its_events_offset() -> None:
     settlement = exactly_once(producer)
 
     async def scenario() -> None:
-        await settlement.dead_letter(arrivals, events(8)[0], ValueError(), 1)
+        await settlement.dead_letter(arrivals, events(8)[0], ValueError(), 1, "orders")
         assert arrivals.acked == []
         await settlement.commit()
 
@@ -263,7 +263,7 @@ def test_a_transaction_that_cannot_commit_is_aborted_and_nothing_is_stored(
 
     async def scenario() -> None:
         rows = stock_rows(settlement, table, events(4)[0], 5)
-        await settlement.settle(arrivals, events(4), await rows.send([]))
+        await settlement.settle(arrivals, events(4), await rows.send([]), "orders")
         if fenced == "by a new generation":
             member[0] = GroupMember("shop", 8, "member-1", None)
         with pytest.raises(Exited):
@@ -288,12 +288,12 @@ def test_a_batch_settled_during_a_commit_goes_into_the_next_transaction() -> Non
     async def scenario() -> None:
         first, second = events(4), events(5)
         rows = stock_rows(settlement, table, first[0], 5)
-        await settlement.settle(arrivals, first, await rows.send([]))
+        await settlement.settle(arrivals, first, await rows.send([]), "orders")
         committing = asyncio.ensure_future(settlement.commit())
         await asyncio.sleep(0.05)  # the commit waits for the broker
         later = stock_rows(settlement, table, second[0], -2)
         assert later.pending[b"sku-1"][0] == 3
-        await settlement.settle(arrivals, second, await later.send([]))
+        await settlement.settle(arrivals, second, await later.send([]), "orders")
         # begin, the first batch's two sends and its offsets: nothing new
         assert len(producer.log) == 4
         producer.hold.set()
@@ -325,12 +325,12 @@ def test_the_batches_settled_during_a_commit_stay_readable_while_handed_over() -
 
     async def scenario() -> None:
         rows = stock_rows(settlement, table, events(4)[0], 5)
-        await settlement.settle(arrivals, events(4), await rows.send([]))
+        await settlement.settle(arrivals, events(4), await rows.send([]), "orders")
         committing = asyncio.ensure_future(settlement.commit())
         await asyncio.sleep(0.05)  # the commit waits for the broker
         for offset, sku in ((5, b"sku-2"), (6, b"sku-3")):
             later = stock_rows(settlement, table, events(offset)[0], 1, sku)
-            await settlement.settle(arrivals, events(offset), await later.send([]))
+            await settlement.settle(arrivals, events(offset), await later.send([]), "orders")
         producer.on_begin = lambda: readable.append(dict(settlement.unsettled(table) or {}))
         producer.hold.set()
         await committing
@@ -380,7 +380,7 @@ def test_a_commit_that_never_completes_fails_the_worker(monkeypatch: pytest.Monk
 
     async def scenario() -> None:
         rows = stock_rows(settlement, table, events(4)[0], 5)
-        await settlement.settle(arrivals, events(4), await rows.send([]))
+        await settlement.settle(arrivals, events(4), await rows.send([]), "orders")
         with pytest.raises(Exited):
             await settlement.commit()
 
