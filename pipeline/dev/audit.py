@@ -198,11 +198,13 @@ def derived_tallies(settings: Settings, events: list[ShopEvent]) -> dict[str, Ta
             want_alerts[(sku, *history[index])] += 1
     tallies[names.low_stock_alerts] = Tally(len(alerts), *excess(have_alerts, want_alerts))
 
-    # One notification per registration.
+    # A welcome per registration, a confirmation per order at its user's address.
     notes = read(names.notifications)
-    have_notes = Counter(note["user_id"] for note in notes)
+    have_notes = Counter(
+        (note["user_id"], note["template"], note.get("order_id"), note["address"]) for note in notes
+    )
     tallies[names.notifications] = Tally(
-        len(notes), *excess(have_notes, expected.registrations(events))
+        len(notes), *excess(have_notes, expected.notifications(events))
     )
 
     # One re-keyed record per order line (each carries its origin, so repeats are equal).

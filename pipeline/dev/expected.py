@@ -96,9 +96,35 @@ def registered(events: Iterable[ShopEvent]) -> dict[str, str]:
     }
 
 
-def registrations(events: Iterable[ShopEvent]) -> Counter[str]:
-    """user_id → registrations sent for it: one notification each."""
-    return Counter(event.key for event in events if event.stream == CONTRACT.user_registered)
+# (user_id, template, order_id, address) of a notification request.
+Notification = tuple[str, str, str | None, str]
+
+
+def notifications(events: Iterable[ShopEvent]) -> Counter[Notification]:
+    """Every notification: a welcome per registration, and a confirmation per order at the
+    email of the user's latest registration sent before it, or, for an order sent before
+    any, of the first one sent after it (the order waits for it)."""
+    wanted: Counter[Notification] = Counter()
+    email: dict[str, str] = {}
+    waiting: dict[str, list[str]] = defaultdict(list)
+    for event in events:
+        if event.stream == CONTRACT.user_registered:
+            email[event.key] = event.record["email"]
+            wanted[(event.key, "welcome", None, email[event.key])] += 1
+            for order_id in waiting.pop(event.key, []):
+                wanted[(event.key, "order_confirmed", order_id, email[event.key])] += 1
+        elif event.stream == CONTRACT.order_created:
+            if event.key in email:
+                confirmed = (
+                    event.key,
+                    "order_confirmed",
+                    event.record["order_id"],
+                    email[event.key],
+                )
+                wanted[confirmed] += 1
+            else:
+                waiting[event.key].append(event.record["order_id"])
+    return wanted
 
 
 def crossings(levels: Sequence[int], threshold: int) -> list[int]:

@@ -44,6 +44,13 @@ class LoadConfig:
     restock_every: int = 10
     seed: int = 1
     start_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    # Every this many new users places a first order before registering (0: none does):
+    # their registration follows LATE_BY_ORDERS orders later, and the confirmations of
+    # their orders wait for it.
+    late_registration_every: int = 0
+
+
+LATE_BY_ORDERS = 5
 
 
 @dataclass(frozen=True)
@@ -79,14 +86,24 @@ def generate(config: LoadConfig) -> Iterator[ShopEvent]:
 
     for name in skus:
         yield adjustment(name, rng.randrange(20, 200), "initial stock", tick())
+    late: dict[str, int] = {}  # user → the order number their registration waits for
     for number in range(config.orders):
-        # A new user registers now and then (always before their first order).
+        for waited in [user for user, due in late.items() if due <= number]:
+            del late[waited]
+            yield registration(waited, tick())
+        # A new user registers now and then (before their first order, unless late).
         wants_new_user = not registered or rng.random() < config.users / max(config.orders, 1)
+        unregistered_buyer = None
         if len(registered) < config.users and wants_new_user:
             new_user = user_id(len(registered))
             registered.append(new_user)
-            yield registration(new_user, tick())
-        buyer = rng.choice(registered)
+            every = config.late_registration_every
+            if every and len(registered) % every == 0:
+                late[new_user] = number + LATE_BY_ORDERS
+                unregistered_buyer = new_user
+            else:
+                yield registration(new_user, tick())
+        buyer = unregistered_buyer or rng.choice(registered)
         order_counts[buyer] += 1
         lines = [
             {"sku": item, "quantity": rng.randrange(1, 5), "unit_price_cents": prices[item]}
@@ -98,6 +115,8 @@ def generate(config: LoadConfig) -> Iterator[ShopEvent]:
                 yield adjustment(rng.choice(skus), rng.randrange(20, 150), "restock", tick())
             else:
                 yield adjustment(rng.choice(skus), -rng.randrange(1, 6), "write-off", tick())
+    for waited in late:
+        yield registration(waited, tick())
     while len(registered) < config.users:
         new_user = user_id(len(registered))
         registered.append(new_user)

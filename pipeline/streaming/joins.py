@@ -83,10 +83,6 @@ class JoinHandler(AgentHandler):
                     joined = self._stream(key, value, origin, message, joined, outgoing)
                 else:
                     joined = await self._table(key, value, origin, message, joined, outgoing)
-            except HoldBoundExceeded as refused:
-                self.refused.inc()
-                setbacks.failed.append((event, refused))
-                continue
             except Exception as error:
                 if not _fails_alone(error):
                     raise
@@ -111,17 +107,20 @@ class JoinHandler(AgentHandler):
             self._check_declared(emitted)
             outgoing += self.serdes.encode(emitted, origin)
             return joined
-        at = event_time_ms(message)
-        held = self._unexpired(key, joined.held, at, outgoing)
-        bound = self.agent.hold.max_records
-        if len(held) >= bound:
-            raise HoldBoundExceeded(
+        arrived = Held.of(message, event_time_ms(message))
+        held = self._unexpired(key, joined.held, arrived.event_time_ms, outgoing)
+        if len(held) >= self.agent.hold.max_records:
+            # Refused as part of the row's change, so a replay is skipped like any other.
+            self.refused.inc()
+            refusal = HoldBoundExceeded(
                 f"key {key!r} has no row in {self.agent.row_table.name!r} yet and already holds "
                 f"{len(held)} record(s) of join {self.agent.name!r}, its bound "
                 "(PIPELINE_JOIN_HOLD_MAX_RECORDS)"
             )
+            outgoing.append(self._dead_letter(arrived, refusal))
+            return Joined(None, held)
         self.held.inc()
-        return Joined(None, (*held, Held.of(message, at)))
+        return Joined(None, (*held, arrived))
 
     async def _table(
         self,

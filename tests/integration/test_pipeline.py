@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from pipeline.dev.loadgen import CONTRACT, LoadConfig, ShopEvent, adjustment, ge
 from pipeline.dev.workers import Deployment, WorkerProcess, http_json, wait_for
 from pipeline.serde.codec import Codecs
 from pipeline.streaming.dead_letters import (
+    AGENT,
     ATTEMPTS,
     ERROR_CLASS,
     SCHEMA_ID,
@@ -51,7 +52,11 @@ class Shop:
 
 
 def scenario() -> list[ShopEvent]:
-    events = list(generate(LoadConfig(users=40, orders=400, skus=12, restock_every=8, seed=7)))
+    # Every fifth user orders before registering: those orders wait for the registration.
+    config = LoadConfig(
+        users=40, orders=400, skus=12, restock_every=8, seed=7, late_registration_every=5
+    )
+    events = list(generate(config))
     events += [
         adjustment(LOW_STOCK_SKU, delta, "probe", 1_767_300_000_000 + index)
         for index, delta in enumerate(LOW_STOCK_DELTAS)
@@ -168,21 +173,15 @@ def test_derived_topics_have_the_expected_events(shop: Shop) -> None:
     assert alerts[LOW_STOCK_SKU] == [8, -3]
     assert len(alerts) > 1  # the random stream crossed too, not only the probe
 
-    wanted = expected.registered(shop.events)
+    wanted = expected.notifications(shop.events)
     wait_for(
-        "a notification per registration",
-        lambda: len(read_topic(settings, names.notifications)) >= len(wanted),
+        "a welcome per registration and a confirmation per order",
+        lambda: len(read_topic(settings, names.notifications)) >= sum(wanted.values()),
     )
-    requests = [
-        r
-        for r in decoded(
-            shop.codecs, names.notifications, read_topic(settings, names.notifications)
-        )
-        if r["user_id"] in wanted
-    ]
-    assert {r["user_id"]: r["address"] for r in requests} == wanted
-    assert len(requests) == len(wanted)
-    assert {(r["channel"], r["template"]) for r in requests} == {("email", "welcome")}
+    requests = decoded(shop.codecs, names.notifications, read_topic(settings, names.notifications))
+    have = Counter((r["user_id"], r["template"], r["order_id"], r["address"]) for r in requests)
+    assert have == wanted
+    assert {r["channel"] for r in requests} == {"email"}
 
 
 @pytest.mark.parametrize("worker_index", [0, 1])
@@ -308,12 +307,17 @@ def test_poison_messages_go_to_the_dlq_unchanged_and_the_rest_is_processed(shop:
     )
     dlq = names.dead_letters(names.order_created)
 
-    def two_dead_letters() -> list[Record] | None:
-        found = read_topic(settings, dlq)
-        return found if len(found) >= 2 else None
+    # Each agent reading order_created dead-letters the two on its own.
+    readers = ("notifications", "orders")
 
-    letters = wait_for("two dead letters", two_dead_letters)
-    assert sorted(letter.value or b"" for letter in letters) == sorted([not_avro, unknown_id])
+    def every_dead_letter() -> list[Record] | None:
+        found = read_topic(settings, dlq)
+        return found if len(found) >= 2 * len(readers) else None
+
+    letters = wait_for("each agent's dead letters", every_dead_letter)
+    assert sorted((dict(letter.headers)[AGENT], letter.value or b"") for letter in letters) == [
+        (agent.encode(), value) for agent in readers for value in sorted([not_avro, unknown_id])
+    ]
     assert {letter.key for letter in letters} == {user.encode()}
     for letter in letters:
         headers = dict(letter.headers)
@@ -331,14 +335,19 @@ def test_poison_messages_go_to_the_dlq_unchanged_and_the_rest_is_processed(shop:
     listing = subprocess.run(
         [*cli, "list", names.order_created], env=env, capture_output=True, text=True, check=True
     )
-    assert "2 dead letter(s)" in listing.stdout
+    assert "4 dead letter(s)" in listing.stdout
     replayed = subprocess.run(
         [*cli, "replay", names.order_created], env=env, capture_output=True, text=True, check=True
     )
-    assert "replayed 2 dead letter(s)" in replayed.stdout
-    # Still poison after the replay, so back in the DLQ; a second replay sends only those.
-    wait_for("the replayed letters to fail again", lambda: len(read_topic(settings, dlq)) >= 4)
+    assert "replayed 4 dead letter(s)" in replayed.stdout
+    # Still poison after the replay, so back in the DLQ, each from the one agent it was
+    # replayed for; a second replay sends only those.
+    wait_for("the replayed letters to fail again", lambda: len(read_topic(settings, dlq)) >= 8)
     again = subprocess.run(
         [*cli, "replay", names.order_created], env=env, capture_output=True, text=True, check=True
     )
-    assert "replayed 2 dead letter(s)" in again.stdout
+    assert "replayed 4 dead letter(s)" in again.stdout
+    wait_for("the second replay to fail again", lambda: len(read_topic(settings, dlq)) >= 12)
+    # Replayed to both agents, each round would have doubled: 4, 12, 28.
+    agents = Counter(dict(letter.headers)[AGENT] for letter in read_topic(settings, dlq))
+    assert agents == {agent.encode(): 6 for agent in readers}

@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections import Counter
 
 from pipeline.dev import expected
-from pipeline.dev.loadgen import ShopEvent, adjustment, order, registration
+from pipeline.dev.loadgen import (
+    CONTRACT,
+    LoadConfig,
+    ShopEvent,
+    adjustment,
+    generate,
+    order,
+    registration,
+    user_id,
+)
 
 
 def line(sku: str, quantity: int, cents: int = 250) -> dict[str, object]:
@@ -55,7 +64,40 @@ def test_order_lines_points_and_registrations() -> None:
     # Whole units of each order: 7 + 7 for u1, not 1,500 cents // 100.
     assert expected.points(EVENTS) == {"u1": 14, "u2": 4}
     assert expected.registered(EVENTS) == {"u1": "u1@shop.example", "u2": "u2@shop.example"}
-    assert expected.registrations(EVENTS) == Counter({"u1": 2, "u2": 1})
+
+
+def test_a_welcome_per_registration_and_a_confirmation_per_order_at_the_address() -> None:
+    u1, u2 = "u1@shop.example", "u2@shop.example"
+    assert expected.notifications(EVENTS) == Counter(
+        {
+            ("u1", "welcome", None, u1): 2,
+            ("u2", "welcome", None, u2): 1,
+            ("u1", "order_confirmed", "u1-o1", u1): 1,
+            ("u1", "order_confirmed", "u1-o2", u1): 1,
+            ("u2", "order_confirmed", "u2-o1", u2): 1,
+        }
+    )
+
+
+def test_an_order_before_the_registration_is_confirmed_at_the_address_registered_after() -> None:
+    early = [order("u3", "u3-o1", [line("A", 1)], 1), registration("u3", 2)]
+    assert expected.notifications(early) == Counter(
+        {
+            ("u3", "welcome", None, "u3@shop.example"): 1,
+            ("u3", "order_confirmed", "u3-o1", "u3@shop.example"): 1,
+        }
+    )
+
+
+def test_late_registrations_come_after_the_users_first_orders() -> None:
+    events = list(generate(LoadConfig(users=20, orders=200, skus=5, late_registration_every=4)))
+    first: dict[str, str] = {}
+    for event in events:
+        if event.stream in (CONTRACT.user_registered, CONTRACT.order_created):
+            first.setdefault(event.key, event.stream)
+    late = sorted(user for user, stream in first.items() if stream == CONTRACT.order_created)
+    assert late == [user_id(index) for index in range(3, 20, 4)]
+    assert set(expected.registered(events)) == {user_id(index) for index in range(20)}
 
 
 def test_crossings_are_downward_through_the_threshold_from_zero() -> None:
