@@ -26,11 +26,12 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from pipeline.dev import expected
-from pipeline.dev.audit import derived_tallies, failures, read_topic
+from pipeline.dev.audit import decoded, derived_tallies, failures, read_topic
 from pipeline.dev.loadgen import LoadConfig, ShopEvent, generate, send
 from pipeline.dev.stack.config import free_ports
 from pipeline.dev.workers import POINTS_APP, WorkerFailed, WorkerProcess
 from pipeline.kafka.offsets import lag_by_partition, record_count
+from pipeline.serde.codec import Codecs
 from pipeline.services import loyalty_points, points_settings, shop
 from pipeline.settings import PROCESSING_GUARANTEES, Settings
 from pipeline.streaming.topology import Topology
@@ -87,6 +88,41 @@ def show_views(workers: list[WorkerProcess], users: list[str], skus: list[str]) 
         )
         status, body = answers[0]
         click.echo(f"    GET {path:<28} {status} {json.dumps(body)}  ({agree})")
+
+
+def show_confirmations(
+    settings: Settings, events: list[ShopEvent], workers: list[WorkerProcess]
+) -> None:
+    """The order confirmations (a join): how many orders waited for their user's
+    registration, and one such user's confirmations as they were emitted."""
+    step("order confirmations (a join of orders with registrations)")
+    names = TopicNames.from_settings(settings)
+    codecs = Codecs.from_settings(settings)
+    codecs.prepare([names.notifications])
+    notes = decoded(codecs, names.notifications, read_topic(settings, names.notifications))
+    confirmed = [note for note in notes if note["template"] == "order_confirmed"]
+    late = expected.ordered_before_registering(events)
+    orders = sum(user.order_count for user in expected.user_stats(events).values())
+    held, released = (
+        sum(
+            w.metric("pipeline_join_records_total", join="notifications", outcome=o)
+            for w in workers
+        )
+        for o in ("held", "released")
+    )
+    click.echo(
+        f"    {len(confirmed)} confirmations for {orders} orders. {sum(late.values())} orders "
+        f"of {len(late)} users were sent before the user's registration: {held:.0f} were "
+        f"processed first, held, and released ({released:.0f}) once it was; the others found "
+        "it processed already (the two topics are read side by side)"
+    )
+    if late:
+        user = min(late)
+        for note in [note for note in confirmed if note["user_id"] == user][:4]:
+            click.echo(
+                f"    {user}: {note['order_id']} confirmed at {note['address']}, requested at "
+                f"{note['requested_at']:%Y-%m-%d %H:%M:%S}"
+            )
 
 
 def verify_tables(
@@ -214,7 +250,8 @@ def demo(
                 raise click.ClickException(str(failure)) from None
             click.echo(f"    {worker.label}: {worker.url} (log {worker.log})")
 
-        config = LoadConfig(users=users, orders=orders, skus=skus)
+        # Every tenth user orders before registering: their confirmations wait for it.
+        config = LoadConfig(users=users, orders=orders, skus=skus, late_registration_every=10)
         events = list(generate(config))
         consumer = Consumer({**settings.kafka_client_config(), "group.id": "pipeline-demo"})
         fresh = record_count(consumer, names.order_created) == 0
@@ -257,6 +294,8 @@ def demo(
         else:
             click.echo(SKIPPED)
 
+        if fresh:
+            show_confirmations(settings, events, workers)
         add_points_service(settings, env, root, events, fresh, workers)
     finally:
         if keep_running:

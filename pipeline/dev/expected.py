@@ -127,6 +127,18 @@ def notifications(events: Iterable[ShopEvent]) -> Counter[Notification]:
     return wanted
 
 
+def ordered_before_registering(events: Iterable[ShopEvent]) -> Counter[str]:
+    """user_id → orders sent before the user's first registration (held by the join)."""
+    early: Counter[str] = Counter()
+    registered: set[str] = set()
+    for event in events:
+        if event.stream == CONTRACT.user_registered:
+            registered.add(event.key)
+        elif event.stream == CONTRACT.order_created and event.key not in registered:
+            early[event.key] += 1
+    return early
+
+
 def crossings(levels: Sequence[int], threshold: int) -> list[int]:
     """The levels at which stock fell from at or above ``threshold`` to below it."""
     return [levels[index] for index in crossed_at(levels, threshold)]

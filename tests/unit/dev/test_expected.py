@@ -97,6 +97,7 @@ def test_late_registrations_come_after_the_users_first_orders() -> None:
             first.setdefault(event.key, event.stream)
     late = sorted(user for user, stream in first.items() if stream == CONTRACT.order_created)
     assert late == [user_id(index) for index in range(3, 20, 4)]
+    assert sorted(expected.ordered_before_registering(events)) == late
     assert set(expected.registered(events)) == {user_id(index) for index in range(20)}
 
 
