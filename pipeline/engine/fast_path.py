@@ -134,10 +134,11 @@ PressureCallbacks = tuple[Callable[[], None], Callable[[], None]]
 
 
 class DirectDelivery:
-    """What Faust's conductor does with a message of a partition one agent alone reads,
-    done at once: the message referenced once, its event (made as ``RawSchema`` makes
-    it) put into the agent's queue, with the conductor's pressure callbacks, which pause
-    fetching the partition while the queue is nearly full.
+    """What Faust's conductor does with a message of a partition our agents read, done at
+    once: the message referenced once per agent, its event (made as ``RawSchema`` makes
+    it; one for every agent, as the conductor shares it between channels of the same key
+    and value types) put into each agent's queue, with the conductor's pressure callbacks,
+    which pause fetching the partition while a queue is nearly full.
 
     The conductor does it per message through a lock, the flow control, Faust's producer
     buffer check, the decoder's coroutine and its channel loop, each awaited (and Faust's
@@ -165,24 +166,22 @@ class DirectDelivery:
         channels = self.channels_by_tp.get(message.tp)
         if (
             not channels
-            or len(channels) != 1
             or self.subscribing.locked()
             or not self.flow_is_active()
             or self.producer_buffer is None
             or self.producer_buffer.qsize()
         ):
             return False
-        (channel,) = channels
-        queue = channel.queue
-        if not isinstance(channel.schema, RawSchema) or queue.full():
-            return False
+        for channel in channels:
+            if not isinstance(channel.schema, RawSchema) or channel.queue.full():
+                return False
         on_pressure_high, on_pressure_drop = self._pressure_callbacks(message)
-        message.incref(1)
-        queue.put_nowait_enhanced(
-            self.make_event(message),
-            on_pressure_high=on_pressure_high,
-            on_pressure_drop=on_pressure_drop,
-        )
+        message.incref(len(channels))
+        event = self.make_event(message)
+        for channel in channels:
+            channel.queue.put_nowait_enhanced(
+                event, on_pressure_high=on_pressure_high, on_pressure_drop=on_pressure_drop
+            )
         return True
 
     def _pressure_callbacks(self, message: Message) -> PressureCallbacks:

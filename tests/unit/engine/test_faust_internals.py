@@ -565,18 +565,38 @@ def test_a_nearly_full_queue_pauses_the_partition_until_it_drains_as_the_conduct
     assert not consumer._buffered_partitions
 
 
+def test_a_message_two_agents_read_goes_into_both_queues_as_the_conductor_puts_it() -> None:
+    app, channels = delivering(RawSchema(), RawSchema())
+    direct, through_conductor = order_message(5), order_message(5)
+
+    async def deliver() -> list[Any]:
+        assert DirectDelivery(app)(direct)
+        await ConductorCompiler().build(app.topics, ORDERS_3, set(channels))(through_conductor)
+        return [channel.queue.get_nowait() for channel in channels for _ in range(2)]
+
+    first, faust_first, second, faust_second = asyncio.run(deliver())
+
+    # One event shared by both queues, as the conductor shares its own (same key and value
+    # types); the message referenced once per agent, each acknowledging it once.
+    assert first is second and faust_first is faust_second and first.message is direct
+    assert (first.key, first.value) == (faust_first.key, faust_first.value)
+    assert direct.refcount == through_conductor.refcount == 2
+
+
 @pytest.mark.parametrize(
-    "why", ["flow stopped", "two channels", "another schema", "subscribing", "producer buffer"]
+    "why", ["flow stopped", "a full queue", "another schema", "subscribing", "producer buffer"]
 )
 def test_where_the_conductor_could_wait_the_message_is_left_to_it(why: str) -> None:
     schemas: list[faust.Schema[Any, Any]] = [RawSchema()]
-    if why == "two channels":
+    if why in ("a full queue", "another schema"):
         schemas.append(RawSchema())
     if why == "another schema":
-        schemas = [faust.Schema(key_serializer="raw", value_serializer="raw")]
-    app, channels = delivering(*schemas)
+        schemas[1] = faust.Schema(key_serializer="raw", value_serializer="raw")
+    app, channels = delivering(*schemas, maxsize=1 if why == "a full queue" else 100)
     if why == "flow stopped":
         app.flow_control.suspend()
+    if why == "a full queue":
+        channels[1].queue.put_nowait(Mock())
     if why == "producer buffer":
         app.producer.buffer.pending.put_nowait(Mock())
     message = order_message(5)
@@ -588,7 +608,7 @@ def test_where_the_conductor_could_wait_the_message_is_left_to_it(why: str) -> N
         return DirectDelivery(app)(message)
 
     assert not asyncio.run(deliver())
-    assert all(channel.queue.empty() for channel in channels) and message.refcount == 0
+    assert channels[0].queue.empty() and message.refcount == 0
 
 
 def test_rows_written_in_one_batch_are_read_back_by_faust_and_by_partition(tmp_path: Path) -> None:
