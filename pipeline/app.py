@@ -2,7 +2,8 @@
 
     faust -A pipeline.app worker -l info
 
-    user_registered ──notifications──▶ notifications
+    user_registered ──notifications──▶ [addresses table] ──▶ notifications (welcome)
+    order_created ──notifications (joined with the address; held until known)──▶ notifications
     order_created ──orders──▶ [user_order_stats table] ──▶ user_order_stats
                           └─▶ <app_id>-order_lines_by_sku (re-keyed by SKU) ─┐
     stock_adjusted ─────────────────────────────────────────────────stock──┴▶ [stock table]
