@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from pipeline.serde.errors import SchemaNotCached, UndecodableKey
+from pipeline.serde.errors import RegistryUnavailable, SchemaNotCached, UndecodableKey
 from pipeline.streaming.dead_letters import is_replay_for_another
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import Event, Message, PartitionStore
@@ -73,6 +73,13 @@ class RecordCodec(Protocol):
         ...
 
     def encode(self, topic: str, record: Mapping[str, Any]) -> bytes: ...
+
+
+def fails_alone(error: Exception) -> bool:
+    """Whether ``error``, raised while an event was applied, is that event's alone (its
+    rule's: rules are pure; its record's), not a bug in the rules, which stops the agent,
+    or the registry away, which has the batch tried again."""
+    return not isinstance(error, UndeclaredTopic | RegistryUnavailable)
 
 
 def decode_key(message: Message) -> str:
@@ -288,7 +295,6 @@ class AgentHandler:
     async def __call__(self, events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
         if self.store is None or self.codec is None:
             return await self._stateless(events)
-        rules = self.agent.rules
         rows = self._rows(self.store, self.codec, in_flight)
         derived: list[Outgoing] = []
         setbacks = Setbacks()
@@ -303,22 +309,27 @@ class AgentHandler:
             if not is_new(applied, origin):
                 self.replays.inc()
                 continue
+            row = tracked.row if tracked is not None else None
             try:
-                update: Update[Any] = rules[message.topic](
-                    key, value, tracked.row if tracked is not None else None
-                )
-            except Exception as error:  # the rule's, for this event alone: rules are pure
-                setbacks.failed.append((event, error))
-                continue
-            self._check_declared(update.emit)
-            try:
-                outgoing = self.serdes.encode(update.emit, origin)
-            except Exception as error:  # a record its topic's schema refuses
+                row, outgoing = await self._apply(key, value, origin, message, row)
+            except Exception as error:
+                if not fails_alone(error):
+                    raise
                 setbacks.failed.append((event, error))
                 continue
             derived += outgoing
-            rows.put(raw_key, Tracked(update.row, advance(applied, origin)), event)
+            rows.put(raw_key, Tracked(row, advance(applied, origin)), event)
         return setbacks.onto(await rows.send(derived))
+
+    async def _apply(
+        self, key: str, value: Any, origin: Origin, message: Message, row: Any
+    ) -> tuple[Any, list[Outgoing]]:
+        """One new event's change of its key's ``row`` (None when the table has none): the
+        new row and the records it emits, encoded. Raises what fails this event alone (its
+        rule's error, a record its topic's schema refuses)."""
+        update: Update[Any] = self.agent.rules[message.topic](key, value, row)
+        self._check_declared(update.emit)
+        return update.row, self.serdes.encode(update.emit, origin)
 
     async def _stateless(self, events: Sequence[Event]) -> Prepared:
         rules = self.agent.rules

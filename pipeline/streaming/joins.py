@@ -13,20 +13,18 @@ dead-letter topic, its bytes unchanged, with a reason naming the key.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any, cast
 
-from pipeline.serde.errors import RegistryUnavailable, SchemaNotCached
-from pipeline.streaming.agents import YIELD_EVERY, AgentHandler, Outputs, Serdes, Setbacks
+from pipeline.serde.errors import SchemaNotCached
+from pipeline.streaming.agents import AgentHandler, Outputs, Serdes, fails_alone
 from pipeline.streaming.dead_letters import dead_letter_record, error_class_of
 from pipeline.streaming.joined import Held, Joined
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.ports import Event, Message, PartitionStore
-from pipeline.streaming.positions import Origin, Tracked, advance, is_new
-from pipeline.streaming.processing import Prepared
+from pipeline.streaming.ports import Message, PartitionStore
+from pipeline.streaming.positions import Origin
 from pipeline.streaming.producer import Outgoing
-from pipeline.streaming.topology import JoinAgent, UndeclaredTopic, Update
+from pipeline.streaming.topology import JoinAgent, Update
 
 
 class HoldBoundExceeded(ValueError):
@@ -52,7 +50,6 @@ class JoinHandler(AgentHandler):
         metrics: Metrics,
     ) -> None:
         super().__init__(agent, store, serdes, outputs, metrics)
-        self.join_store = store
         records = metrics.join_records
         self.held = records.labels(agent.name, "held")
         self.released = records.labels(agent.name, "released")
@@ -60,37 +57,16 @@ class JoinHandler(AgentHandler):
         self.refused = records.labels(agent.name, "refused")
         self.dead_letter_count = metrics.dead_letters
 
-    async def __call__(self, events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
-        assert self.codec is not None
-        rows = self._rows(self.join_store, self.codec, in_flight)
-        derived: list[Outgoing] = []
-        setbacks = Setbacks()
-        decoded = self._decoded(events, True, setbacks)
-        for index, (event, (key, value, origin)) in enumerate(decoded, 1):
-            if not index % YIELD_EVERY:
-                await asyncio.sleep(0)
-            message = event.message
-            raw_key = cast(bytes, message.key)
-            tracked: Tracked[Joined[Any]] | None = rows.get(raw_key, event)
-            applied = tracked.applied if tracked is not None else {}
-            if not is_new(applied, origin):
-                self.replays.inc()
-                continue
-            joined = tracked.row if tracked is not None else Joined(None)
-            outgoing: list[Outgoing] = []
-            try:
-                if message.topic in self.agent.stream_rules:
-                    joined = self._stream(key, value, origin, message, joined, outgoing)
-                else:
-                    joined = await self._table(key, value, origin, message, joined, outgoing)
-            except Exception as error:
-                if not _fails_alone(error):
-                    raise
-                setbacks.failed.append((event, error))
-                continue
-            derived += outgoing
-            rows.put(raw_key, Tracked(joined, advance(applied, origin)), event)
-        return setbacks.onto(await rows.send(derived))
+    async def _apply(
+        self, key: str, value: Any, origin: Origin, message: Message, row: Any
+    ) -> tuple[Any, list[Outgoing]]:
+        joined = cast(Joined[Any], row) if row is not None else Joined(None)
+        outgoing: list[Outgoing] = []
+        if message.topic in self.agent.stream_rules:
+            joined = self._stream(key, value, origin, message, joined, outgoing)
+        else:
+            joined = await self._table(key, value, origin, message, joined, outgoing)
+        return joined, outgoing
 
     def _stream(
         self,
@@ -154,7 +130,7 @@ class JoinHandler(AgentHandler):
             self._check_declared(emitted)
             released = self.serdes.encode(emitted, origin)
         except Exception as error:
-            if not _fails_alone(error):
+            if not fails_alone(error):
                 raise
             return [self._dead_letter(record, error)]
         self.released.inc()
@@ -192,9 +168,3 @@ class JoinHandler(AgentHandler):
         return Outgoing(
             letter.topic, cast(bytes, letter.key), cast(bytes, letter.value), None, letter.headers
         )
-
-
-def _fails_alone(error: Exception) -> bool:
-    """Whether ``error`` is one event's (its rule's, its bytes'), not a bug in the rules,
-    which stops the agent, or the registry away, which has the batch retried."""
-    return not isinstance(error, UndeclaredTopic | RegistryUnavailable)
