@@ -68,6 +68,12 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         consumer.close()
 
 
+def owns_partitions(worker: WorkerProcess) -> bool:
+    """Whether the worker is in its group with partitions of its own."""
+    health = worker.health()
+    return health is not None and health["assigned_partitions"] > 0
+
+
 def _view_differences(worker: WorkerProcess, events: list[ShopEvent]) -> Iterator[str]:
     """Each view that does not answer what ``events`` imply, as it answered."""
     for user_id, user in expected.user_stats(events).items():

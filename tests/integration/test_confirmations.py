@@ -20,6 +20,7 @@ from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
 from pipeline.serde.codec import Codecs
 from pipeline.streaming.dead_letters import AGENT, ERROR_CLASS, ERROR_MESSAGE
 from tests.integration.conftest import StackInfo
+from tests.integration.harness import owns_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -99,10 +100,7 @@ def test_held_orders_survive_a_kill_and_are_confirmed_in_order_at_the_registered
     try:
         for worker in workers:
             worker.wait_healthy()
-        wait_for(
-            "both workers to own partitions",
-            lambda: all(w.get("/health")[1].get("assigned_partitions", 0) > 0 for w in workers),
-        )
+        wait_for("both workers to own partitions", lambda: all(map(owns_partitions, workers)))
         feed = Feed(deployed)
         # Orders of users nobody has seen register: every one of them is held.
         early = [placed(user, n) for n in (1, 2, 3) for user in LATE_USERS]

@@ -24,7 +24,7 @@ from pipeline.dev.loadgen import ShopEvent, order, send
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
 from pipeline.engine.web import partition_for
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import views_match
+from tests.integration.harness import owns_partitions, views_match
 
 pytestmark = pytest.mark.integration
 
@@ -58,11 +58,6 @@ def round_of_orders(number: int) -> list[ShopEvent]:
         )
         for user, sku in zip(USERS, SKUS, strict=True)
     ]
-
-
-def owns_partitions(worker: WorkerProcess) -> bool:
-    health = worker.health()
-    return health is not None and health["assigned_partitions"] > 0
 
 
 def seconds_until_processed(

@@ -32,7 +32,7 @@ from pipeline.streaming.dead_letters import (
     SOURCE_TOPIC,
 )
 from tests.integration.conftest import StackInfo
-from tests.integration.harness import deployment, end_offsets
+from tests.integration.harness import deployment, end_offsets, owns_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -73,10 +73,7 @@ def shop(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         for worker in workers:
             worker.wait_healthy()
         # Both in the group (each owns partitions) before the stream starts.
-        wait_for(
-            "both workers to own partitions",
-            lambda: all(w.get("/health")[1].get("assigned_partitions", 0) > 0 for w in workers),
-        )
+        wait_for("both workers to own partitions", lambda: all(map(owns_partitions, workers)))
         events = scenario()
         report = send(events, deployed.settings, progress=False)
         assert report.failed == 0
