@@ -54,6 +54,7 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
             dead_letters,
             app.group_member,
             metrics,
+            topology.readers,
         )
 
         async def commit_transactions() -> None:

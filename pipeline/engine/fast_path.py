@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -207,6 +207,12 @@ class DirectDelivery:
         return callbacks
 
 
+class AbandoningConsumer(Protocol):
+    """The consumer of pipeline.engine.fixes (fix 7)."""
+
+    def abandon(self, message: Message) -> None: ...
+
+
 class ArrivedEvents:
     """An agent's events, taken in bulk from the queue its Faust stream reads, with what
     the stream's iterator does for each event, done here for a batch.
@@ -216,7 +222,8 @@ class ArrivedEvents:
     rest was batched. Taken here, as there, are only the events of the current consumer
     generation while the flow is on (a fetch from before a rebalance may still be queued).
     The others are left alone: never tracked nor acknowledged, they are fetched again
-    from the committed offset. Acknowledging one would let the commit skip past it.
+    from the committed offset. Acknowledging one would let the commit skip past it; one
+    another agent took already is abandoned instead (``_skip``).
     Each event taken is tracked (a revocation waits until every tracked message was
     acknowledged), and its message-in sensor called; ``ack`` acknowledges as the stream's
     does. The stream's per-event sensors (``on_stream_event_in/out``, Faust's monitor)
@@ -253,6 +260,7 @@ class ArrivedEvents:
         the flow and the generation are the same for them all."""
         app = self.app
         if not app.flow_control.is_active():
+            self._skip(taken)
             return []
         generation = app.consumer_generation_id
         events: list[Event] = []
@@ -261,12 +269,21 @@ class ArrivedEvents:
         for event in taken:
             message = event.message
             if message.generation_id != generation:
+                self._skip([event])
                 continue
             if not message.tracked and acks_enabled_for(message.topic):
                 message.tracked = True
                 track(message)  # into the unacked set; the message-in sensor
             events.append(event)
         return events
+
+    def _skip(self, skipped: list[EventT[Any]]) -> None:
+        """Leave ``skipped`` unprocessed. A message another agent reading its partition
+        took already is abandoned (``PipelineConsumer.abandon``): the revocation would
+        otherwise wait for this agent's acknowledgement for ever."""
+        for event in skipped:
+            if event.message.tracked:
+                cast(AbandoningConsumer, self.consumer).abandon(event.message)
 
     def ack(self, event: Event) -> None:
         """Acknowledge ``event`` (its offset may now be committed), as the stream does."""

@@ -1,4 +1,4 @@
-"""Six ways faust-streaming 0.15.3 (with aiokafka 0.14) loses events or its group
+"""Seven ways faust-streaming 0.15.3 (with aiokafka 0.14) loses events or its group
 membership around a rebalance, fixed here (the stories and how each was found:
 docs/faust-findings.md):
 
@@ -10,7 +10,10 @@ docs/faust-findings.md):
 5. what a fetch brought for a partition paused meanwhile is dropped without a seek back
    (``PipelineConsumerThread._deliverable``);
 6. no heartbeat during a long assignment callback
-   (``PipelineConsumerThread.on_partitions_assigned``).
+   (``PipelineConsumerThread.on_partitions_assigned``);
+7. a message two agents read, skipped by one after the other took it, holds up the
+   revocation for ever, or counts as acknowledged once the other acknowledges it
+   (``PipelineConsumer.abandon``).
 
 Besides: the app's fetch wait instead of Faust's fixed one, a ``read_committed`` consumer
 that commits nothing for exactly_once (our transactions commit the offsets), and the bulk
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import MutableSet
 from typing import Any, ClassVar, Protocol, cast
+from weakref import WeakSet
 
 import aiokafka
 import faust
@@ -98,14 +103,38 @@ class PipelineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class PipelineConsumer(DirectDrainConsumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Messages an agent skipped after another agent had taken them (fix 7).
+        self._abandoned: MutableSet[Message] = WeakSet()
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return PipelineConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    def abandon(self, message: Message) -> None:
+        """An agent skips ``message`` (a fetch from before a rebalance, or the flow
+        stopped) that another agent of this worker took: its reference is released, so a
+        revocation waits only for the agents processing it, and its offset never counts
+        as acknowledged, however they end. It is fetched again from the committed offset
+        (fix 7)."""
+        self._abandoned.add(message)
+        message.ack(self)
+
     def ack(self, message: Message) -> bool:
-        """Faust's, except for a message no stream handed out (see the module, fix 4)."""
+        """Faust's, except for a message no stream handed out (fix 4) or one an agent
+        abandoned (fix 7), which leaves the messages a revocation waits for, uncounted."""
         if not message.tracked:
             log.debug(
                 "not counting the ack of %s[%d]@%d: skipped, never processed",
+                message.topic,
+                message.partition,
+                message.offset,
+            )
+            return False
+        if message in self._abandoned:
+            self._unacked_messages.discard(message)
+            log.debug(
+                "not counting the ack of %s[%d]@%d: skipped by one of its agents",
                 message.topic,
                 message.partition,
                 message.offset,

@@ -270,9 +270,18 @@ class Topology:
         return sorted(emitted - self.internal.keys())
 
     @property
+    def readers(self) -> dict[str, frozenset[str]]:
+        """Each source topic, and the agents that read it."""
+        readers: dict[str, set[str]] = {}
+        for agent in self.agents:
+            for topic in agent.rules:
+                readers.setdefault(topic, set()).add(agent.name)
+        return {topic: frozenset(names) for topic, names in readers.items()}
+
+    @property
     def sources(self) -> list[str]:
-        """Every topic an agent reads; each has a dead-letter topic."""
-        return [topic for agent in self.agents for topic in agent.rules]
+        """Every topic an agent reads, once; each has a dead-letter topic."""
+        return list(dict.fromkeys(topic for agent in self.agents for topic in agent.rules))
 
     def check(self) -> None:
         """Refuse a topology the runtime cannot run correctly, naming what is wrong."""

@@ -245,29 +245,38 @@ class Settled:
 
     arrivals: Arrivals
     events: Sequence[Event]
+    agent: str  # which agent settled it
     rows: RowBatch[Any] | None = None
     changelog: asyncio.Future[Delivered] | None = None
 
 
+# A source partition: (topic, partition).
+Place = tuple[str, int]
+
+
 @dataclass
 class Transaction:
-    """What one transaction holds: the batches settled in it and, per source partition,
-    the next offset to consume once it committed."""
+    """What one transaction holds: the batches settled in it and, per source partition
+    and agent, the next offset to consume once it committed."""
 
     member: GroupMember | None
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    positions: dict[Place, dict[str, int]] = field(default_factory=dict)
     batches: list[Settled] = field(default_factory=list)
     deliveries: list[asyncio.Future[Delivered]] = field(default_factory=list)
 
     def add(self, settled: Settled) -> None:
         self.batches.append(settled)
-        offsets = self.offsets
+        positions = self.positions
+        agent = settled.agent
         for event in settled.events:
             message = event.message
             place = (message.topic, message.partition)
             following = message.offset + 1
-            if following > offsets.get(place, -1):
-                offsets[place] = following
+            by_agent = positions.get(place)
+            if by_agent is None:
+                by_agent = positions[place] = {}
+            if following > by_agent.get(agent, -1):
+                by_agent[agent] = following
 
     @property
     def events(self) -> int:
@@ -280,6 +289,35 @@ class Transaction:
         if now != self.member:
             return f"the group membership changed from {self.member} to {now} while it was open"
         return None
+
+
+class ReadPositions:
+    """Per source partition, the next offset each agent reading it is to consume, within
+    one group membership. A transaction commits the least of them: where two agents read
+    a topic (orders and notifications read order_created), the one ahead would otherwise
+    commit past what the other has not processed, lost to it after a crash. A partition
+    not every reader has settled an event of since the membership began is left at its
+    committed offset."""
+
+    def __init__(self, readers: Mapping[str, Collection[str]]) -> None:
+        self.readers = readers
+        self.member: GroupMember | None = None
+        self.positions: dict[Place, dict[str, int]] = {}
+
+    def offsets(self, transaction: Transaction) -> dict[Place, int]:
+        """What ``transaction`` commits, its positions now counted."""
+        if transaction.member != self.member:
+            self.member, self.positions = transaction.member, {}
+        offsets = {}
+        for place, by_agent in transaction.positions.items():
+            known = self.positions.setdefault(place, {})
+            for agent, following in by_agent.items():
+                if following > known.get(agent, -1):
+                    known[agent] = following
+            readers = self.readers.get(place[0]) or known.keys()
+            if all(agent in known for agent in readers):
+                offsets[place] = min(known[agent] for agent in readers)
+        return offsets
 
 
 class ExactlyOnce:
@@ -297,11 +335,14 @@ class ExactlyOnce:
         dead_letters: DeadLetters,
         member: Callable[[], GroupMember | None],
         metrics: Metrics,
+        readers: Mapping[str, Collection[str]],
     ) -> None:
         self.producer = producer
         self.dead_letters = dead_letters
         self.member = member
         self.metrics = metrics
+        # Which agents read each source topic (its committed offset is the least of theirs).
+        self.read_positions = ReadPositions(readers)
         self._open: Transaction | None = None
         # Set while the open transaction commits: what settles meanwhile waits here.
         self._committing = False
@@ -339,7 +380,7 @@ class ExactlyOnce:
         records: Sequence[ProducerRecord] = prepared.derived
         if prepared.failed:
             records = [*records, *self.dead_letters.records(prepared.failed, agent)]
-        await self._add(Settled(arrivals, events, prepared.rows), records)
+        await self._add(Settled(arrivals, events, agent, prepared.rows), records)
         self.dead_letters.report_all(prepared.failed)
 
     async def dead_letter(
@@ -347,7 +388,7 @@ class ExactlyOnce:
     ) -> None:
         message = event.message
         record = self.dead_letters.record(message, error, attempts, agent)
-        await self._add(Settled(arrivals, [event]), [record])
+        await self._add(Settled(arrivals, [event], agent), [record])
         self.dead_letters.report(message, error, attempts)
 
     def _keep_rows(self, settled: Settled) -> None:
@@ -438,8 +479,9 @@ class ExactlyOnce:
         starts: done one after the other, the offsets' round trips added to every
         transaction's commit time, and to the latency of every event in it."""
         member = self._member_for(transaction)
+        offsets = self.read_positions.offsets(transaction)
         sending = asyncio.ensure_future(
-            self._call(self.producer.send_offsets, transaction.offsets, group_metadata(member))
+            self._call(self.producer.send_offsets, offsets, group_metadata(member))
         )
         # A delivery that fails fails the worker (``commit``), whatever the call still does.
         for delivery in transaction.deliveries:

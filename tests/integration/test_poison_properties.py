@@ -310,10 +310,7 @@ def sent(deployed: Deployment, poison: list[Poison]) -> Tally:
     """(source topic, agent, key, value, reason) of every bad message sent, once for each
     agent reading its topic (each dead-letters it)."""
     topic_of = deployed_topics(deployed.names)
-    readers: dict[str, list[str]] = {}
-    for agent in shop(deployed.settings).agents:
-        for topic in agent.rules:
-            readers.setdefault(topic, []).append(agent.name)
+    readers = shop(deployed.settings).readers
     return Counter(
         (topic_of[bad.stream], agent, bad.key, bad.value, bad.reason)
         for bad in poison

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 from unittest.mock import AsyncMock, MagicMock, Mock
+from weakref import WeakSet
 
 import aiokafka
 import faust
@@ -34,6 +35,7 @@ from faust.transport.consumer import ConsumerMessage, ConsumerThread, ThreadDele
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, EventT, StreamT
+from faust.types.tuples import Message as FaustMessage
 from faust.web.drivers.aiohttp import Web
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
@@ -68,6 +70,15 @@ UPSTREAM: dict[Callable[..., Any], str] = {
         "0870ec53dea75083995e3565c0f0a25a1c63ecceaeb238e92e2585e3623af5a9"
     ),
     FaustConsumer.ack: "5fcf41cf45153475de3790dc56fec1b83335956dc8b3bf7ff6bbb2b57627f03f",
+    # A revocation waits for the tracked messages that are not acked (fix 7: an abandoned
+    # message is left out of them once every agent released it).
+    FaustConsumer.track_message: (
+        "217d7f1399a4cd8e15a43a64ecf50413b9b738058e5433e057f0dc3927a3fc03"
+    ),
+    FaustConsumer.wait_empty: "e4662fe24f094819add590b2d75f233840e77823b432aea6504539768572102f",
+    # The last reference released is the final ack (fix 7 counts on it).
+    FaustMessage.ack: "4751b72c4ed84153a7b6c14fdfe41cc92e477b38a6c6089cb785532ef5771688",
+    FaustMessage.decref: "f23396189d0e55922d5c9c627879af52e076aa2a14262b4ea72aee86534c729b",
     # Delivers only the records of partitions active or buffered when it iterates them,
     # and drops the others without a seek back (fix 5).
     FaustConsumer.getmany: "4b168d84882a70d6e3e2f9804430a63b92f8fd117d3187cbb4aeb54305bda34e",
@@ -365,6 +376,7 @@ def consumer_counting_acks() -> PipelineConsumer:
     consumer._unacked_messages = set()
     consumer._n_acked = 0
     consumer._waiting_for_ack = None
+    consumer._abandoned = WeakSet()
     return consumer
 
 
@@ -382,6 +394,38 @@ def test_an_ack_counts_only_for_a_message_a_stream_handed_out() -> None:
     assert consumer.ack(handed_out) is True
     assert consumer.ack(skipped) is False
     assert consumer._acked[TP("orders", 0)] == [3]
+
+
+@pytest.mark.parametrize("first", ["the agent processing it", "the agent skipping it"])
+def test_a_message_one_of_two_agents_skipped_is_released_by_both_and_never_counted(
+    first: str,
+) -> None:
+    """Two agents read the partition: one took the message (tracked), the other skips it
+    (a fetch from before the rebalance). The revocation waits for the first alone, and
+    the offset stays uncommitted: fetched again, for the agent that skipped it (fix 7)."""
+    consumer = consumer_counting_acks()
+    taken = message(3, tracked=True)
+    taken.incref(2)  # one reference per agent, as the conductor and DirectDelivery take
+    consumer._unacked_messages.add(taken)
+    releases = [lambda: taken.ack(consumer), lambda: consumer.abandon(taken)]
+    if first == "the agent skipping it":
+        releases.reverse()
+
+    releases[0]()
+    assert taken in consumer._unacked_messages  # the other agent still holds it
+    releases[1]()
+
+    assert taken not in consumer._unacked_messages
+    assert consumer._acked[TP("orders", 0)] == [] and consumer._n_acked == 0
+
+
+def test_an_arrived_event_skipped_after_another_agent_took_it_is_abandoned() -> None:
+    arrivals, queue, app = arrived_events(generation=8)
+    stale = queued_event(queue, 0, generation=7)
+    stale.message.tracked = True  # another agent of the worker took it
+    fresh = queued_event(queue, 1, generation=8)
+    assert asyncio.run(arrivals.take(10)) == [fresh]
+    app.consumer.abandon.assert_called_once_with(stale.message)
 
 
 def test_fetch_states_read_aiokafkas_subscription_state() -> None:

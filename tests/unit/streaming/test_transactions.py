@@ -30,6 +30,7 @@ from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing, Prod
 from pipeline.streaming.transactions import (
     ExactlyOnce,
     GroupMetadataMismatch,
+    ReadPositions,
     Transaction,
     TransactionalProducer,
     check_group_metadata,
@@ -93,11 +94,32 @@ def events(*offsets: int, partition: int = 3) -> list[Event]:
 def test_a_transaction_commits_the_offset_after_the_last_event_of_each_partition() -> None:
     transaction = Transaction(MEMBER)
     arrivals = RecordingArrivals()
-    transaction.add(transactions.Settled(arrivals, events(4, 5)))
-    transaction.add(transactions.Settled(arrivals, events(9, partition=0)))
-    transaction.add(transactions.Settled(arrivals, events(6)))
-    assert transaction.offsets == {("order_created", 3): 7, ("order_created", 0): 10}
+    transaction.add(transactions.Settled(arrivals, events(4, 5), "orders"))
+    transaction.add(transactions.Settled(arrivals, events(9, partition=0), "orders"))
+    transaction.add(transactions.Settled(arrivals, events(6), "orders"))
+    offsets = ReadPositions({"order_created": {"orders"}}).offsets(transaction)
+    assert offsets == {("order_created", 3): 7, ("order_created", 0): 10}
     assert transaction.events == 4
+
+
+def test_a_topic_two_agents_read_commits_the_offset_of_the_one_behind() -> None:
+    readers = ReadPositions({"order_created": {"orders", "notifications"}})
+    arrivals = RecordingArrivals()
+    first = Transaction(MEMBER)
+    first.add(transactions.Settled(arrivals, events(4, 5, 6), "orders"))
+    # Until the notifications agent settled an event of the partition: left as committed.
+    assert readers.offsets(first) == {}
+    second = Transaction(MEMBER)
+    second.add(transactions.Settled(arrivals, events(4), "notifications"))
+    second.add(transactions.Settled(arrivals, events(7, 8), "orders"))
+    assert readers.offsets(second) == {("order_created", 3): 5}
+    third = Transaction(MEMBER)
+    third.add(transactions.Settled(arrivals, events(5, 6, 7, 8, 9), "notifications"))
+    assert readers.offsets(third) == {("order_created", 3): 9}
+    # A new membership starts over: positions of the old one say nothing of it.
+    fourth = Transaction(GroupMember("shop", 8, "member-1", None))
+    fourth.add(transactions.Settled(arrivals, events(9), "orders"))
+    assert readers.offsets(fourth) == {}
 
 
 def test_a_transaction_is_not_committed_under_another_membership() -> None:
@@ -160,7 +182,11 @@ class RecordingArrivals:
 def exactly_once(producer: RecordingProducer, member: GroupMember = MEMBER) -> ExactlyOnce:
     dead_letters = DeadLetters(cast(BatchProducer, None), "shop")
     return ExactlyOnce(
-        cast(TransactionalProducer, producer), dead_letters, lambda: member, Metrics()
+        cast(TransactionalProducer, producer),
+        dead_letters,
+        lambda: member,
+        Metrics(),
+        {"order_created": {"orders"}},
     )
 
 
