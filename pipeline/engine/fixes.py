@@ -11,9 +11,9 @@ docs/faust-findings.md):
    (``PipelineConsumerThread._deliverable``);
 6. no heartbeat during a long assignment callback
    (``PipelineConsumerThread.on_partitions_assigned``);
-7. a message two agents read, skipped by one after the other took it, holds up the
-   revocation for ever, or counts as acknowledged once the other acknowledges it
-   (``PipelineConsumer.abandon``).
+7. a message two agents read, skipped or dropped from its queue by one after the other
+   took it, holds up the revocation for ever, or counts as acknowledged once the other
+   acknowledges it (``PipelineConsumer.abandon``, ``ReleasingFlowControl``).
 
 Besides: the app's fetch wait instead of Faust's fixed one, a ``read_committed`` consumer
 that commits nothing for exactly_once (our transactions commit the offsets), and the bulk
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import MutableSet
+from collections.abc import Iterable, MutableSet
 from typing import Any, ClassVar, Protocol, cast
 from weakref import WeakSet
 
@@ -37,6 +37,8 @@ from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from faust.types.transports import ConsumerT, TransportT
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 from pipeline.engine.fast_path import DirectDrainConsumer
 
@@ -275,6 +277,25 @@ class PipelineTableManager(TableManager):
         return self._recovery
 
 
+class ReleasingFlowControl(FlowControlEvent):
+    """Faust's flow control, whose ``clear`` (at a revocation, and as the flow resumes)
+    abandons, before dropping the agents' queued events, every message another agent of
+    the worker took already (fix 7): the revocation would wait for it for ever."""
+
+    def __init__(self, app: faust.App, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+
+    def clear(self) -> None:
+        consumer = self.app.consumer
+        for queue in self._queues:
+            for queued in cast(Iterable[Any], queue._queue):  # type: ignore[attr-defined]
+                message = getattr(queued, "message", None)
+                if message is not None and message.tracked:
+                    cast(PipelineConsumer, consumer).abandon(message)
+        super().clear()
+
+
 class FixedFaustApp(faust.App):
     """A Faust app with both fixes: pass ``TableManager=PipelineTableManager``."""
 
@@ -283,6 +304,10 @@ class FixedFaustApp(faust.App):
     commits_in_transactions: bool = False
     # How long the broker may hold the worker consumer's fetch (Faust's fixed value here).
     fetch_max_wait_ms: int = 1500
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return ReleasingFlowControl(self, loop=self.loop)
 
     def _new_transport(self) -> TransportT:
         # Faust's, for our consumer's transport class: never fetches with an empty

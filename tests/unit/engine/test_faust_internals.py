@@ -79,6 +79,13 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     # The last reference released is the final ack (fix 7 counts on it).
     FaustMessage.ack: "4751b72c4ed84153a7b6c14fdfe41cc92e477b38a6c6089cb785532ef5771688",
     FaustMessage.decref: "f23396189d0e55922d5c9c627879af52e076aa2a14262b4ea72aee86534c729b",
+    # A revocation clears the agents' queues, then waits for what was taken (fix 7:
+    # ReleasingFlowControl reads the queued events before the clear drops them).
+    faust.App._on_partitions_revoked: (
+        "d5c895bbe57dc73ae4d7f762f6fdc9fdd3abd02f9e05863ccfd8034082e5682f"
+    ),
+    FlowControlEvent.clear: "dda5e40d80288a8f4244cffdf3e7a648773579a72e64b40182bbbc2424752524",
+    ThrowableQueue.clear: "d18f09e451acf62e1cfa4e957497403d287463595b2dff70ea1c7a1271a95036",
     # Delivers only the records of partitions active or buffered when it iterates them,
     # and drops the others without a seek back (fix 5).
     FaustConsumer.getmany: "4b168d84882a70d6e3e2f9804430a63b92f8fd117d3187cbb4aeb54305bda34e",
@@ -625,6 +632,28 @@ def test_a_message_two_agents_read_goes_into_both_queues_as_the_conductor_puts_i
     assert first is second and faust_first is faust_second and first.message is direct
     assert (first.key, first.value) == (faust_first.key, faust_first.value)
     assert direct.refcount == through_conductor.refcount == 2
+
+
+def test_a_revocation_clearing_the_queues_releases_what_another_agent_took() -> None:
+    """Faust clears the agents' queues at a revocation, then waits for every message taken
+    to be acknowledged: one agent took and acknowledged the message, the other's copy is
+    dropped from its queue. Its reference is released, the offset not counted (fix 7)."""
+    app, channels = delivering(RawSchema(), RawSchema())
+    consumer = app.consumer
+    message = order_message(5)
+    assert DirectDelivery(app)(message)
+    taken = channels[0].queue.get_nowait()
+    message.tracked = True  # as ArrivedEvents tracks what it takes
+    consumer._unacked_messages.add(message)
+    taken.ack()
+    assert message in consumer._unacked_messages  # the other agent's copy, queued
+
+    app.flow_control.suspend()
+    app.flow_control.clear()
+
+    assert channels[1].queue.empty() and message.refcount == 0
+    assert message not in consumer._unacked_messages
+    assert consumer._n_acked == 0
 
 
 @pytest.mark.parametrize(
