@@ -119,9 +119,10 @@ class Serdes:
         if message.topic not in self.internal:
             self.records.prefetch(message.value)
 
-    def encode(self, emitted: Sequence[Emit], origin: Origin) -> list[Outgoing]:
-        """``emitted`` as records of their topics; re-keyed ones framed with ``origin`` and
-        their index among its re-keyed events."""
+    def encode(self, emitted: Sequence[Emit], origin: Origin, timestamp: int) -> list[Outgoing]:
+        """``emitted`` as records of their topics, stamped with ``timestamp`` (the event
+        time of the event they come from); re-keyed ones framed with ``origin`` and their
+        index among its re-keyed events."""
         internal = self.internal
         records = self.records
         derived = []
@@ -138,7 +139,7 @@ class Serdes:
                 payload = rekeying.encode(event.value)
                 value = frame_origin(header, origin.position.offset, rekeyed, payload)
                 rekeyed += 1
-            derived.append(Outgoing(topic, event.key.encode(), value))
+            derived.append(Outgoing(topic, event.key.encode(), value, timestamp=timestamp))
         return derived
 
 
@@ -275,6 +276,7 @@ class AgentHandler:
         if self.store is None or self.codec is None:
             return await self._stateless(events)
         rules = self.agent.rules
+        event_time = self.agent.event_time
         rows = RowBatch(
             self.store,
             self.codec.decode,
@@ -298,6 +300,7 @@ class AgentHandler:
                 self.replays.inc()
                 continue
             try:
+                at = event_time.of(value, message)
                 update: Update[Any] = rules[message.topic](
                     key, value, tracked.row if tracked is not None else None
                 )
@@ -306,7 +309,7 @@ class AgentHandler:
                 continue
             self._check_declared(update.emit)
             try:
-                outgoing = self.serdes.encode(update.emit, origin)
+                outgoing = self.serdes.encode(update.emit, origin, at)
             except Exception as error:  # a record its topic's schema refuses
                 setbacks.failed.append((event, error))
                 continue
@@ -316,20 +319,23 @@ class AgentHandler:
 
     async def _stateless(self, events: Sequence[Event]) -> Prepared:
         rules = self.agent.rules
+        event_time = self.agent.event_time
         derived: list[Outgoing] = []
         setbacks = Setbacks()
         decoded = self._decoded(events, False, setbacks)
         for index, (event, (key, value, origin)) in enumerate(decoded, 1):
             if not index % YIELD_EVERY:
                 await asyncio.sleep(0)
+            message = event.message
             try:
-                emitted = rules[event.message.topic](key, value)
+                at = event_time.of(value, message)
+                emitted = rules[message.topic](key, value)
             except Exception as error:  # the rule's, for this event alone: rules are pure
                 setbacks.failed.append((event, error))
                 continue
             self._check_declared(emitted)
             try:
-                derived += self.serdes.encode(emitted, origin)
+                derived += self.serdes.encode(emitted, origin, at)
             except Exception as error:  # a record its topic's schema refuses
                 setbacks.failed.append((event, error))
         return setbacks.onto(Prepared(await self.outputs.send(derived), derived=derived))

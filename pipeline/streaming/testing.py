@@ -90,6 +90,7 @@ class MemoryTopics:
                 record.key,
                 record.value,
                 list(record.headers or ()),
+                time.time() if record.timestamp is None else record.timestamp / 1000,
             )
         )
         return Placement(record.topic, partition, len(log) - 1)
@@ -175,13 +176,25 @@ class ServiceTest:
         # Per agent and source partition: the offset of the next record to read.
         self.positions: dict[tuple[str, str, int], int] = {}
 
-    def send(self, topic: str, key: str, record: Mapping[str, Any]) -> Placement:
-        """Write ``record`` to ``topic`` as a producer would (Avro, Confluent-framed)."""
-        return self.send_bytes(topic, key.encode(), self.codecs.encode(topic, record))
+    def send(
+        self, topic: str, key: str, record: Mapping[str, Any], *, timestamp: int | None = None
+    ) -> Placement:
+        """Write ``record`` to ``topic`` as a producer would (Avro, Confluent-framed), with
+        the Kafka ``timestamp`` given (epoch milliseconds; by default now)."""
+        return self.send_bytes(
+            topic, key.encode(), self.codecs.encode(topic, record), timestamp=timestamp
+        )
 
-    def send_bytes(self, topic: str, key: bytes | None, value: bytes | None) -> Placement:
+    def send_bytes(
+        self, topic: str, key: bytes | None, value: bytes | None, *, timestamp: int | None = None
+    ) -> Placement:
         """Write a record's bytes to ``topic`` as they are: a bad one is for a dead letter."""
-        return self.topics.append(ProducerRecord(topic, key, value))
+        return self.topics.append(ProducerRecord(topic, key, value, timestamp=timestamp))
+
+    def timestamps(self, topic: str) -> list[int]:
+        """The Kafka timestamps (epoch milliseconds) of ``topic``'s records, in the order of
+        ``emitted``."""
+        return [round(record.timestamp * 1000) for record in self.topics.records(topic)]
 
     def run(self) -> None:
         """Let every agent read what it has not read yet, until none has anything left."""

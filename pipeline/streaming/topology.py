@@ -35,6 +35,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from pipeline.kafka.naming import TopicNaming, TopicSpec
 from pipeline.settings import Settings
+from pipeline.streaming.event_time import KAFKA_TIMESTAMP, EventTime
 
 Row = TypeVar("Row")
 Value = TypeVar("Value")
@@ -100,6 +101,8 @@ class Agent:
     table: TableSpec[Any] | None
     emits: frozenset[str]
     rules: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    # Its events' event time, which the records they cause carry as their Kafka timestamp.
+    event_time: EventTime = field(default=KAFKA_TIMESTAMP, kw_only=True)
 
     def _register(self, topic: str, rule: Rule) -> Rule:
         if topic in self.rules:
@@ -161,19 +164,38 @@ class Topology:
 
     @overload
     def agent(
-        self, name: str, *, table: TableSpec[Row], emits: Iterable[str] = ()
+        self,
+        name: str,
+        *,
+        table: TableSpec[Row],
+        emits: Iterable[str] = (),
+        event_time: EventTime = KAFKA_TIMESTAMP,
     ) -> TableAgent[Row]: ...
 
     @overload
-    def agent(self, name: str, *, table: None = None, emits: Iterable[str] = ()) -> StreamAgent: ...
+    def agent(
+        self,
+        name: str,
+        *,
+        table: None = None,
+        emits: Iterable[str] = (),
+        event_time: EventTime = KAFKA_TIMESTAMP,
+    ) -> StreamAgent: ...
 
     def agent(
-        self, name: str, *, table: TableSpec[Any] | None = None, emits: Iterable[str] = ()
+        self,
+        name: str,
+        *,
+        table: TableSpec[Any] | None = None,
+        emits: Iterable[str] = (),
+        event_time: EventTime = KAFKA_TIMESTAMP,
     ) -> Agent:
+        """An agent reading its events' event time as ``event_time`` says (by default
+        their Kafka timestamp)."""
         agent: Agent = (
-            StreamAgent(name, None, frozenset(emits))
+            StreamAgent(name, None, frozenset(emits), event_time=event_time)
             if table is None
-            else TableAgent(name, table, frozenset(emits))
+            else TableAgent(name, table, frozenset(emits), event_time=event_time)
         )
         self.agents.append(agent)
         return agent

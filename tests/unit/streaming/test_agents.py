@@ -69,6 +69,7 @@ class FakeMessage:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    timestamp: float = 0.0
 
 
 @dataclass
