@@ -46,7 +46,7 @@ from pipeline.streaming.processing import (
     Settlement,
     is_permanent,
 )
-from pipeline.streaming.producer import Delivered, Outgoing
+from pipeline.streaming.producer import Delivered, Outgoing, ProducerRecord
 from pipeline.streaming.topology import (
     Agent,
     Emit,
@@ -151,7 +151,7 @@ class Outputs:
     settlement: Settlement
     metrics: Metrics
 
-    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+    async def send(self, messages: Sequence[ProducerRecord]) -> asyncio.Future[Delivered]:
         """Hand ``messages`` to the settlement; the future resolves once the broker
         acknowledged every one it sent."""
         for topic, count in Counter(message.topic for message in messages).items():
