@@ -15,8 +15,9 @@ from __future__ import annotations
 from pipeline.engine.app import PipelineApp, faust_app
 from pipeline.kafka.offsets import EndOffsets
 from pipeline.serde.codec import Codecs
-from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
+from pipeline.streaming.agents import Outputs, Serdes
 from pipeline.streaming.dead_letters import DeadLetters
+from pipeline.streaming.handlers import handler_for
 from pipeline.streaming.processing import AtLeastOnce, EventRunner, Settlement
 from pipeline.streaming.producer import BatchProducer, producer_config
 from pipeline.streaming.topology import Topology
@@ -69,7 +70,7 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
     )
     for agent in topology.agents:
         store = app.partition_store(agent.table.name) if agent.table is not None else None
-        handler = AgentHandler(agent, store, serdes, outputs, metrics)
+        handler = handler_for(agent, store, serdes, outputs, metrics)
         if handler.cache is not None:
             app.row_caches.append(handler.cache)
         app.run_agent(agent, handler, runner)

@@ -33,7 +33,7 @@ from pipeline.streaming.dead_letters import DeadLetters, error_class_of
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import Arrivals, Event, Message, PartitionStore
 from pipeline.streaming.producer import Delivered, Outgoing, ProducerRecord, RecordSender
-from pipeline.streaming.topology import UndeclaredTopic
+from pipeline.streaming.topology import RuleBug
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ BatchHandler = Callable[[Sequence[Event], Prepared | None], Awaitable[Prepared]]
 
 # What stops an agent at once: its cancellation, and a bug in its rules, which no retry
 # and no dead letter would fix.
-STOPS_THE_AGENT = (asyncio.CancelledError, UndeclaredTopic)
+STOPS_THE_AGENT = (asyncio.CancelledError, RuleBug)
 
 
 def is_permanent(error: BaseException) -> bool:

@@ -25,15 +25,17 @@ from typing import Any
 from pipeline.serde.catalog import Catalog
 from pipeline.serde.codec import Codecs
 from pipeline.serde.registry import InMemorySchemaSource
-from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
+from pipeline.streaming.agents import Outputs, Serdes
 from pipeline.streaming.dead_letters import ERROR_CLASS, ERROR_MESSAGE, DeadLetters
+from pipeline.streaming.handlers import handler_for
 from pipeline.streaming.memory import MemoryPartitionStore
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import Event, MessageHeaders
 from pipeline.streaming.positions import TrackedCodec, unframe_origin
 from pipeline.streaming.processing import AtLeastOnce, EventRunner
 from pipeline.streaming.producer import Delivered, Placement, ProducerRecord
-from pipeline.streaming.topology import Agent, Topology
+from pipeline.streaming.topology import Agent, Topology, WindowedAgent
+from pipeline.streaming.windows import StoredWindow, stored_windows
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class ServiceTest:
         topology.check()
         settings = topology.settings
         self.topology = topology
+        self.catalog = catalog
         self.codecs = Codecs(
             catalog
             if catalog is not None
@@ -163,7 +166,7 @@ class ServiceTest:
         self.handlers = [
             (
                 agent,
-                AgentHandler(
+                handler_for(
                     agent,
                     self.stores[agent.table.name] if agent.table is not None else None,
                     serdes,
@@ -223,6 +226,19 @@ class ServiceTest:
                 unread += log[self.positions.get((agent.name, topic, partition), 0) :]
         return unread
 
+    def restarted(self) -> ServiceTest:
+        """The service started again as a worker that lost its state: on the same topics,
+        from the offsets its agents reached, each table's store rebuilt from its changelog
+        alone (a tombstone deletes its row)."""
+        again = ServiceTest(self.topology, catalog=self.catalog)
+        again.topics.logs = {place: list(log) for place, log in self.topics.logs.items()}
+        again.positions = dict(self.positions)
+        for store in again.stores.values():
+            for record in again.topics.records(store.changelog_topic):
+                assert record.key is not None
+                store.write(record.partition, [(record.key, record.value)])
+        return again
+
     def rewind(self, topic: str) -> None:
         """Have the agents read ``topic`` again from its start, as after a crash before
         their offsets were committed: a replay, which the rows' positions skip."""
@@ -250,6 +266,25 @@ class ServiceTest:
         if stored is None:
             return None
         return TrackedCodec(spec.encode, spec.decode).decode(stored).row
+
+    def windows(self, table: str, key: str) -> list[StoredWindow]:
+        """The windows windowed ``table`` holds for ``key``, oldest first, each ``final``
+        once closed."""
+        agent = next(
+            agent
+            for agent in self.topology.agents
+            if isinstance(agent, WindowedAgent) and agent.row_table.name == table
+        )
+        partition = self.topics.partition_for(key.encode())
+        return stored_windows(agent, self.stores[table], partition, key)
+
+    def stored_keys(self, table: str) -> list[bytes]:
+        """Every key ``table``'s store holds, windows, clocks and index entries included."""
+        return sorted(self.stores[table].rows())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the agents' metrics (0 when never recorded)."""
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
     def dead_letters(self, topic: str) -> list[DeadLetter]:
         """The dead letters of the records of ``topic`` the agents could not process."""

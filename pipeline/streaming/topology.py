@@ -36,12 +36,18 @@ from typing import Any, Generic, TypeVar, overload
 from pipeline.kafka.naming import TopicNaming, TopicSpec
 from pipeline.settings import Settings
 from pipeline.streaming.event_time import KAFKA_TIMESTAMP, EventTime
+from pipeline.streaming.windowing import Hopping, Window, WindowedRows
 
 Row = TypeVar("Row")
 Value = TypeVar("Value")
 
 
-class UndeclaredTopic(ValueError):
+class RuleBug(Exception):
+    """A bug in a service's rules, not in an event: it stops the worker, as no retry and
+    no dead letter would fix it."""
+
+
+class UndeclaredTopic(RuleBug, ValueError):
     """A rule emitted to a topic its agent does not declare (a bug in the rule)."""
 
 
@@ -142,6 +148,37 @@ class View(Generic[Row]):
         return self.path[self.path.index("{") + 1 : self.path.index("}")]
 
 
+# A windowed agent's rule: (key, value, one of the event's windows, its row or None) ->
+# the window's new row.
+WindowRule = Callable[[str, Any, Window, Row | None], Row]
+# Its close hook: (key, the window, its final row) -> the events to emit.
+CloseHook = Callable[[str, Window, Row], Sequence[Emit]]
+
+
+@dataclass
+class WindowedAgent(Agent, Generic[Row]):
+    """An agent keeping a windowed table of ``Row``s (pipeline.streaming.windows runs it):
+    its rule updates each window an event falls in; ``on_close`` says what a window
+    emits once it closed. Its ``table`` stores the windows, clocks and index entries
+    (pipeline.streaming.windowing)."""
+
+    windows: Hopping = field(kw_only=True)
+    row_table: TableSpec[Row] = field(kw_only=True)
+    close_hook: CloseHook[Row] | None = field(default=None, kw_only=True)
+
+    def on(self, topic: str) -> Callable[[WindowRule[Row]], WindowRule[Row]]:
+        """Apply the decorated rule to every window of every event of ``topic``."""
+        return lambda rule: self._register(topic, rule)
+
+    def on_close(self, hook: CloseHook[Row]) -> CloseHook[Row]:
+        """Call the decorated hook with each window's final row once the window closed;
+        what it returns is emitted, stamped with the window's last millisecond."""
+        if self.close_hook is not None:
+            raise ValueError(f"windowed agent {self.name!r} already has a close hook")
+        self.close_hook = hook
+        return hook
+
+
 @dataclass(frozen=True)
 class IngestRoute:
     """``POST path`` produces its JSON body to ``topic``, keyed by the body's ``key_field``."""
@@ -200,6 +237,30 @@ class Topology:
         self.agents.append(agent)
         return agent
 
+    def windowed(
+        self,
+        name: str,
+        *,
+        table: TableSpec[Row],
+        windows: Hopping,
+        event_time: EventTime = KAFKA_TIMESTAMP,
+        emits: Iterable[str] = (),
+    ) -> WindowedAgent[Row]:
+        """An agent keeping ``table``'s rows per key and window (``Tumbling`` or
+        ``Hopping``), in the event time ``event_time`` reads."""
+        rows = WindowedRows(table.encode, table.decode)
+        stored: TableSpec[Any] = TableSpec(table.name, rows.encode, rows.decode, table.help)
+        agent = WindowedAgent(
+            name,
+            stored,
+            frozenset(emits),
+            event_time=event_time,
+            windows=windows,
+            row_table=table,
+        )
+        self.agents.append(agent)
+        return agent
+
     def repartition(
         self, name: str, encode: Callable[[Value], bytes], decode: Callable[[str, bytes], Value]
     ) -> InternalTopic[Value]:
@@ -245,6 +306,12 @@ class Topology:
                 raise ValueError(
                     f"agent {agent.name!r} reads the internal topic {rekeyed[0]!r} and emits to "
                     f"the internal topic {rekeying[0]!r}: one re-keying hop is supported"
+                )
+            if isinstance(agent, WindowedAgent) and rekeying:
+                # A final belongs to no one event, so it has no position to carry.
+                raise ValueError(
+                    f"windowed agent {agent.name!r} emits to the internal topic "
+                    f"{rekeying[0]!r}: a window's final cannot be re-keyed"
                 )
             for topic in agent.rules:
                 if topic.startswith(f"{self.settings.app_id}-") and topic not in self.internal:

@@ -1,0 +1,24 @@
+"""The batch handler each kind of agent is run by (pipeline.streaming.processing's
+``BatchHandler``): what a worker and the test harness build for every agent."""
+
+from __future__ import annotations
+
+from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
+from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.ports import PartitionStore
+from pipeline.streaming.topology import Agent, WindowedAgent
+from pipeline.streaming.windows import WindowedHandler
+
+
+def handler_for(
+    agent: Agent,
+    store: PartitionStore | None,
+    serdes: Serdes,
+    outputs: Outputs,
+    metrics: Metrics,
+) -> AgentHandler:
+    """The handler of ``agent``, over its table's ``store`` (None without a table)."""
+    if isinstance(agent, WindowedAgent):
+        assert store is not None
+        return WindowedHandler(agent, store, serdes, outputs, metrics)
+    return AgentHandler(agent, store, serdes, outputs, metrics)
