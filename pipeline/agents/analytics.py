@@ -25,7 +25,9 @@ from pipeline.domain.analytics import (
     encode_sku_sales,
     encode_user_spend,
     sales_by_sku,
+    sales_view,
     sku_sales_record,
+    spend_view,
 )
 from pipeline.domain.rules import Order
 from pipeline.streaming.event_time import EventTime
@@ -70,6 +72,8 @@ def register(topology: Topology, topics: TopicNames, grace_ms: int, retention_ms
         record = sku_sales_record(sku, window.start, window.end, row)
         return [Emit(topics.sku_sales_hourly, sku, record)]
 
+    topology.window_view("/skus/{sku}/sales", sales, sales_view)
+
     sliding_day = Hopping(
         size_ms=DAY_MS, step_ms=HOUR_MS, grace_ms=grace_ms, retention_ms=retention_ms
     )
@@ -80,3 +84,5 @@ def register(topology: Topology, topics: TopicNames, grace_ms: int, retention_ms
     @spend.on(topics.order_created)
     def order_spend(user_id: str, order: Order, window: Window, row: UserSpend | None) -> UserSpend:
         return add_spend(row, order)
+
+    topology.window_view("/users/{user_id}/spend", spend, spend_view)

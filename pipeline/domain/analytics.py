@@ -82,6 +82,16 @@ def sku_sales_record(sku: str, start_ms: int, end_ms: int, row: SkuSales) -> dic
     }
 
 
+def sales_view(row: SkuSales) -> dict[str, Any]:
+    """A SKU's window as ``GET /skus/{sku}/sales`` answers it (beside start, end, final)."""
+    return {"units": row.units, "revenue_cents": row.revenue_cents, "orders": row.orders}
+
+
+def spend_view(row: UserSpend) -> dict[str, Any]:
+    """A user's window as ``GET /users/{user_id}/spend`` answers it."""
+    return {"spent_cents": row.spent_cents, "orders": row.orders}
+
+
 def _unpack(layout: struct.Struct, data: bytes, what: str) -> tuple[int, ...]:
     if len(data) != layout.size or data[0] != VERSION:
         raise EncodingError(f"{what}: {len(data)} bytes of version {data[:1]!r}")

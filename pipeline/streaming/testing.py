@@ -276,7 +276,7 @@ class ServiceTest:
             if isinstance(agent, WindowedAgent) and agent.row_table.name == table
         )
         partition = self.topics.partition_for(key.encode())
-        return stored_windows(agent, self.stores[table], partition, key)
+        return stored_windows(agent, self.stores[table], partition, key.encode())
 
     def stored_keys(self, table: str) -> list[bytes]:
         """Every key ``table``'s store holds, windows, clocks and index entries included."""

@@ -180,6 +180,20 @@ class WindowedAgent(Agent, Generic[Row]):
 
 
 @dataclass(frozen=True)
+class WindowView(Generic[Row]):
+    """``GET path?from=&to=`` answers the windows of the key in the path's one
+    ``{parameter}`` whose start is in ``[from, to)``, each rendered by ``render``."""
+
+    path: str
+    agent: WindowedAgent[Row]
+    render: Callable[[Row], Mapping[str, Any]]
+
+    @property
+    def parameter(self) -> str:
+        return self.path[self.path.index("{") + 1 : self.path.index("}")]
+
+
+@dataclass(frozen=True)
 class IngestRoute:
     """``POST path`` produces its JSON body to ``topic``, keyed by the body's ``key_field``."""
 
@@ -197,6 +211,7 @@ class Topology:
         self.agents: list[Agent] = []
         self.internal: dict[str, InternalTopic[Any]] = {}
         self.views: list[View[Any]] = []
+        self.window_views: list[WindowView[Any]] = []
         self.ingest_routes: list[IngestRoute] = []
 
     @overload
@@ -273,6 +288,11 @@ class Topology:
         self, path: str, table: TableSpec[Row], render: Callable[[str, Row], Mapping[str, Any]]
     ) -> None:
         self.views.append(View(path, table, render))
+
+    def window_view(
+        self, path: str, agent: WindowedAgent[Row], render: Callable[[Row], Mapping[str, Any]]
+    ) -> None:
+        self.window_views.append(WindowView(path, agent, render))
 
     def ingest(self, path: str, topic: str, key_field: str) -> None:
         self.ingest_routes.append(IngestRoute(path, topic, key_field))

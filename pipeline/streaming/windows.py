@@ -17,9 +17,9 @@ delivered before a crash.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 from pipeline.streaming.agents import YIELD_EVERY, AgentHandler, Outputs, Serdes, Setbacks
 from pipeline.streaming.event_time import iso
@@ -233,8 +233,10 @@ class WindowedHandler(AgentHandler):
         event = partition.event
         for entry, _ in rows.scan(number, *index_range(number, NEVER, bound)):
             start, raw_key = indexed(entry)
-            rows.delete(entry, event)
+            # The row before its index entry: a crash between their tombstones leaves an
+            # entry without a row, which the next expiry deletes, never a row unindexed.
             rows.delete(window_key(raw_key, start), event)
+            rows.delete(entry, event)
             self.expired.inc()
         partition.clock = clock._replace(expired_below=bound)
         partition.changed = True
@@ -248,10 +250,20 @@ class StoredWindow(NamedTuple):
     final: bool
 
 
+class StoreCopy(Protocol):
+    """What reading a key's windows needs of a copy of a partition: a store, or the one a
+    view reads (pipeline.web.views.ServedTable)."""
+
+    def read(self, partition: int, key: bytes) -> bytes | None: ...
+
+    def scan(self, partition: int, start: bytes, end: bytes) -> Iterable[tuple[bytes, bytes]]: ...
+
+
 def stored_windows(
-    agent: WindowedAgent[Any], store: PartitionStore, partition: int, key: str
+    agent: WindowedAgent[Any], store: StoreCopy, partition: int, key: bytes
 ) -> list[StoredWindow]:
-    """``key``'s windows in ``partition`` of ``agent``'s store, oldest first."""
+    """``key``'s windows in ``partition`` of ``agent``'s store, oldest first, each final
+    once its partition's clock closed it."""
     assert agent.table is not None
     codec = TrackedCodec(agent.table.encode, agent.table.decode)
     stored_clock = store.read(partition, clock_key(partition))
@@ -259,7 +271,7 @@ def stored_windows(
     windows = agent.windows
     closed_below = max(clock.closed_below, windows.closed_below(clock.stream_time))
     found = []
-    for row_key, value in store.scan(partition, *key_range(key.encode())):
+    for row_key, value in store.scan(partition, *key_range(key)):
         start = window_start(row_key)
         row = codec.decode(value).row
         found.append(StoredWindow(windows.window(start), row, start < closed_below))

@@ -108,7 +108,18 @@ def test_hourly_finals_are_exact_through_a_kill_and_a_restore(
         assert send(second, shop.settings, progress=False).failed == 0
         worker = shop.worker("analytics-a", data_dir=worker.data_dir, app=ANALYTICS_APP)
         worker.start().wait_healthy()
-        wait_for("every closed hour's final", lambda: set(finals(shop)) == expected, timeout=180)
+        try:
+            wait_for("every closed hour's final", lambda: set(finals(shop)) == expected, 180)
+        except TimeoutError:
+            raise AssertionError(f"finals {finals(shop)}, expected {sorted(expected)}") from None
+        # The views: the first hours are past their retention; the hour of order 8 is open.
+        status, body = worker.get("/skus/A/sales")
+        assert status == 200
+        assert [(w["units"], w["orders"], w["final"]) for w in body["windows"]] == [(1, 1, False)]
+        status, body = worker.get(f"/users/u1/spend?from={base + 31 * HOUR}")
+        assert (status, [w["spent_cents"] for w in body["windows"]]) == (200, [100])
+        assert worker.get("/skus/NOPE/sales")[0] == 404
+        assert worker.get("/skus/A/sales?from=soon")[0] == 400
 
         # A worker without its state dir: the windows restored from the changelog alone
         # (tombstones included) close and expire like any.
