@@ -4,7 +4,9 @@ SIGKILL mid-stream losing and doubling nothing, and windows restored from the ch
 alone closing and expiring (tombstones) on a worker that lost its state dir.
 
 One partition per topic: stream time is then the whole input's (docs/windows.md on skew
-between partitions)."""
+between partitions). The event times span 57 hours in the past, beyond the local stack's
+24-hour topic retention, which counts from the records' timestamps, now their event time:
+the topics stamped with it are made beforehand to keep their records."""
 
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from pipeline.dev.audit import decoded, read_topic
 from pipeline.dev.loadgen import ShopEvent, send
 from pipeline.dev.workers import ANALYTICS_APP, Deployment, wait_for
+from pipeline.kafka.topics import admin_client
 from pipeline.serde.codec import Codecs
 from pipeline.services import analytics_settings
 from pipeline.streaming.dead_letters import ERROR_CLASS
@@ -44,6 +48,15 @@ def order(number: int, user: str, created_at: int, *items: tuple[str, int, int])
             "created_at": created_at,
         },
     )
+
+
+def keep_records(deployment: Deployment, *topics: str) -> None:
+    """Make ``topics`` (one partition) with no time-based retention."""
+    admin = admin_client(deployment.settings)
+    config = {"retention.ms": "-1"}
+    created = admin.create_topics([NewTopic(topic, 1, 1, config=config) for topic in topics])
+    for future in created.values():
+        future.result(30)
 
 
 def finals(deployment: Deployment) -> list[tuple[str, int, int, int, int]]:
@@ -79,6 +92,8 @@ def test_hourly_finals_are_exact_through_a_kill_and_a_restore(
             "PIPELINE_ANALYTICS_RETENTION_MS": str(25 * HOUR),
         },
     )
+    analytics = analytics_settings(shop.settings)
+    keep_records(shop, f"{analytics.app_id}-sales_by_sku", shop.names.sku_sales_hourly)
     base = (int(time.time() * 1000) // HOUR - 60) * HOUR  # event time 60 h ago, on the hour
     first = [
         order(1, "u1", base + 10 * MINUTE, ("A", 1, 100), ("B", 2, 50)),
@@ -147,13 +162,12 @@ def test_hourly_finals_are_exact_through_a_kill_and_a_restore(
     else:
         assert set(emitted) == expected  # a repeat carries identical content
 
-    settings = analytics_settings(shop.settings)
-    sales_topic = f"{settings.app_id}-sales_by_sku"
+    sales_topic = f"{analytics.app_id}-sales_by_sku"
     (letter,) = read_topic(shop.settings, f"{sales_topic}.dlq")
     assert dict(letter.headers)[ERROR_CLASS] == b"LateEvent"
     assert letter.key == b"A"
     # Order 6 still counts in 23 of its 24 day windows: nothing of order_created is late.
     assert read_topic(shop.settings, f"{shop.names.order_created}.dlq") == []
-    changelog = read_topic(shop.settings, f"{settings.app_id}-sku_sales-changelog")
+    changelog = read_topic(shop.settings, f"{analytics.app_id}-sku_sales-changelog")
     tombstones: list[Any] = [record for record in changelog if record.value is None]
     assert len(tombstones) >= 2 * 5  # the five closed hours, a row and an index entry each
