@@ -223,6 +223,10 @@ class Settings:
     # batch waits for two broker round trips, so a backlog is worked through faster in
     # larger ones; they bound the work redone after a crash and what a rebalance waits for.
     max_batch_events: int = 2_000
+    # The analytics service's windows (docs/windows.md): how long after its end a window
+    # still takes events, and how long after its start it is kept (at least size + grace).
+    analytics_grace_ms: int = 5 * 60_000
+    analytics_retention_ms: int = 7 * 24 * 3_600_000
     # A message under a schema id the registry answers 404 for: how long the id is asked
     # again (a schema registered a moment ago) before the message is dead-lettered, and
     # how long the id is then believed unknown (its messages dead-lettered at once).
@@ -315,6 +319,10 @@ class Settings:
             fetch_max_wait_ms=whole("FETCH_MAX_WAIT_MS", defaults.fetch_max_wait_ms, 0),
             row_cache_rows=whole("ROW_CACHE_ROWS", defaults.row_cache_rows, 0),
             max_batch_events=whole("MAX_BATCH_EVENTS", defaults.max_batch_events, 1),
+            analytics_grace_ms=whole("ANALYTICS_GRACE_MS", defaults.analytics_grace_ms, 0),
+            analytics_retention_ms=whole(
+                "ANALYTICS_RETENTION_MS", defaults.analytics_retention_ms, 1
+            ),
             unknown_schema_recheck_ms=whole(
                 "UNKNOWN_SCHEMA_RECHECK_MS", defaults.unknown_schema_recheck_ms, 0
             ),

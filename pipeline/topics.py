@@ -46,6 +46,10 @@ class TopicNames(TopicNaming):
         return self.contract("user_points")
 
     @property
+    def sku_sales_hourly(self) -> str:
+        return self.contract("sku_sales_hourly")
+
+    @property
     def order_lines_by_sku(self) -> str:
         """Order lines re-keyed by SKU, from the orders agent to the stock agent."""
         return self.internal("order_lines_by_sku")

@@ -69,6 +69,7 @@ def http_json(
 
 SHOP_APP = "pipeline.app"
 POINTS_APP = "pipeline.points_app"
+ANALYTICS_APP = "pipeline.analytics_app"
 
 
 @dataclass

@@ -39,7 +39,7 @@ from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import GroupMember
 from pipeline.streaming.processing import BatchHandler, EventRunner, RowCache
 from pipeline.streaming.producer import BatchProducer
-from pipeline.streaming.topology import Agent, Topology, UndeclaredTopic
+from pipeline.streaming.topology import Agent, RuleBug, Topology
 from pipeline.streaming.transactions import (
     ExactlyOnce,
     check_group_metadata,
@@ -159,7 +159,7 @@ class PipelineApp(FixedFaustApp):
         async def process(stream: StreamT[Any]) -> None:
             try:
                 await runner.consume(ArrivedEvents(stream), handler)
-            except UndeclaredTopic as bug:
+            except RuleBug as bug:
                 # A bug in the service's rules: the worker stops (exit 1), rather than
                 # dead-letter every event or restart the agent into the same error.
                 log.critical("agent %s stopped the worker: %s", agent.name, bug)

@@ -1,18 +1,18 @@
 """The partitions of a table's Faust store, reached directly: one RocksDB database per
-partition (``Store._db_for_partition``), read, written in batches, its changelog offset
-asked, and a copy no longer held removed. An in-memory store (``memory://``) is one dict
-for every partition.
+partition (``Store._db_for_partition``), read, scanned in key order, written in batches
+(deletes included), its changelog offset asked, and a copy no longer held removed. An
+in-memory store (``memory://``) is one dict for every partition.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 from faust.types import TP, StoreT, TableT
-from rocksdict import Rdict, WriteBatch
+from rocksdict import Rdict, ReadOptions, WriteBatch
 
 
 def partition_db(store: Any, partition: int) -> Rdict:
@@ -20,17 +20,43 @@ def partition_db(store: Any, partition: int) -> Rdict:
     return cast(Rdict, store._db_for_partition(partition))
 
 
-def write_partition(store: Any, partition: int, rows: Iterable[tuple[bytes, bytes]]) -> None:
-    """Store ``rows`` (key, value) in one partition of a table's store: one RocksDB write
-    batch, where the table's own writes cost a put each through its codecs."""
+def write_partition(store: Any, partition: int, rows: Iterable[tuple[bytes, bytes | None]]) -> None:
+    """Store ``rows`` (key, value; None deletes the key) in one partition of a table's
+    store: one RocksDB write batch, where the table's own writes cost a put each through
+    its codecs."""
     if not hasattr(store, "_db_for_partition"):  # memory://: one dict for every partition
         for key, value in rows:
-            store[key] = value
+            if value is None:
+                store.pop(key, None)
+            else:
+                store[key] = value
         return
     batch = WriteBatch(raw_mode=True)
     for key, value in rows:
-        batch.put(key, value)
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
     partition_db(store, partition).write(batch)
+
+
+def scan_partition(
+    store: Any, partition: int, start: bytes, end: bytes
+) -> Iterator[tuple[bytes, bytes]]:
+    """The rows of one partition of a table's store with keys in ``[start, end)``, in key
+    order: a RocksDB iterator bounded above, or (``memory://``) the one dict's matching
+    keys, sorted."""
+    if not hasattr(store, "_db_for_partition"):
+        found = sorted((key, value) for key, value in store.items() if start <= key < end)
+        yield from found
+        return
+    bounded = ReadOptions()
+    bounded.set_iterate_upper_bound(end)
+    rows = partition_db(store, partition).iter(bounded)
+    rows.seek(start)
+    while rows.valid():
+        yield cast(bytes, rows.key()), cast(bytes, rows.value())
+        rows.next()
 
 
 def partition_reader(store: Any) -> Callable[[int, bytes], bytes | None]:
@@ -95,8 +121,11 @@ class FaustPartitionStore:
             self._read = partition_reader(self.table.data)
         return self._read(partition, key)
 
-    def write(self, partition: int, rows: Iterable[tuple[bytes, bytes]]) -> None:
+    def write(self, partition: int, rows: Iterable[tuple[bytes, bytes | None]]) -> None:
         write_partition(self.table.data, partition, rows)
+
+    def scan(self, partition: int, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return scan_partition(self.table.data, partition, start, end)
 
     def set_changelog_offset(self, partition: int, offset: int) -> None:
         cast(StoreT[bytes, bytes], self.table.data).set_persisted_offset(

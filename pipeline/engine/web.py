@@ -14,7 +14,7 @@ from aiohttp import web
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, AppT, TableT
 
-from pipeline.engine.store import copy_offset, read_partition
+from pipeline.engine.store import copy_offset, has_partition, read_partition, scan_partition
 
 _partitioner = DefaultPartitioner()
 
@@ -55,6 +55,12 @@ class FaustServedTable:
 
     def read(self, partition: int, key: bytes) -> bytes | None:
         return read_partition(self.table.data, partition, key)
+
+    def scan(self, partition: int, start: bytes, end: bytes) -> list[tuple[bytes, bytes]]:
+        store = self.table.data
+        if not has_partition(store, partition):
+            return []
+        return list(scan_partition(store, partition, start, end))
 
     def copy_offset(self, partition: int) -> int | None:
         return copy_offset(self.table.data, TP(self.changelog_topic, partition))

@@ -46,11 +46,12 @@ from pipeline.streaming.processing import (
     Settlement,
     is_permanent,
 )
-from pipeline.streaming.producer import Delivered, Outgoing
+from pipeline.streaming.producer import Delivered, Outgoing, ProducerRecord
 from pipeline.streaming.topology import (
     Agent,
     Emit,
     InternalTopic,
+    RuleBug,
     Topology,
     UndeclaredTopic,
     Update,
@@ -79,7 +80,7 @@ def fails_alone(error: Exception) -> bool:
     """Whether ``error``, raised while an event was applied, is that event's alone (its
     rule's: rules are pure; its record's), not a bug in the rules, which stops the agent,
     or the registry away, which has the batch tried again."""
-    return not isinstance(error, UndeclaredTopic | RegistryUnavailable)
+    return not isinstance(error, RuleBug | RegistryUnavailable)
 
 
 def decode_key(message: Message) -> str:
@@ -126,9 +127,10 @@ class Serdes:
         if message.topic not in self.internal:
             self.records.prefetch(message.value)
 
-    def encode(self, emitted: Sequence[Emit], origin: Origin) -> list[Outgoing]:
-        """``emitted`` as records of their topics; re-keyed ones framed with ``origin`` and
-        their index among its re-keyed events."""
+    def encode(self, emitted: Sequence[Emit], origin: Origin, timestamp: int) -> list[Outgoing]:
+        """``emitted`` as records of their topics, stamped with ``timestamp`` (the event
+        time of the event they come from); re-keyed ones framed with ``origin`` and their
+        index among its re-keyed events."""
         internal = self.internal
         records = self.records
         derived = []
@@ -145,7 +147,7 @@ class Serdes:
                 payload = rekeying.encode(event.value)
                 value = frame_origin(header, origin.position.offset, rekeyed, payload)
                 rekeyed += 1
-            derived.append(Outgoing(topic, event.key.encode(), value))
+            derived.append(Outgoing(topic, event.key.encode(), value, timestamp=timestamp))
         return derived
 
 
@@ -157,7 +159,7 @@ class Outputs:
     settlement: Settlement
     metrics: Metrics
 
-    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+    async def send(self, messages: Sequence[ProducerRecord]) -> asyncio.Future[Delivered]:
         """Hand ``messages`` to the settlement; the future resolves once the broker
         acknowledged every one it sent."""
         for topic, count in Counter(message.topic for message in messages).items():
@@ -327,26 +329,30 @@ class AgentHandler:
         """One new event's change of its key's ``row`` (None when the table has none): the
         new row and the records it emits, encoded. Raises what fails this event alone (its
         rule's error, a record its topic's schema refuses)."""
+        at = self.agent.event_time.of(value, message)
         update: Update[Any] = self.agent.rules[message.topic](key, value, row)
         self._check_declared(update.emit)
-        return update.row, self.serdes.encode(update.emit, origin)
+        return update.row, self.serdes.encode(update.emit, origin, at)
 
     async def _stateless(self, events: Sequence[Event]) -> Prepared:
         rules = self.agent.rules
+        event_time = self.agent.event_time
         derived: list[Outgoing] = []
         setbacks = Setbacks()
         decoded = self._decoded(events, False, setbacks)
         for index, (event, (key, value, origin)) in enumerate(decoded, 1):
             if not index % YIELD_EVERY:
                 await asyncio.sleep(0)
+            message = event.message
             try:
-                emitted = rules[event.message.topic](key, value)
+                at = event_time.of(value, message)
+                emitted = rules[message.topic](key, value)
             except Exception as error:  # the rule's, for this event alone: rules are pure
                 setbacks.failed.append((event, error))
                 continue
             self._check_declared(emitted)
             try:
-                derived += self.serdes.encode(emitted, origin)
+                derived += self.serdes.encode(emitted, origin, at)
             except Exception as error:  # a record its topic's schema refuses
                 setbacks.failed.append((event, error))
         return setbacks.onto(Prepared(await self.outputs.send(derived), derived=derived))

@@ -7,7 +7,8 @@ from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
 from pipeline.streaming.joins import JoinHandler
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import PartitionStore
-from pipeline.streaming.topology import Agent, JoinAgent
+from pipeline.streaming.topology import Agent, JoinAgent, WindowedAgent
+from pipeline.streaming.windows import WindowedHandler
 
 
 def handler_for(
@@ -21,4 +22,7 @@ def handler_for(
     if isinstance(agent, JoinAgent):
         assert store is not None
         return JoinHandler(agent, store, serdes, outputs, metrics)
+    if isinstance(agent, WindowedAgent):
+        assert store is not None
+        return WindowedHandler(agent, store, serdes, outputs, metrics)
     return AgentHandler(agent, store, serdes, outputs, metrics)

@@ -31,11 +31,6 @@ class HoldBoundExceeded(ValueError):
     """A stream record its key cannot hold: too many held already, or held too long."""
 
 
-def event_time_ms(message: Message) -> int:
-    """A stream record's event time: its Kafka timestamp, in milliseconds."""
-    return int(message.timestamp * 1000)
-
-
 class JoinHandler(AgentHandler):
     """The batch handler of one join (``BatchHandler`` of pipeline.streaming.processing)."""
 
@@ -78,12 +73,13 @@ class JoinHandler(AgentHandler):
         outgoing: list[Outgoing],
     ) -> Joined[Any]:
         """A stream event: joined with its key's row, or held while there is none."""
+        at = self.agent.event_time.of(value, message)
         if joined.row is not None:
             emitted = self.agent.stream_rules[message.topic](key, value, joined.row)
             self._check_declared(emitted)
-            outgoing += self.serdes.encode(emitted, origin)
+            outgoing += self.serdes.encode(emitted, origin, at)
             return joined
-        arrived = Held.of(message, event_time_ms(message))
+        arrived = Held.of(message, at)
         held = self._unexpired(key, joined.held, arrived.event_time_ms, outgoing)
         if len(held) >= self.agent.hold.max_records:
             # Refused as part of the row's change, so a replay is skipped like any other.
@@ -108,10 +104,11 @@ class JoinHandler(AgentHandler):
         outgoing: list[Outgoing],
     ) -> Joined[Any]:
         """A table event: the key's new row, then the records held for it, released."""
+        at = self.agent.event_time.of(value, message)
         update: Update[Any] = self.agent.rules[message.topic](key, value, joined.row)
         self._check_declared(update.emit)
-        outgoing += self.serdes.encode(update.emit, origin)
-        held = self._unexpired(key, joined.held, event_time_ms(message), outgoing)
+        outgoing += self.serdes.encode(update.emit, origin, at)
+        held = self._unexpired(key, joined.held, at, outgoing)
         for record in held:
             outgoing += await self._release(key, record, update.row)
         return Joined(update.row)
@@ -128,7 +125,7 @@ class JoinHandler(AgentHandler):
                 value, origin = self.serdes.decode(record, key)
             emitted = self.agent.stream_rules[record.topic](key, value, row)
             self._check_declared(emitted)
-            released = self.serdes.encode(emitted, origin)
+            released = self.serdes.encode(emitted, origin, record.event_time_ms)
         except Exception as error:
             if not fails_alone(error):
                 raise

@@ -3,7 +3,7 @@ agents without a broker or a Faust worker: the unit tests'."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 
 class MemoryPartitionStore:
@@ -17,8 +17,17 @@ class MemoryPartitionStore:
     def read(self, partition: int, key: bytes) -> bytes | None:
         return self.partitions.get(partition, {}).get(key)
 
-    def write(self, partition: int, rows: Iterable[tuple[bytes, bytes]]) -> None:
-        self.partitions.setdefault(partition, {}).update(rows)
+    def write(self, partition: int, rows: Iterable[tuple[bytes, bytes | None]]) -> None:
+        stored = self.partitions.setdefault(partition, {})
+        for key, value in rows:
+            if value is None:
+                stored.pop(key, None)
+            else:
+                stored[key] = value
+
+    def scan(self, partition: int, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        stored = self.partitions.get(partition, {})
+        return iter(sorted((key, stored[key]) for key in stored if start <= key < end))
 
     def set_changelog_offset(self, partition: int, offset: int) -> None:
         self.changelog_offsets[partition] = offset

@@ -203,6 +203,31 @@ class Metrics:
             buckets=GC_PAUSE_BUCKETS,
             registry=self.registry,
         )
+        # Windowed tables (pipeline.streaming.windows).
+        self.late_events = Counter(
+            "pipeline_late_events",
+            "Events all of whose windows had closed: counted in none, dead-lettered.",
+            ["table", "topic"],
+            registry=self.registry,
+        )
+        self.late_window_misses = Counter(
+            "pipeline_late_window_misses",
+            "Closed windows an event missed while it still counted in open ones (hopping).",
+            ["table", "topic"],
+            registry=self.registry,
+        )
+        self.windows_closed = Counter(
+            "pipeline_windows_closed",
+            "Windows closed (stream time past their end + grace), their finals emitted.",
+            ["table"],
+            registry=self.registry,
+        )
+        self.windows_expired = Counter(
+            "pipeline_windows_expired",
+            "Windows deleted from the store and the changelog, past their retention.",
+            ["table"],
+            registry=self.registry,
+        )
         self._rebalance_started_at: float | None = None
         self.lags = LagCollector()
         self.registry.register(self.lags)

@@ -7,7 +7,7 @@ unit tests implement them in memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,8 +55,8 @@ class Arrivals(Protocol):
 
 
 class PartitionStore(Protocol):
-    """A table's rows, one store per partition this worker holds, with the offset of the
-    last changelog record each holds."""
+    """A table's rows, one store per partition this worker holds, ordered by key, with the
+    offset of the last changelog record each holds."""
 
     @property
     def changelog_topic(self) -> str: ...
@@ -65,8 +65,13 @@ class PartitionStore(Protocol):
         """``key``'s value in ``partition``; None when it has none."""
         ...
 
-    def write(self, partition: int, rows: Iterable[tuple[bytes, bytes]]) -> None:
-        """Store ``rows`` (key, value) in ``partition``, in one write."""
+    def write(self, partition: int, rows: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Store ``rows`` (key, value) in ``partition``, in one write; a None value deletes
+        the key (a changelog tombstone)."""
+        ...
+
+    def scan(self, partition: int, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The rows of ``partition`` whose keys are in ``[start, end)``, in key order."""
         ...
 
     def set_changelog_offset(self, partition: int, offset: int) -> None:

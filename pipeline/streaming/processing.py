@@ -32,15 +32,22 @@ from pipeline.serde.errors import PipelineCodecError, RegistryUnavailable
 from pipeline.streaming.dead_letters import DeadLetters, error_class_of
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import Arrivals, Event, Message, PartitionStore
-from pipeline.streaming.producer import Delivered, Outgoing, RecordSender
-from pipeline.streaming.topology import UndeclaredTopic
+from pipeline.streaming.producer import Delivered, Outgoing, ProducerRecord, RecordSender
+from pipeline.streaming.topology import RuleBug
 
 log = logging.getLogger(__name__)
 
 Row = TypeVar("Row")
 
 
-Sender = Callable[[Sequence[Outgoing]], Awaitable["asyncio.Future[Delivered]"]]
+Sender = Callable[[Sequence[ProducerRecord]], Awaitable["asyncio.Future[Delivered]"]]
+
+
+class Deleted:
+    """A row deleted by a batch not stored yet (``Settlement.unsettled``'s value for it)."""
+
+
+DELETED = Deleted()
 
 
 class RowCache(Generic[Row]):
@@ -63,12 +70,13 @@ class RowCache(Generic[Row]):
     def get(self, key: bytes) -> Row | None:
         return self.rows.get(key)
 
-    def put(self, written: Iterable[tuple[bytes, Row]]) -> None:
-        """Keep the rows just written to the store."""
+    def put(self, written: Iterable[tuple[bytes, Row | None]]) -> None:
+        """Keep the rows just written to the store (None: deleted from it)."""
         rows = self.rows  # one dict throughout, though ``clear`` may replace it meanwhile
         for key, row in written:
             rows.pop(key, None)  # to the end: the order is the order of writing
-            rows[key] = row
+            if row is not None:
+                rows[key] = row
         excess = len(rows) - self.capacity
         if excess > 0:
             for key in list(islice(rows, excess)):
@@ -91,7 +99,8 @@ class RowBatch(Generic[Row]):
     (which would send each changelog record again through Faust's producer). Each
     record goes to the partition of the event that changed the row, as Faust's own
     table writes do, and the store remembers the last changelog offset it holds, as
-    after Faust's writes.
+    after Faust's writes. A row deleted is a tombstone in the changelog and a delete in
+    the store.
     """
 
     def __init__(
@@ -109,8 +118,9 @@ class RowBatch(Generic[Row]):
         self.changelog_topic = store.changelog_topic
         self.decode = decode
         self.encode = encode
-        self.pending: dict[bytes, tuple[Row, Event]] = {}
-        self.changelog: list[Outgoing] = []
+        # By key: the new row (None: deleted) and the event it is written for.
+        self.pending: dict[bytes, tuple[Row | None, Event]] = {}
+        self.changelog: list[ProducerRecord] = []
         self._send = send
         # The rows of the batch in flight, not yet in the store.
         self.previous: RowBatch[Row] | None = (
@@ -131,7 +141,7 @@ class RowBatch(Generic[Row]):
         if self.unsettled:
             row = self.unsettled.get(key)
             if row is not None:
-                return row
+                return None if row is DELETED else row
         if self.cache is not None:
             row = self.cache.get(key)
             if row is not None:
@@ -142,10 +152,39 @@ class RowBatch(Generic[Row]):
     def put(self, key: bytes, row: Row, event: Event) -> None:
         self.pending[key] = (row, event)
 
+    def delete(self, key: bytes, event: Event) -> None:
+        """Delete ``key``'s row, in the partition of ``event``."""
+        self.pending[key] = (None, event)
+
+    def scan(self, partition: int, start: bytes, end: bytes) -> list[tuple[bytes, Row]]:
+        """The rows of ``partition`` with keys in ``[start, end)``, in key order, read
+        through as ``get`` reads (the store, then the rows not stored yet). The rows not
+        stored yet are told apart by key alone: a range must hold keys of one partition
+        (keys that name it)."""
+        found: dict[bytes, Row | None] = {
+            key: self.decode(value) for key, value in self.store.scan(partition, start, end)
+        }
+        if self.unsettled:
+            for key, row in self.unsettled.items():
+                if start <= key < end:
+                    found[key] = None if row is DELETED else row
+        for batch in (self.previous, self):
+            if batch is not None:
+                for key, (pending, _) in batch.pending.items():
+                    if start <= key < end:
+                        found[key] = pending
+        return sorted((key, row) for key, row in found.items() if row is not None)
+
     async def send(self, derived: list[Outgoing]) -> Prepared:
         """Hand the derived events to the producer; the rows follow in ``persist``."""
+        encode = self.encode
         self.changelog = [
-            Outgoing(self.changelog_topic, key, self.encode(row), event.message.partition)
+            ProducerRecord(
+                self.changelog_topic,
+                key,
+                None if row is None else encode(row),
+                event.message.partition,
+            )
             for key, (row, event) in self.pending.items()
         ]
         delivery = await self._send(derived)
@@ -160,10 +199,10 @@ class RowBatch(Generic[Row]):
     def write(self, delivered: Delivered) -> None:
         """Store the rows, now that their changelog records were ``delivered`` (a send
         of their own: every partition in it is a changelog partition)."""
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
         for record in self.changelog:
             by_partition.setdefault(cast(int, record.partition), []).append(
-                (record.key, record.value)
+                (cast(bytes, record.key), record.value)
             )
         for partition, rows in by_partition.items():
             self.store.write(partition, rows)
@@ -195,10 +234,12 @@ class Prepared:
         deferred = {id(event) for event in self.deferred}
         return [event for event in events if id(event) not in deferred]
 
-    async def complete(self) -> None:
-        """Wait for the broker's acknowledgement of every derived event, then persist
-        the rows."""
+    async def complete(self, *also: asyncio.Future[Delivered]) -> None:
+        """Wait for the broker's acknowledgement of every derived event (and of the
+        sends ``also`` made beside them), then persist the rows."""
         await self.delivery
+        for delivery in also:
+            await delivery
         if self.rows is not None:
             await self.rows.persist()
 
@@ -219,7 +260,7 @@ BatchHandler = Callable[[Sequence[Event], Prepared | None], Awaitable[Prepared]]
 
 # What stops an agent at once: its cancellation, and a bug in its rules, which no retry
 # and no dead letter would fix.
-STOPS_THE_AGENT = (asyncio.CancelledError, UndeclaredTopic)
+STOPS_THE_AGENT = (asyncio.CancelledError, RuleBug)
 
 
 def is_permanent(error: BaseException) -> bool:
@@ -247,7 +288,7 @@ class Settlement(Protocol):
     """What the processing guarantee decides: when a batch's outputs are sent, and how
     a prepared batch (or a dead letter) becomes durable and its events acknowledged."""
 
-    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+    async def send(self, messages: Sequence[ProducerRecord]) -> asyncio.Future[Delivered]:
         """What a batch hands over while it is prepared (its derived events)."""
         ...
 
@@ -279,7 +320,7 @@ class AtLeastOnce:
     producer: RecordSender
     dead_letters: DeadLetters
 
-    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+    async def send(self, messages: Sequence[ProducerRecord]) -> asyncio.Future[Delivered]:
         return await self.producer.send(messages)
 
     def unsettled(self, store: PartitionStore) -> Mapping[bytes, Any] | None:
@@ -288,10 +329,12 @@ class AtLeastOnce:
     async def settle(
         self, arrivals: Arrivals, events: Sequence[Event], prepared: Prepared, agent: str
     ) -> None:
-        # The dead letters travel beside the batch's own records: one round trip for both.
+        # The dead letters travel beside the batch's derived events: one round trip for both.
+        # Both are stored before the rows: a row that passed a dead-lettered event's
+        # position (a later event of its key, or a window's partition clock) would skip it
+        # in a replay.
         dead_letters = await self.dead_letters.send_all(prepared.failed, agent)
-        await prepared.complete()
-        await dead_letters
+        await prepared.complete(dead_letters)
         self.dead_letters.report_all(prepared.failed)
         ack = arrivals.ack
         for event in events:

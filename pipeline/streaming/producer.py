@@ -69,6 +69,8 @@ class ProducerRecord:
     # None: by the key (murmur2); a changelog record names its partition.
     partition: int | None = None
     headers: Sequence[tuple[str, bytes]] | None = None
+    # Milliseconds since the epoch: the event time of the event it comes from; None: now.
+    timestamp: int | None = None
 
 
 @dataclass(slots=True)
@@ -198,6 +200,7 @@ class BatchProducer:
                         UNASSIGNED if message.partition is None else message.partition,
                         on_delivery=batch.on_delivery,
                         headers=None if message.headers is None else list(message.headers),
+                        timestamp=message.timestamp or 0,  # 0: librdkafka's clock
                     )
                     break
                 except BufferError:

@@ -34,7 +34,8 @@ from pipeline.streaming.ports import Event, MessageHeaders
 from pipeline.streaming.positions import TrackedCodec, unframe_origin
 from pipeline.streaming.processing import AtLeastOnce, EventRunner
 from pipeline.streaming.producer import Delivered, Placement, ProducerRecord
-from pipeline.streaming.topology import Agent, Topology
+from pipeline.streaming.topology import Agent, Topology, WindowedAgent
+from pipeline.streaming.windows import StoredWindow, stored_windows
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ class MemoryTopics:
     def partition_for(self, key: bytes | None) -> int:
         return zlib.crc32(key or b"") % self.partitions
 
-    def append(self, record: ProducerRecord, timestamp: float | None = None) -> Placement:
-        """Store ``record``, stamped ``timestamp`` (seconds since the epoch; by default now)."""
+    def append(self, record: ProducerRecord) -> Placement:
+        """Store ``record``, stamped with its timestamp (by default now)."""
         partition = (
             record.partition if record.partition is not None else self.partition_for(record.key)
         )
@@ -94,7 +95,7 @@ class MemoryTopics:
                 record.key,
                 record.value,
                 list(record.headers or ()),
-                time.time() if timestamp is None else timestamp,
+                time.time() if record.timestamp is None else record.timestamp / 1000,
             )
         )
         return Placement(record.topic, partition, len(log) - 1)
@@ -144,6 +145,7 @@ class ServiceTest:
         topology.check()
         settings = topology.settings
         self.topology = topology
+        self.catalog = catalog
         self.codecs = Codecs(
             catalog
             if catalog is not None
@@ -184,19 +186,24 @@ class ServiceTest:
         self.positions: dict[tuple[str, str, int], int] = {}
 
     def send(
-        self, topic: str, key: str, record: Mapping[str, Any], *, timestamp: float | None = None
+        self, topic: str, key: str, record: Mapping[str, Any], *, timestamp: int | None = None
     ) -> Placement:
-        """Write ``record`` to ``topic`` as a producer would (Avro, Confluent-framed),
-        with its Kafka ``timestamp`` (seconds since the epoch; by default now)."""
+        """Write ``record`` to ``topic`` as a producer would (Avro, Confluent-framed), with
+        the Kafka ``timestamp`` given (epoch milliseconds; by default now)."""
         return self.send_bytes(
             topic, key.encode(), self.codecs.encode(topic, record), timestamp=timestamp
         )
 
     def send_bytes(
-        self, topic: str, key: bytes | None, value: bytes | None, *, timestamp: float | None = None
+        self, topic: str, key: bytes | None, value: bytes | None, *, timestamp: int | None = None
     ) -> Placement:
         """Write a record's bytes to ``topic`` as they are: a bad one is for a dead letter."""
-        return self.topics.append(ProducerRecord(topic, key, value), timestamp)
+        return self.topics.append(ProducerRecord(topic, key, value, timestamp=timestamp))
+
+    def timestamps(self, topic: str) -> list[int]:
+        """The Kafka timestamps (epoch milliseconds) of ``topic``'s records, in the order of
+        ``emitted``."""
+        return [round(record.timestamp * 1000) for record in self.topics.records(topic)]
 
     def run(self) -> None:
         """Let every agent read what it has not read yet, until none has anything left."""
@@ -225,6 +232,19 @@ class ServiceTest:
                 unread += log[self.positions.get((agent.name, topic, partition), 0) :]
         return unread
 
+    def restarted(self) -> ServiceTest:
+        """The service started again as a worker that lost its state: on the same topics,
+        from the offsets its agents reached, each table's store rebuilt from its changelog
+        alone (a tombstone deletes its row)."""
+        again = ServiceTest(self.topology, catalog=self.catalog)
+        again.topics.logs = {place: list(log) for place, log in self.topics.logs.items()}
+        again.positions = dict(self.positions)
+        for store in again.stores.values():
+            for record in again.topics.records(store.changelog_topic):
+                assert record.key is not None
+                store.write(record.partition, [(record.key, record.value)])
+        return again
+
     def rewind(self, topic: str) -> None:
         """Have the agents read ``topic`` again from its start, as after a crash before
         their offsets were committed: a replay, which the rows' positions skip."""
@@ -252,6 +272,25 @@ class ServiceTest:
         if stored is None:
             return None
         return TrackedCodec(spec.encode, spec.decode).decode(stored).row
+
+    def windows(self, table: str, key: str) -> list[StoredWindow]:
+        """The windows windowed ``table`` holds for ``key``, oldest first, each ``final``
+        once closed."""
+        agent = next(
+            agent
+            for agent in self.topology.agents
+            if isinstance(agent, WindowedAgent) and agent.row_table.name == table
+        )
+        partition = self.topics.partition_for(key.encode())
+        return stored_windows(agent, self.stores[table], partition, key.encode())
+
+    def stored_keys(self, table: str) -> list[bytes]:
+        """Every key ``table``'s store holds, windows, clocks and index entries included."""
+        return sorted(self.stores[table].rows())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the agents' metrics (0 when never recorded)."""
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
     def dead_letters(self, topic: str) -> list[DeadLetter]:
         """The dead letters of the records of ``topic`` the agents could not process."""

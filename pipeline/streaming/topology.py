@@ -35,13 +35,20 @@ from typing import Any, Generic, TypeVar, overload
 
 from pipeline.kafka.naming import TopicNaming, TopicSpec
 from pipeline.settings import Settings
+from pipeline.streaming.event_time import KAFKA_TIMESTAMP, EventTime
 from pipeline.streaming.joined import Joined, JoinedCodec
+from pipeline.streaming.windowing import Hopping, Window, WindowedRows
 
 Row = TypeVar("Row")
 Value = TypeVar("Value")
 
 
-class UndeclaredTopic(ValueError):
+class RuleBug(Exception):
+    """A bug in a service's rules, not in an event: it stops the worker, as no retry and
+    no dead letter would fix it."""
+
+
+class UndeclaredTopic(RuleBug, ValueError):
     """A rule emitted to a topic its agent does not declare (a bug in the rule)."""
 
 
@@ -103,6 +110,8 @@ class Agent:
     table: TableSpec[Any] | None
     emits: frozenset[str]
     rules: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    # Its events' event time, which the records they cause carry as their Kafka timestamp.
+    event_time: EventTime = field(default=KAFKA_TIMESTAMP, kw_only=True)
 
     def _register(self, topic: str, rule: Rule) -> Rule:
         if topic in self.rules:
@@ -185,6 +194,51 @@ class View(Generic[Row]):
         return self.path[self.path.index("{") + 1 : self.path.index("}")]
 
 
+# A windowed agent's rule: (key, value, one of the event's windows, its row or None) ->
+# the window's new row.
+WindowRule = Callable[[str, Any, Window, Row | None], Row]
+# Its close hook: (key, the window, its final row) -> the events to emit.
+CloseHook = Callable[[str, Window, Row], Sequence[Emit]]
+
+
+@dataclass
+class WindowedAgent(Agent, Generic[Row]):
+    """An agent keeping a windowed table of ``Row``s (pipeline.streaming.windows runs it):
+    its rule updates each window an event falls in; ``on_close`` says what a window
+    emits once it closed. Its ``table`` stores the windows, clocks and index entries
+    (pipeline.streaming.windowing)."""
+
+    windows: Hopping = field(kw_only=True)
+    row_table: TableSpec[Row] = field(kw_only=True)
+    close_hook: CloseHook[Row] | None = field(default=None, kw_only=True)
+
+    def on(self, topic: str) -> Callable[[WindowRule[Row]], WindowRule[Row]]:
+        """Apply the decorated rule to every window of every event of ``topic``."""
+        return lambda rule: self._register(topic, rule)
+
+    def on_close(self, hook: CloseHook[Row]) -> CloseHook[Row]:
+        """Call the decorated hook with each window's final row once the window closed;
+        what it returns is emitted, stamped with the window's last millisecond."""
+        if self.close_hook is not None:
+            raise ValueError(f"windowed agent {self.name!r} already has a close hook")
+        self.close_hook = hook
+        return hook
+
+
+@dataclass(frozen=True)
+class WindowView(Generic[Row]):
+    """``GET path?from=&to=`` answers the windows of the key in the path's one
+    ``{parameter}`` whose start is in ``[from, to)``, each rendered by ``render``."""
+
+    path: str
+    agent: WindowedAgent[Row]
+    render: Callable[[Row], Mapping[str, Any]]
+
+    @property
+    def parameter(self) -> str:
+        return self.path[self.path.index("{") + 1 : self.path.index("}")]
+
+
 @dataclass(frozen=True)
 class IngestRoute:
     """``POST path`` produces its JSON body to ``topic``, keyed by the body's ``key_field``."""
@@ -203,23 +257,67 @@ class Topology:
         self.agents: list[Agent] = []
         self.internal: dict[str, InternalTopic[Any]] = {}
         self.views: list[View[Any]] = []
+        self.window_views: list[WindowView[Any]] = []
         self.ingest_routes: list[IngestRoute] = []
 
     @overload
     def agent(
-        self, name: str, *, table: TableSpec[Row], emits: Iterable[str] = ()
+        self,
+        name: str,
+        *,
+        table: TableSpec[Row],
+        emits: Iterable[str] = (),
+        event_time: EventTime = KAFKA_TIMESTAMP,
     ) -> TableAgent[Row]: ...
 
     @overload
-    def agent(self, name: str, *, table: None = None, emits: Iterable[str] = ()) -> StreamAgent: ...
+    def agent(
+        self,
+        name: str,
+        *,
+        table: None = None,
+        emits: Iterable[str] = (),
+        event_time: EventTime = KAFKA_TIMESTAMP,
+    ) -> StreamAgent: ...
 
     def agent(
-        self, name: str, *, table: TableSpec[Any] | None = None, emits: Iterable[str] = ()
+        self,
+        name: str,
+        *,
+        table: TableSpec[Any] | None = None,
+        emits: Iterable[str] = (),
+        event_time: EventTime = KAFKA_TIMESTAMP,
     ) -> Agent:
+        """An agent reading its events' event time as ``event_time`` says (by default
+        their Kafka timestamp)."""
         agent: Agent = (
-            StreamAgent(name, None, frozenset(emits))
+            StreamAgent(name, None, frozenset(emits), event_time=event_time)
             if table is None
-            else TableAgent(name, table, frozenset(emits))
+            else TableAgent(name, table, frozenset(emits), event_time=event_time)
+        )
+        self.agents.append(agent)
+        return agent
+
+    def windowed(
+        self,
+        name: str,
+        *,
+        table: TableSpec[Row],
+        windows: Hopping,
+        event_time: EventTime = KAFKA_TIMESTAMP,
+        emits: Iterable[str] = (),
+    ) -> WindowedAgent[Row]:
+        """An agent keeping ``table``'s rows per key and window (``Tumbling`` or
+        ``Hopping``), in the event time ``event_time`` reads."""
+        rows = WindowedRows(table.encode, table.decode)
+        stored: TableSpec[Any] = TableSpec(table.name, rows.encode, rows.decode, table.help)
+        agent = WindowedAgent(
+            name,
+            stored,
+            frozenset(emits),
+            event_time=event_time,
+            windows=windows,
+            row_table=table,
         )
         self.agents.append(agent)
         return agent
@@ -231,14 +329,22 @@ class Topology:
         table: TableSpec[Row],
         emits: Iterable[str] = (),
         hold: HoldBound | None = None,
+        event_time: EventTime = KAFKA_TIMESTAMP,
     ) -> JoinAgent[Row]:
         """A stream-table join (``JoinAgent``) keeping ``table``; held records are bounded by
         ``hold``, by default the settings' (``join_hold_max_records``,
-        ``join_hold_max_age_ms``)."""
+        ``join_hold_max_age_ms``), their age in the event time ``event_time`` reads."""
         bound = hold or HoldBound(
             self.settings.join_hold_max_records, self.settings.join_hold_max_age_ms
         )
-        agent = JoinAgent(name, joined_table(table), frozenset(emits), row_table=table, hold=bound)
+        agent = JoinAgent(
+            name,
+            joined_table(table),
+            frozenset(emits),
+            event_time=event_time,
+            row_table=table,
+            hold=bound,
+        )
         self.agents.append(agent)
         return agent
 
@@ -254,6 +360,11 @@ class Topology:
         self, path: str, table: TableSpec[Row], render: Callable[[str, Row], Mapping[str, Any]]
     ) -> None:
         self.views.append(View(path, table, render))
+
+    def window_view(
+        self, path: str, agent: WindowedAgent[Row], render: Callable[[Row], Mapping[str, Any]]
+    ) -> None:
+        self.window_views.append(WindowView(path, agent, render))
 
     def ingest(self, path: str, topic: str, key_field: str) -> None:
         self.ingest_routes.append(IngestRoute(path, topic, key_field))
@@ -303,6 +414,12 @@ class Topology:
                 raise ValueError(
                     f"join {agent.name!r} needs a rule for its table (@join.on_table) and "
                     "one for its stream (@join.on_stream)"
+                )
+            if isinstance(agent, WindowedAgent) and rekeying:
+                # A final belongs to no one event, so it has no position to carry.
+                raise ValueError(
+                    f"windowed agent {agent.name!r} emits to the internal topic "
+                    f"{rekeying[0]!r}: a window's final cannot be re-keyed"
                 )
             for topic in agent.rules:
                 if topic.startswith(f"{self.settings.app_id}-") and topic not in self.internal:

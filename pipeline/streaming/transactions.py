@@ -38,11 +38,10 @@ from pipeline.settings import Settings
 from pipeline.streaming.dead_letters import DeadLetters
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import Arrivals, Event, GroupMember, PartitionStore
-from pipeline.streaming.processing import Prepared, RowBatch
+from pipeline.streaming.processing import DELETED, Prepared, RowBatch
 from pipeline.streaming.producer import (
     BatchProducer,
     Delivered,
-    Outgoing,
     ProducerRecord,
     producer_config,
 )
@@ -365,7 +364,7 @@ class ExactlyOnce:
         """Fence out and abort what the worker's previous incarnation left open."""
         await self._call(self.producer.init)
 
-    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+    async def send(self, messages: Sequence[ProducerRecord]) -> asyncio.Future[Delivered]:
         """Nothing is sent while a batch is prepared: ``settle`` sends its records."""
         done: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
         done.set_result({})
@@ -396,7 +395,7 @@ class ExactlyOnce:
         if rows is not None:
             unsettled = self._unsettled.setdefault(id(rows.store), {})
             for key, (row, _) in rows.pending.items():
-                unsettled[key] = row
+                unsettled[key] = DELETED if row is None else row
 
     async def _add(self, settled: Settled, records: Sequence[ProducerRecord]) -> None:
         async with self._lock:

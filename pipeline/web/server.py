@@ -18,6 +18,7 @@ from pipeline.streaming.topology import IngestRoute, Topology, View
 from pipeline.web.http import Handler, json_errors
 from pipeline.web.ingest import Ingest
 from pipeline.web.views import ServedTable, TableQuery
+from pipeline.web.window_views import window_view_handler
 
 
 class Worker(Protocol):
@@ -43,7 +44,10 @@ def view_handler(query: TableQuery, view: View[Any]) -> Handler:
     async def answer(request: web.Request) -> web.Response:
         key = request.match_info[view.parameter]
         return await query.answer(
-            request, key, lambda stored: dict(view.render(key, codec.decode(stored).row))
+            request,
+            key,
+            query.table.read,
+            lambda stored: dict(view.render(key, codec.decode(stored).row)),
         )
 
     return answer
@@ -94,6 +98,13 @@ def register(
     for view in topology.views:
         query = TableQuery(worker.served_table(view.table.name), metrics, end_offsets)
         router.add_get(view.path, view_handler(query, view))
+    for window_view in topology.window_views:
+        assert window_view.agent.table is not None
+        served = worker.served_table(window_view.agent.table.name)
+        router.add_get(
+            window_view.path,
+            window_view_handler(TableQuery(served, metrics, end_offsets), window_view),
+        )
     router.add_get("/health", health)
     router.add_get("/metrics", metrics_view)
     for route in topology.ingest_routes:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -47,6 +47,9 @@ PASSED_ON = (ANSWERED_BY, COPY, COPY_LAG, "Retry-After")
 # A dead owner refuses the connection at once; a stopped one is given this long.
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=3)
 RETRY_AFTER_SECONDS = "1"
+
+# What a view finds for a key in a copy of its partition: a row's bytes, a key's windows.
+Found = TypeVar("Found")
 
 
 class ServedTable(Protocol):
@@ -79,6 +82,11 @@ class ServedTable(Protocol):
         one it no longer holds); None without one."""
         ...
 
+    def scan(self, partition: int, start: bytes, end: bytes) -> list[tuple[bytes, bytes]]:
+        """The rows of this worker's copy of ``partition`` with keys in ``[start, end)``,
+        in key order; none without a copy."""
+        ...
+
     def copy_offset(self, partition: int) -> int | None:
         """The offset of the last changelog record this worker's copy holds; None
         without a copy or a record."""
@@ -107,8 +115,14 @@ class TableQuery:
         return self.table.own_url
 
     async def answer(
-        self, request: web.Request, key: str, render: Callable[[bytes], dict[str, Any]]
+        self,
+        request: web.Request,
+        key: str,
+        find: Callable[[int, bytes], Found | None],
+        render: Callable[[Found], dict[str, Any]],
     ) -> web.Response:
+        """``render`` of what ``find`` (the key's row, its windows) finds for ``key`` in the
+        freshest copy of its partition that can be reached."""
         problem = key_problem(key)
         if problem is not None:
             return error_response(400, "malformed key", {"key": problem})
@@ -116,7 +130,7 @@ class TableQuery:
         partition = self.table.partition_for(raw_key)
         owner = self.table.owner_url(partition)
         if owner == self.own_url and self.table.settled():
-            stored = self.table.read(partition, raw_key)
+            stored = find(partition, raw_key)
             if stored is None:
                 return self.not_found(key, {ANSWERED_BY: self.own_url, COPY: "owner"})
             return web.json_response(
@@ -127,14 +141,15 @@ class TableQuery:
             if forwarded is not None and forwarded.status != 503:
                 return forwarded
         # The owner is away, unknown (rebalancing) or still recovering: our own copy.
-        return await self.from_copy(key, raw_key, partition, render)
+        return await self.from_copy(key, raw_key, partition, find, render)
 
     async def from_copy(
         self,
         key: str,
         raw_key: bytes,
         partition: int,
-        render: Callable[[bytes], dict[str, Any]],
+        find: Callable[[int, bytes], Found | None],
+        render: Callable[[Found], dict[str, Any]],
     ) -> web.Response:
         changelog = self.table.changelog_topic
         # The copy's offset before its row: the row read then is at least that recent, so
@@ -142,7 +157,7 @@ class TableQuery:
         # round, a restore running meanwhile could move the offset past a row the read had
         # not seen: a 404 for a key with an entry.)
         persisted = self.table.copy_offset(partition)
-        stored = self.table.read(partition, raw_key)
+        stored = find(partition, raw_key)
         end = await asyncio.to_thread(self.end_offsets.end, changelog, partition)
         lag = copy_lag(end, persisted)
         headers = {ANSWERED_BY: self.own_url, COPY: "copy"}

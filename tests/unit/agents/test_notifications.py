@@ -113,11 +113,11 @@ def test_an_order_beyond_the_bound_is_dead_lettered_as_it_came_naming_the_user()
 
 def test_a_record_held_longer_than_the_age_bound_is_dead_lettered_when_the_key_moves_on() -> None:
     service = ServiceTest(shop(SETTINGS))
-    first = service.send("order_created", "u1", order(1, "u1", [("A", 1)]), timestamp=1_000.0)
-    service.send("order_created", "u1", order(2, "u1", [("A", 1)]), timestamp=1_030.0)
+    first = service.send("order_created", "u1", order(1, "u1", [("A", 1)]), timestamp=1_000_000)
+    service.send("order_created", "u1", order(2, "u1", [("A", 1)]), timestamp=1_030_000)
     service.run()
     # 61 s of event time after the first order: it expires, the second one does not.
-    service.send("user_registered", "u1", user("u1", "u1@shop.example"), timestamp=1_061.0)
+    service.send("user_registered", "u1", user("u1", "u1@shop.example"), timestamp=1_061_000)
     service.run()
     assert [order_id for _, order_id, _, _ in confirmations(service)] == ["u1-o2"]
     (letter,) = service.dead_letters("order_created")

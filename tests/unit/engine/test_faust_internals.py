@@ -23,6 +23,8 @@ from aiokafka.consumer.subscription_state import (
     TopicPartitionState,
 )
 from aiokafka.partitioner import DefaultPartitioner
+from confluent_kafka import KafkaError
+from faust.stores.memory import Store as MemoryStore
 from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import Stream
@@ -51,7 +53,8 @@ from pipeline.engine.fixes import (
     TransactionalTransport,
 )
 from pipeline.engine.membership import FetchState, fetch_states, group_member
-from pipeline.engine.store import partition_reader, write_partition
+from pipeline.engine.restore import restore
+from pipeline.engine.store import FaustPartitionStore, partition_reader, write_partition
 from pipeline.services import shop
 from pipeline.settings import Settings
 from pipeline.streaming.ports import GroupMember
@@ -207,6 +210,17 @@ UPSTREAM: dict[Callable[..., Any], str] = {
         "343a8125107d3f69ced468ee156659955d31abbc3bbed3df0e6ac87b474f850b"
     ),
     faust.App.Table: "e49f205922bb5121659c410e6a8edb1bc8009068dbb5b097c73f4a1868cc47bb",
+    # Faust's recovery and standbys apply a changelog tombstone (a None value) as a delete:
+    # windows expired with a tombstone stay deleted in every copy.
+    RocksDBStore.apply_changelog_batch: (
+        "ea3344d369fc4ab5e3cdace30565691136035a463acb7b2551fdc0b8af71643b"
+    ),
+    MemoryStore.apply_changelog_batch: (
+        "71863e3cd727aac2001c4f19a393c637275eab36056c9a2d395ed1c7528e7647"
+    ),
+    MemoryStore._create_batch_iterator: (
+        "b082c8bcc040382347025bd5b08d31700b2e6b1d2c0232f1de551f1b5495d1ed"
+    ),
 }
 # The compiled twin of Stream._py_aiter, the one Faust runs.
 CYTHON_STREAMS = Path(cast(str, faust_cython.__file__)).parent / "streams.pyx"
@@ -695,6 +709,112 @@ def test_rows_written_in_one_batch_are_read_back_by_faust_and_by_partition(tmp_p
     read = partition_reader(store)
     assert read(2, b"u2") == b"row 2"
     assert read(1, b"u2") is None
+
+
+def test_a_partition_is_scanned_in_key_order_and_written_with_deletes(tmp_path: Path) -> None:
+    settings = Settings(app_id="unit", topic_prefix="unit.", data_dir=tmp_path)
+    app = create_app(shop(settings))
+    table = next(iter(app.pipeline_tables.values()))
+    store = FaustPartitionStore(table)
+    store.write(2, [(b"b", b"2"), (b"a", b"1"), (b"c", b"3"), (b"d", b"4")])
+    store.write(1, [(b"b", b"other partition")])
+    store.write(2, [(b"c", None), (b"e", b"5")])
+    assert list(store.scan(2, b"b", b"e")) == [(b"b", b"2"), (b"d", b"4")]
+    assert list(store.scan(2, b"a", b"\xff")) == [
+        (b"a", b"1"),
+        (b"b", b"2"),
+        (b"d", b"4"),
+        (b"e", b"5"),
+    ]
+    assert store.read(2, b"c") is None
+
+
+def changelog_event(
+    topic: str, partition: int, offset: int, key: bytes, value: bytes | None
+) -> Any:
+    return SimpleNamespace(
+        key=key,
+        value=value,
+        message=SimpleNamespace(
+            tp=TP(topic, partition), partition=partition, offset=offset, key=key, value=value
+        ),
+    )
+
+
+@pytest.mark.parametrize("store_url", ["rocksdb://", "memory://"])
+def test_fausts_recovery_and_standbys_apply_a_tombstone_as_a_delete(
+    tmp_path: Path, store_url: str
+) -> None:
+    settings = Settings(app_id="unit", topic_prefix="unit.", data_dir=tmp_path, store=store_url)
+    app = create_app(shop(settings))
+    table = next(iter(app.pipeline_tables.values()))
+    store = FaustPartitionStore(table)
+    topic = store.changelog_topic
+    store.write(2, [(b"w1", b"window"), (b"w2", b"window")])
+    cast(Any, table.data).apply_changelog_batch(
+        [changelog_event(topic, 2, 7, b"w1", None), changelog_event(topic, 2, 8, b"w3", b"new")],
+        lambda key: key,
+        lambda value: value,
+    )
+    assert list(store.scan(2, b"a", b"\xff")) == [(b"w2", b"window"), (b"w3", b"new")]
+
+
+class ChangelogConsumer:
+    """A confluent-kafka consumer reading one changelog partition: records, then its end."""
+
+    def __init__(self, records: list[tuple[bytes, bytes | None]]) -> None:
+        self.records = records
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions={2: None})})
+
+    def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
+        return 0, len(self.records)
+
+    def assign(self, partitions: list[Any]) -> None:
+        self.topic = partitions[0].topic
+
+    def consume(self, limit: int, timeout: float) -> list[Any]:
+        consumed = [
+            Mock(
+                topic=Mock(return_value=self.topic),
+                partition=Mock(return_value=2),
+                error=Mock(return_value=None),
+                key=Mock(return_value=key),
+                value=Mock(return_value=value),
+                offset=Mock(return_value=offset),
+            )
+            for offset, (key, value) in enumerate(self.records)
+        ]
+        end = Mock(topic=Mock(return_value=self.topic), partition=Mock(return_value=2))
+        end.error.return_value.code.return_value = KafkaError._PARTITION_EOF
+        end.offset.return_value = len(self.records)
+        self.records = []
+        return [*consumed, end]
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_bulk_restore_deletes_a_row_whose_tombstone_it_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(app_id="unit", topic_prefix="unit.", data_dir=tmp_path)
+    app = create_app(shop(settings))
+    table = next(iter(app.pipeline_tables.values()))
+    store = FaustPartitionStore(table)
+    store.write(2, [(b"expired", b"restored earlier")])
+    records: list[tuple[bytes, bytes | None]] = [
+        (b"kept", b"row"),
+        (b"expired", None),
+        (b"gone", b"row"),
+        (b"gone", None),
+    ]
+    monkeypatch.setattr(
+        "pipeline.engine.restore.Consumer", lambda config: ChangelogConsumer(records)
+    )
+    restore(settings, {store.changelog_topic: cast(Any, table.data)}, {(store.changelog_topic, 2)})
+    assert list(store.scan(2, b"a", b"\xff")) == [(b"kept", b"row")]
 
 
 def test_under_exactly_once_the_consumer_reads_committed_records_and_faust_commits_nothing(

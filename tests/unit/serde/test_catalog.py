@@ -18,6 +18,7 @@ CONTRACT_TOPICS = {
     "low_stock_alerts": "shop.LowStockAlert",
     "notifications": "shop.NotificationRequested",
     "user_points": "shop.UserPoints",
+    "sku_sales_hourly": "shop.SkuSales",
 }
 
 

@@ -28,7 +28,7 @@ from pipeline.streaming.memory import MemoryPartitionStore
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.positions import Origin, Position, TrackedCodec, unframe_origin
 from pipeline.streaming.processing import AtLeastOnce, Event
-from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing
+from pipeline.streaming.producer import BatchProducer, Delivered, Outgoing, ProducerRecord
 from pipeline.streaming.topology import Agent, Emit, Topology, UndeclaredTopic
 from pipeline.topics import TopicNames
 
@@ -55,7 +55,7 @@ class Broker:
     def __init__(self) -> None:
         self.sent: list[Outgoing] = []
 
-    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+    async def send(self, messages: Sequence[ProducerRecord]) -> asyncio.Future[Delivered]:
         self.sent += messages
         delivery: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
         delivery.set_result({})
@@ -70,6 +70,7 @@ class FakeMessage:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    timestamp: float = 0.0
 
 
 @dataclass

@@ -26,7 +26,13 @@ from pipeline.streaming.processing import (
     RowCache,
     by_topic,
 )
-from pipeline.streaming.producer import BatchProducer, Delivered, DeliveryFailed, Outgoing
+from pipeline.streaming.producer import (
+    BatchProducer,
+    Delivered,
+    DeliveryFailed,
+    Outgoing,
+    ProducerRecord,
+)
 from pipeline.streaming.topology import UndeclaredTopic
 
 
@@ -153,8 +159,8 @@ class LoggedPrepared(Prepared):
         self.log = log
         self.offsets = offsets
 
-    async def complete(self) -> None:
-        await super().complete()
+    async def complete(self, *also: asyncio.Future[Delivered]) -> None:
+        await super().complete(*also)
         self.log.append(f"complete {self.offsets}")
 
 
@@ -332,7 +338,7 @@ class Broker:
         self.sent: list[list[str]] = []
         self.deliveries: list[asyncio.Future[Delivered]] = []
 
-    async def send(self, messages: Sequence[Outgoing]) -> asyncio.Future[Delivered]:
+    async def send(self, messages: Sequence[ProducerRecord]) -> asyncio.Future[Delivered]:
         self.sent.append([f"{m.topic}:{m.key.decode()}={m.value.decode()}" for m in messages])
         delivery: asyncio.Future[Delivered] = asyncio.get_running_loop().create_future()
         self.deliveries.append(delivery)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
 from pipeline.streaming.producer import (
     BatchProducer,
@@ -60,3 +62,30 @@ def test_a_send_after_close_is_refused() -> None:
             await producer.send([Outgoing("orders", b"k", b"v")])
 
     asyncio.run(scenario())
+
+
+class StampsSeen(Producer):
+    """librdkafka's producer, noting the timestamp each message is produced with."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.stamps: list[int] = []
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.stamps.append(kwargs["timestamp"])
+        super().produce(*args, **kwargs)
+
+
+def test_a_record_goes_out_stamped_with_its_timestamp_or_librdkafkas_clock() -> None:
+    producer = BatchProducer(UNREACHABLE)
+    seen = producer._started = StampsSeen(UNREACHABLE)
+
+    async def scenario() -> None:
+        records = [Outgoing("orders", b"k", b"v", timestamp=1_796_655_600_001)]
+        records.append(Outgoing("orders", b"k", b"w"))
+        with pytest.raises(DeliveryFailed):
+            await asyncio.wait_for(await producer.send(records), 10)
+
+    asyncio.run(scenario())
+    producer.close(1)
+    assert seen.stamps == [1_796_655_600_001, 0]

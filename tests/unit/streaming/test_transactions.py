@@ -497,3 +497,33 @@ def test_a_listing_that_cannot_succeed_is_an_error() -> None:
     admin = ListingAdmin(pending_for=0, failure=KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))
     with pytest.raises(KafkaException):
         transactions.wait_for_stable_offsets(cast(AdminClient, admin), "shop", {("o", 0)})
+
+
+def test_a_row_deleted_in_the_open_transaction_reads_as_deleted_until_it_commits() -> None:
+    producer, table, arrivals = (
+        RecordingProducer(),
+        MemoryPartitionStore("stock-changelog"),
+        RecordingArrivals(),
+    )
+    table.write(3, [(b"sku-1", b"7")])
+    settlement = exactly_once(producer)
+
+    async def scenario() -> None:
+        first, second = events(4), events(5)
+        rows = RowBatch(
+            cast(Any, table),
+            int,
+            str.encode,
+            settlement.send,
+            unsettled=settlement.unsettled(table),
+        )
+        rows.delete(b"sku-1", first[0])
+        await settlement.settle(arrivals, first, await rows.send([]), "orders")
+        later = stock_rows(settlement, table, second[0], 1)
+        assert later.pending[b"sku-1"][0] == 1  # from no row, not from the stored 7
+        assert table.rows() == {b"sku-1": b"7"}
+        await settlement.settle(arrivals, second, await later.send([]), "orders")
+        await settlement.commit()
+
+    asyncio.run(scenario())
+    assert table.rows() == {b"sku-1": b"1"}

@@ -42,6 +42,9 @@ class CopyOnly:
     def read(self, partition: int, key: bytes) -> bytes | None:
         return self.rows.get(key)
 
+    def scan(self, partition: int, start: bytes, end: bytes) -> list[tuple[bytes, bytes]]:
+        return sorted((key, row) for key, row in self.rows.items() if start <= key < end)
+
     def copy_offset(self, partition: int) -> int | None:
         return self.offset
 
@@ -60,7 +63,9 @@ class RestoreWhileAsked:
 
 def copy_answer(table: CopyOnly, end_offsets: object, key: str) -> web.Response:
     query = TableQuery(table, Mock(), cast(Any, end_offsets))
-    return asyncio.run(query.from_copy(key, key.encode(), 0, lambda row: {"row": row.decode()}))
+    return asyncio.run(
+        query.from_copy(key, key.encode(), 0, table.read, lambda row: {"row": row.decode()})
+    )
 
 
 def test_a_current_copy_without_the_key_answers_404() -> None:

@@ -2,10 +2,13 @@
 
 from typing import Any
 
+from pipeline.agents.analytics import SKU_SALES
 from pipeline.agents.orders import USER_STATS
+from pipeline.domain.analytics import SkuSales
 from pipeline.domain.rules import UserOrderStats
 from pipeline.settings import Settings
 from pipeline.streaming.topology import Emit, Topology, Update
+from pipeline.streaming.windowing import Tumbling, Window
 
 topology = Topology(Settings())
 orders = topology.agent("orders", table=USER_STATS)
@@ -30,3 +33,23 @@ def returns_a_row(key: str, value: dict[str, Any]) -> Update[int]:
 @stateless.on("w")
 def fine(key: str, value: dict[str, Any]) -> list[Emit]:
     return []
+
+
+windowed = topology.windowed("sales", table=SKU_SALES, windows=Tumbling(size_ms=10))
+
+
+@windowed.on("v")
+def returns_an_update(
+    key: str, value: Any, window: Window, row: SkuSales | None
+) -> Update[SkuSales]:
+    return Update(SkuSales())
+
+
+@windowed.on_close
+def forgets_the_window(key: str, row: SkuSales) -> list[Emit]:
+    return []
+
+
+@windowed.on("u")
+def counts(key: str, value: Any, window: Window, row: SkuSales | None) -> SkuSales:
+    return SkuSales()

@@ -1,0 +1,278 @@
+"""How a windowed agent (``WindowedAgent`` of pipeline.streaming.topology) is run
+(docs/windows.md).
+
+Per event: its event time advances its partition's stream time; its rule updates each of
+its windows still open; an event whose windows have all closed is late, dead-lettered
+and counted. Per partition, at the end of the batch: the windows that stream time closed
+emit their finals (the close hook), those past their retention are deleted (tombstones),
+and the partition's clock is written last of the partition's changelog records.
+
+Exact across replays: the clock carries the positions of the events it applied, and a
+partition's changelog records arrive in order, so a clock restored with an event's
+position comes with every window that event changed; a replayed event is skipped whole.
+Each window row carries its positions too, for a batch whose records were only partly
+delivered before a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, cast
+
+from pipeline.streaming.agents import YIELD_EVERY, AgentHandler, Outputs, Serdes, Setbacks
+from pipeline.streaming.event_time import iso
+from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.ports import Event, PartitionStore
+from pipeline.streaming.positions import (
+    AppliedPositions,
+    Origin,
+    Position,
+    Tracked,
+    TrackedCodec,
+    advance,
+    is_new,
+)
+from pipeline.streaming.processing import Prepared, RowBatch
+from pipeline.streaming.producer import Outgoing
+from pipeline.streaming.topology import RuleBug, WindowedAgent
+from pipeline.streaming.windowing import (
+    INDEXED,
+    NEVER,
+    Clock,
+    Window,
+    clock_key,
+    index_key,
+    index_range,
+    indexed,
+    key_range,
+    window_key,
+    window_start,
+)
+
+# What a final is framed with if it were re-keyed, which Topology.check refuses.
+_NO_ORIGIN = Origin("", Position(-1))
+_INDEX_ENTRY: Tracked[Any] = Tracked(INDEXED, {})
+
+
+class LateEvent(ValueError):
+    """An event all of whose windows have closed: it counts in none, and is dead-lettered."""
+
+
+class CloseFailed(RuleBug):
+    """A window's close hook raised, or emitted what its topic's schema refuses: a final
+    would be lost, so the worker stops."""
+
+
+@dataclass
+class Partition:
+    """A partition's clock as a batch advances it, and the batch's last event of it (the
+    changelog partition its records go to)."""
+
+    clock: Clock
+    applied: AppliedPositions
+    event: Event
+    changed: bool = False
+
+
+class WindowedHandler(AgentHandler):
+    """The batch handler of one windowed agent (``BatchHandler`` of
+    pipeline.streaming.processing)."""
+
+    agent: WindowedAgent[Any]
+
+    def __init__(
+        self,
+        agent: WindowedAgent[Any],
+        store: PartitionStore,
+        serdes: Serdes,
+        outputs: Outputs,
+        metrics: Metrics,
+    ) -> None:
+        super().__init__(agent, store, serdes, outputs, metrics)
+        self.window_store = store
+        table = agent.row_table.name
+        self.late = metrics.late_events
+        self.misses = metrics.late_window_misses
+        self.closed = metrics.windows_closed.labels(table)
+        self.expired = metrics.windows_expired.labels(table)
+
+    async def __call__(self, events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
+        assert self.codec is not None
+        agent = self.agent
+        windows, rules, event_time = agent.windows, agent.rules, agent.event_time
+        table = agent.row_table.name
+        rows = RowBatch(
+            self.window_store,
+            self.codec.decode,
+            self.codec.encode,
+            self.outputs.send,
+            in_flight,
+            self.outputs.settlement.unsettled(self.window_store),
+            self.cache,
+        )
+        partitions: dict[int, Partition] = {}
+        setbacks = Setbacks()
+        decoded = self._decoded(events, True, setbacks)
+        for index, (event, (key, value, origin)) in enumerate(decoded, 1):
+            if not index % YIELD_EVERY:
+                await asyncio.sleep(0)
+            message = event.message
+            raw_key = cast(bytes, message.key)
+            partition = partitions.get(message.partition)
+            if partition is None:
+                partition = partitions[message.partition] = self._partition(rows, event)
+            if not is_new(partition.applied, origin):
+                self.replays.inc()
+                continue
+            clock = partition.clock
+            updates: list[tuple[int, bytes, Tracked[Any] | None, Any]] = []
+            try:
+                at = event_time.of(value, message)
+                stream_time = max(clock.stream_time, at)
+                closed_below = max(clock.closed_below, windows.closed_below(stream_time))
+                starts = windows.starts(at)
+                open_starts = [start for start in starts if start >= closed_below]
+                if not open_starts:
+                    self.late.labels(table, message.topic).inc()
+                    raise LateEvent(self._lateness(key, at, starts[-1], stream_time))
+                rule = rules[message.topic]
+                for start in open_starts:
+                    row_key = window_key(raw_key, start)
+                    tracked = rows.get(row_key, event)
+                    if tracked is not None and not is_new(tracked.applied, origin):
+                        continue  # a replay of a batch partly delivered
+                    window = windows.window(start)
+                    row = rule(key, value, window, tracked.row if tracked is not None else None)
+                    updates.append((start, row_key, tracked, row))
+            except Exception as error:  # the event's or its rule's, for this event alone
+                setbacks.failed.append((event, error))
+                continue
+            if len(open_starts) < len(starts):
+                self.misses.labels(table, message.topic).inc(len(starts) - len(open_starts))
+            for start, row_key, tracked, row in updates:
+                if tracked is None:
+                    rows.put(index_key(message.partition, start, raw_key), _INDEX_ENTRY, event)
+                applied = tracked.applied if tracked is not None else {}
+                rows.put(row_key, Tracked(row, advance(applied, origin)), event)
+            partition.clock = clock._replace(stream_time=stream_time)
+            partition.applied = advance(partition.applied, origin)
+            partition.event = event
+            partition.changed = True
+        derived: list[Outgoing] = []
+        for number, partition in partitions.items():
+            derived += self._close(rows, number, partition)
+            self._expire(rows, number, partition)
+            if partition.changed:  # last: see the module's docstring
+                tracked_clock = Tracked(partition.clock, partition.applied)
+                rows.put(clock_key(number), tracked_clock, partition.event)
+        return setbacks.onto(await rows.send(derived))
+
+    def _partition(self, rows: RowBatch[Tracked[Any]], event: Event) -> Partition:
+        stored = rows.get(clock_key(event.message.partition), event)
+        if stored is None:
+            return Partition(Clock(), {}, event)
+        return Partition(stored.row, stored.applied, event)
+
+    def _lateness(self, key: str, at: int, last_start: int, stream_time: int) -> str:
+        windows = self.agent.windows
+        end = last_start + windows.size_ms
+        closed_at = end + windows.grace_ms
+        return (
+            f"late for every window of key {key!r}: event time {iso(at)} is "
+            f"{stream_time - at} ms behind the partition's stream time {iso(stream_time)}; its "
+            f"last window [{iso(last_start)}, {iso(end)}) closed at stream time "
+            f"{iso(closed_at)} (its end + a grace of {windows.grace_ms} ms), "
+            f"{stream_time - closed_at} ms before"
+        )
+
+    def _close(
+        self, rows: RowBatch[Tracked[Any]], number: int, partition: Partition
+    ) -> list[Outgoing]:
+        """The finals of the windows the partition's stream time closed, oldest first."""
+        windows, hook = self.agent.windows, self.agent.close_hook
+        clock = partition.clock
+        bound = max(clock.closed_below, windows.closed_below(clock.stream_time))
+        if clock.stream_time == NEVER or bound <= clock.closed_below:
+            return []
+        finals: list[Outgoing] = []
+        for entry, _ in rows.scan(number, *index_range(number, clock.closed_below, bound)):
+            start, raw_key = indexed(entry)
+            tracked = rows.get(window_key(raw_key, start), partition.event)
+            if tracked is None:
+                continue
+            self.closed.inc()
+            if hook is None:
+                continue
+            window = windows.window(start)
+            key = raw_key.decode()
+            try:
+                emitted = hook(key, window, tracked.row)
+                self._check_declared(emitted)
+                finals += self.serdes.encode(emitted, _NO_ORIGIN, window.end - 1)
+            except RuleBug:
+                raise
+            except Exception as error:
+                raise CloseFailed(
+                    f"windowed agent {self.agent.name!r} could not close window "
+                    f"[{iso(window.start)}, {iso(window.end)}) of key {key!r}: {error!r}"
+                ) from error
+        partition.clock = clock._replace(closed_below=bound)
+        partition.changed = True
+        return finals
+
+    def _expire(self, rows: RowBatch[Tracked[Any]], number: int, partition: Partition) -> None:
+        """Delete the windows past their retention, restored ones included: every index
+        entry below the bound, not only those this worker wrote."""
+        windows = self.agent.windows
+        clock = partition.clock
+        bound = max(clock.expired_below, windows.expired_below(clock.stream_time))
+        if clock.stream_time == NEVER or bound <= clock.expired_below:
+            return
+        event = partition.event
+        for entry, _ in rows.scan(number, *index_range(number, NEVER, bound)):
+            start, raw_key = indexed(entry)
+            # The row before its index entry: a crash between their tombstones leaves an
+            # entry without a row, which the next expiry deletes, never a row unindexed.
+            rows.delete(window_key(raw_key, start), event)
+            rows.delete(entry, event)
+            self.expired.inc()
+        partition.clock = clock._replace(expired_below=bound)
+        partition.changed = True
+
+
+class StoredWindow(NamedTuple):
+    """One of a key's windows as its store holds it; ``final`` once it closed."""
+
+    window: Window
+    row: Any
+    final: bool
+
+
+class StoreCopy(Protocol):
+    """What reading a key's windows needs of a copy of a partition: a store, or the one a
+    view reads (pipeline.web.views.ServedTable)."""
+
+    def read(self, partition: int, key: bytes) -> bytes | None: ...
+
+    def scan(self, partition: int, start: bytes, end: bytes) -> Iterable[tuple[bytes, bytes]]: ...
+
+
+def stored_windows(
+    agent: WindowedAgent[Any], store: StoreCopy, partition: int, key: bytes
+) -> list[StoredWindow]:
+    """``key``'s windows in ``partition`` of ``agent``'s store, oldest first, each final
+    once its partition's clock closed it."""
+    assert agent.table is not None
+    codec = TrackedCodec(agent.table.encode, agent.table.decode)
+    stored_clock = store.read(partition, clock_key(partition))
+    clock = codec.decode(stored_clock).row if stored_clock is not None else Clock()
+    windows = agent.windows
+    closed_below = max(clock.closed_below, windows.closed_below(clock.stream_time))
+    found = []
+    for row_key, value in store.scan(partition, *key_range(key)):
+        start = window_start(row_key)
+        row = codec.decode(value).row
+        found.append(StoredWindow(windows.window(start), row, start < closed_below))
+    return found
