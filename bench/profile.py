@@ -10,7 +10,6 @@ with the most self and inclusive samples. The raw stacks stay in the run directo
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -24,6 +23,7 @@ from pathlib import Path
 from bench.common import (
     Offsets,
     Row,
+    cpu_seconds,
     make_deployment,
     preload_orders,
     prepare,
@@ -53,12 +53,6 @@ INCLUSIVE_PACKAGES = ("pipeline", "faust", "aiokafka", "fastavro", "rocksdict")
 # epoll, and (in workers before the loop served delivery reports) the producer's
 # delivery-report thread blocked in librdkafka with the GIL released.
 WAITS = ("EpollSelector.select", "BatchProducer._poll")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def py_spy() -> str:

@@ -33,6 +33,7 @@ from bench.common import (
     Window,
     copy_topic,
     cores,
+    cpu_seconds,
     guarantee_of,
     make_deployment,
     median,
@@ -130,6 +131,8 @@ def run_pipeline(source: Input, deployment: Deployment, workers: int, guarantee:
     started = [deployment.worker(f"w{index}").start() for index in range(workers)]
     try:
         wait_stable_group(started)
+        # CPU seconds per order: less moved by other load on a shared machine than orders/s.
+        cpu_before = [cpu_seconds(worker.pid) for worker in started]
         copy_topic(deployment.settings, source.deployment.names.order_created, names.order_created)
         window = watch_outputs(
             offsets,
@@ -138,6 +141,13 @@ def run_pipeline(source: Input, deployment: Deployment, workers: int, guarantee:
             alive=lambda: all(w.process is not None and w.process.poll() is None for w in started),
             start=start,
         )
+        for worker, before in zip(started, cpu_before, strict=True):
+            used = cpu_seconds(worker.pid) - before
+            print(
+                f"  {deployment.name} {worker.label}: CPU {used:.1f} s while processing, "
+                f"{used / source.loaded.orders * 1e6:,.0f} us/order",
+                flush=True,
+            )
         group = deployment.settings.app_id
         topic = names.order_created
         if guarantee == EXACTLY_ONCE:

@@ -36,6 +36,7 @@ ARENA_BLOCK_BYTES = 256 * 1024
 MAX_WRITE_BUFFER_BYTES = 8 * MIB
 MIN_WRITE_BUFFER_BYTES = 1 * MIB
 MAX_WRITE_BUFFER_NUMBER = 2
+DEFAULT_COLUMN_FAMILY = "default"
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,15 @@ def open_database(
         access = rocksdict.AccessType.read_write()
     else:
         access = rocksdict.AccessType.with_ttl(faust_options.ttl)
+    options = database_options(memory, faust_options, path)
+    # The default column family named with our options: for a database that exists,
+    # rocksdict otherwise opens its column families with the options of its OPTIONS file,
+    # whose table factory gets a new 8 MiB block cache of its own (not the shared one).
     db = rocksdict.Rdict(
-        str(path), options=database_options(memory, faust_options, path), access_type=access
+        str(path),
+        options=options,
+        column_families={DEFAULT_COLUMN_FAMILY: options},
+        access_type=access,
     )
     db.set_read_options(rocksdict.ReadOptions())
     return db
