@@ -99,6 +99,9 @@ class RegistryClient:
         """``user:password`` as PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH takes it."""
         return f"{self.client_id}:{self.secret}"
 
+# What the local stack's broker keeps of each partition before deleting its oldest records.
+LOG_RETENTION_BYTES = 1024 * 1024 * 1024
+
 
 def free_ports(count: int) -> list[int]:
     """Ports the kernel says are free now, all distinct (held open until all are chosen)."""
@@ -210,7 +213,12 @@ def kafka_properties(
         # Tests start and stop consumers often: do not wait 3 s before each first rebalance.
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
-        "log.retention.hours": "24",
+        # Records carry their event time as their Kafka timestamp (docs/windows.md), and the
+        # load generator's events are from 2026-01-01: time-based retention would delete
+        # them, derived and re-keyed records included, at the broker's next check. Bounded
+        # by size instead (per partition).
+        "log.retention.ms": "-1",
+        "log.retention.bytes": str(LOG_RETENTION_BYTES),
         "log.segment.bytes": str(64 * 1024 * 1024),
     }
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.dev.stack import artifacts
+from pipeline.dev.stack import artifacts, config
 from pipeline.settings import Settings
 from pipeline.streaming.metrics import Metrics
 
@@ -116,3 +116,10 @@ def test_grafana_provisions_prometheus_and_a_dashboard_of_metrics_that_exist() -
         for target in panel["targets"]:
             used = set(re.findall(r"\bpipeline_[a-z_]+", target["expr"]))
             assert used <= exposed, f"{panel['title']}: no such metric {used - exposed}"
+
+
+def test_the_broker_keeps_records_by_size_as_the_launcher_s_does() -> None:
+    """Records carry old event times as their Kafka timestamps: no time-based retention."""
+    environment = _services()["kafka"]["environment"]
+    assert environment["KAFKA_LOG_RETENTION_MS"] == "-1"
+    assert environment["KAFKA_LOG_RETENTION_BYTES"] == str(config.LOG_RETENTION_BYTES)
