@@ -127,6 +127,16 @@ def notifications(events: Iterable[ShopEvent]) -> Counter[Notification]:
     return wanted
 
 
+def units_by_sku(events: Iterable[ShopEvent]) -> dict[str, int]:
+    """sku → units ordered, over every order line."""
+    units: dict[str, int] = defaultdict(int)
+    for event in events:
+        if event.stream == CONTRACT.order_created:
+            for item in event.record["items"]:
+                units[item["sku"]] += item["quantity"]
+    return dict(units)
+
+
 def ordered_before_registering(events: Iterable[ShopEvent]) -> Counter[str]:
     """user_id → orders sent before the user's first registration (held by the join)."""
     early: Counter[str] = Counter()

@@ -99,6 +99,7 @@ class RegistryClient:
         """``user:password`` as PIPELINE_SCHEMA_REGISTRY_BASIC_AUTH takes it."""
         return f"{self.client_id}:{self.secret}"
 
+
 # What the local stack's broker keeps of each partition before deleting its oldest records.
 LOG_RETENTION_BYTES = 1024 * 1024 * 1024
 
