@@ -84,7 +84,10 @@ def size_options(func: F) -> F:
         "--skus", default=2_000, show_default=True, help="Distinct SKUs in the orders."
     )(func)
     func = click.option(
-        "--users", default=20_000, show_default=True, help="Distinct users in the orders."
+        "--users",
+        default=20_000,
+        show_default=True,
+        help="Users, each registered before the orders, which are drawn from them.",
     )(func)
     func = click.option(
         "--repeats", default=3, show_default=True, help="Runs of each system; median shown."

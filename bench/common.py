@@ -1,5 +1,6 @@
 """What every part of the benchmark shares: deployments on the stack, worker processes,
-pre-loaded input, offset watching, and result rows.
+pre-loaded input (a registration per user, then the orders), what the workers derive from
+it, offset watching, and result rows.
 
 Each benchmark run uses deployments of its own (app id and topic prefix), so runs never
 share consumer groups, tables or derived topics with each other or with the tests.
@@ -7,11 +8,15 @@ share consumer groups, tables or derived topics with each other or with the test
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import random
 import signal
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,13 +31,14 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline.dev.loadgen import order, user_id
+from pipeline.dev.loadgen import order, registration, user_id
 from pipeline.dev.workers import Deployment, WorkerProcess
 from pipeline.kafka.topics import ensure_topics
 from pipeline.serde.codec import Codecs
 from pipeline.services import shop
 from pipeline.settings import Settings, read_env_file, stack_env_file
 from pipeline.streaming.producer import producer_config
+from pipeline.topics import TopicNames
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -88,6 +94,49 @@ def use_pipeline_commit(commit: str) -> str:
 def base_env() -> dict[str, str]:
     """The process environment over the stack's env file (what Settings.from_env reads)."""
     return {**read_env_file(stack_env_file()), **os.environ}
+
+
+# The agent of the shop pipeline that confirms orders (issue 28's join), when it reads them.
+CONFIRMING_AGENT = "notifications"
+_READERS = """
+import json
+from pipeline.services import shop
+from pipeline.settings import Settings
+from pipeline.topics import TopicNames
+settings = Settings.from_env()
+orders = TopicNames.from_settings(settings).order_created
+print(json.dumps(sorted(agent.name for agent in shop(settings).agents if orders in agent.rules)))
+"""
+
+
+@dataclass(frozen=True)
+class Work:
+    """What the shop pipeline the workers run does with the bench's input, asked of that
+    pipeline itself (the commit ``use_pipeline_commit`` chose: an older one may predate a
+    join): ``order_readers``, its agents that read order_created, each of which
+    dead-letters a bad order once; a confirmation per order when the confirming agent is
+    among them; a welcome per registration in any case."""
+
+    order_readers: tuple[str, ...]
+
+    @property
+    def confirms(self) -> bool:
+        return CONFIRMING_AGENT in self.order_readers
+
+
+@functools.cache
+def pipeline_work() -> Work:
+    """The workers' ``Work``, from their pipeline in a process of its own (run outside the
+    checkout, so that PYTHONPATH, not the working tree, supplies ``pipeline``)."""
+    readers = subprocess.run(
+        [sys.executable, "-c", _READERS],
+        env=base_env(),
+        cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return Work(tuple(json.loads(readers)))
 
 
 EXACTLY_ONCE = "exactly_once"
@@ -280,6 +329,9 @@ def watch_outputs(
 
 @dataclass(frozen=True)
 class Preloaded:
+    """Pre-loaded input: a registration of each of ``users`` on user_registered, then
+    ``orders`` orders on order_created."""
+
     orders: int
     lines: int
     users: int
@@ -289,13 +341,51 @@ class Preloaded:
     bad: int = 0
 
 
+def expected_outputs(
+    names: TopicNames,
+    loaded: Preloaded,
+    confirms: bool,
+    order_readers: int = 0,
+) -> dict[str, int]:
+    """Records a system writes for ``loaded``, by topic: a user_order_stats per order, a
+    stock_levels per line, a notification per registration (the welcome) and, when it
+    ``confirms``, one more per order (the confirmation); and ``order_readers`` dead letters
+    per bad message (one per agent that reads order_created)."""
+    expected = {
+        names.user_order_stats: loaded.orders,
+        names.stock_levels: loaded.lines,
+        names.notifications: loaded.users + (loaded.orders if confirms else 0),
+    }
+    if loaded.bad and order_readers:
+        expected[TopicNames.dead_letters(names.order_created)] = loaded.bad * order_readers
+    return expected
+
+
+def pipeline_outputs(names: TopicNames, loaded: Preloaded) -> dict[str, int]:
+    """``expected_outputs`` of the pipeline the workers run (``pipeline_work``)."""
+    work = pipeline_work()
+    return expected_outputs(names, loaded, work.confirms, len(work.order_readers))
+
+
+def registration_stream(users: int, at_ms: int) -> Iterable[tuple[str, dict[str, Any]]]:
+    """A registration of each of ``users`` users (the ones ``order_stream`` draws from), as
+    (key, record) pairs, registered at ``at_ms``."""
+    for index in range(users):
+        event = registration(user_id(index), at_ms)
+        yield event.key, event.record
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def order_stream(
     count: int, users: int, skus: int, seed: int = 7, start_ms: int | None = None
 ) -> Iterable[tuple[str, dict[str, Any]]]:
     """``count`` orders of 1 to 4 lines over ``users`` users and ``skus`` SKUs, as
     (key, record) pairs, using the load generator's record builders."""
     rng = random.Random(seed)
-    clock = start_ms if start_ms is not None else int(time.time() * 1000)
+    clock = start_ms if start_ms is not None else _now_ms()
     sequence: dict[str, int] = {}
     prices = [rng.randrange(99, 20_000) for _ in range(skus)]
     for _ in range(count):
@@ -346,6 +436,20 @@ def produce_all(producer: Producer, topic: str, messages: Iterable[tuple[bytes, 
     return count
 
 
+def preload_registrations(
+    deployment: Deployment, codecs: Codecs, users: int, producer: Producer | None = None
+) -> int:
+    """Produce a registration of each of ``users`` users (``registration_stream``) to the
+    deployment's user_registered topic; how many."""
+    topic = deployment.names.user_registered
+    encode = codecs[topic].encode
+    return produce_all(
+        producer or bulk_producer(deployment.settings),
+        topic,
+        ((key.encode(), encode(record)) for key, record in registration_stream(users, _now_ms())),
+    )
+
+
 # After the index, key and value of an order: a bad message to produce next, or None.
 BadAfter = Callable[[int, bytes, bytes], tuple[bytes, bytes] | None]
 
@@ -358,11 +462,18 @@ def preload_orders(
     skus: int,
     bad_after: BadAfter | None = None,
 ) -> Preloaded:
-    """Produce ``count`` Avro orders to the deployment's order_created topic (murmur2),
-    each followed by the bad message ``bad_after`` gives for it, if any."""
+    """Produce a registration of each of ``users`` users to the deployment's user_registered
+    topic, then ``count`` Avro orders of theirs to its order_created topic (murmur2), each
+    followed by the bad message ``bad_after`` gives for it, if any. Every user is registered
+    before the orders are produced, so a system that reads both topics in time order holds
+    none (the pipeline may still process an order before its user's registration: it
+    holds it until then)."""
     topic = deployment.names.order_created
     codec = codecs[topic]
     lines = bad = 0
+    started = time.monotonic()
+    producer = bulk_producer(deployment.settings)
+    preload_registrations(deployment, codecs, users, producer)
 
     def messages() -> Iterable[tuple[bytes, bytes]]:
         nonlocal lines, bad
@@ -375,8 +486,7 @@ def preload_orders(
                 bad += 1
                 yield poison
 
-    started = time.monotonic()
-    produce_all(bulk_producer(deployment.settings), topic, messages())
+    produce_all(producer, topic, messages())
     return Preloaded(count, lines, users, skus, time.monotonic() - started, bad)
 
 

@@ -1,19 +1,21 @@
-"""Latency (part 3): from producing an order to its user_order_stats event and to the last of
-its stock_levels events, at a fixed offered rate, with one worker (or the Quix peer).
+"""Latency (part 3): from producing an order to its user_order_stats event, to the last of its
+stock_levels events and (with issue 28's join) to its confirmation on notifications, at a
+fixed offered rate, with one worker (or the Quix peer).
 
-Each run has a deployment of its own. Once the system under test runs, the probe
-(bench.probe: a consumer process of its own, one message per poll) reads
-``order_created``, ``user_order_stats`` and ``stock_levels`` from their start. Warm-up
-orders go in one at a time until five in a row came out on both derived topics within
-250 ms (the system is past its start-up and the probe sees it); then the paced producer
-offers ``rate`` orders/s for ``seconds``. The produce time is taken just before
-``produce()`` (linger.ms 0, acks=all); an order's stock time is the arrival of the last
-of its lines' stock levels (found by ``updated_at``, the order's unique ``created_at``).
-Orders of the first ``WARMUP`` seconds are left out (connections, fetch sessions, first
-commits, a fresh worker's first stall). The order's own arrival on ``order_created`` is
-the transport baseline of the same run; :func:`raw_round_trip` is the probe's floor on an
-idle topic. An order that has not come out ``grace`` seconds after the last was offered
-counts as infinitely late.
+Each run has a deployment of its own, its users registered (``USERS`` registrations on
+user_registered) before the system starts. Once the system under test runs, the probe
+(bench.probe: a consumer process of its own, one message per poll) reads ``order_created``,
+``user_order_stats``, ``stock_levels`` and, when the pipeline under test confirms orders,
+``notifications`` from their start. Warm-up orders go in one at a time until five in a row
+came out on every derived topic within 250 ms (the system is past its start-up and the probe
+sees it); then the paced producer offers ``rate`` orders/s for ``seconds``. The produce time
+is taken just before ``produce()`` (linger.ms 0, acks=all); an order's stock time is the
+arrival of the last of its lines' stock levels (found by ``updated_at``, the order's unique
+``created_at``). Orders of the first ``WARMUP`` seconds are left out (connections, fetch
+sessions, first commits, a fresh worker's first stall). The order's own arrival on
+``order_created`` is the transport baseline of the same run; :func:`raw_round_trip` is the
+probe's floor on an idle topic. An order that has not come out ``grace`` seconds after the
+last was offered counts as infinitely late.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from bench.common import (
     make_deployment,
     median,
     order_stream,
+    pipeline_work,
+    preload_registrations,
     prepare,
     run_id,
     spread,
@@ -82,10 +86,15 @@ class Live:
     stats: Percentiles
     levels: Percentiles
     offered: float  # orders/s the producer achieved
+    # Order to its confirmation, when the system confirms orders.
+    confirmations: Percentiles | None = None
+
+    def outputs(self) -> list[Percentiles]:
+        return [self.stats, self.levels] + ([self.confirmations] if self.confirmations else [])
 
     def p99(self) -> float:
-        """The later output's p99: an order is done once its stock levels are out."""
-        return max(self.stats.p99, self.levels.p99)
+        """The latest output's p99: an order is done once all of its outputs are out."""
+        return max(output.p99 for output in self.outputs())
 
 
 @contextmanager
@@ -93,7 +102,7 @@ def running(system: str, deployment: Deployment) -> Iterator[Callable[[], bool]]
     """``system`` consuming ``deployment``'s order_created and writing its derived topics,
     from the input's start; yields whether it is still running."""
     if system == QUIX:
-        process = throughput.start_quix(deployment.names.order_created, deployment)
+        process = throughput.start_quix(deployment, deployment)
         try:
             yield lambda: process.poll() is None
         finally:
@@ -116,22 +125,32 @@ def warm_limit(settings: Settings) -> float:
 
 
 def warm_up(
-    producer: Producer, topic: str, orders: list[Order], probe: Probe, within: float
+    producer: Producer,
+    topic: str,
+    orders: list[Order],
+    probe: Probe,
+    within: float,
+    confirms: bool,
 ) -> int:
     """Produce ``orders`` one at a time, each once the previous came out or ``WARM_WAIT``
-    (at least twice ``within``) passed, until ``WARM_STREAK`` in a row came out on both
-    derived topics within ``within`` seconds: the system is past its start-up (a worker's
-    first seconds after its group settled can still stall). How many it took."""
+    (at least twice ``within``) passed, until ``WARM_STREAK`` in a row came out on every
+    derived topic (notifications too when the system ``confirms``) within ``within``
+    seconds: the system is past its start-up (a worker's first seconds after its group
+    settled can still stall). How many it took."""
     wait = max(WARM_WAIT, 2 * within)
     streak = 0
     for index, (_, key, value, record) in enumerate(orders, start=1):
-        stats, levels = probe.seen("stats"), probe.seen("level")
+        stats, levels, confirmed = probe.seen("stats"), probe.seen("level"), probe.seen("confirm")
         lines = len(record["items"])
         started = time.monotonic()
         producer.produce(topic, key=key, value=value)
         producer.poll(0)
         while time.monotonic() - started < wait:
-            if probe.seen("stats") > stats and probe.seen("level") >= levels + lines:
+            if (
+                probe.seen("stats") > stats
+                and probe.seen("level") >= levels + lines
+                and (not confirms or probe.seen("confirm") > confirmed)
+            ):
                 break
             time.sleep(0.002)
         fast = time.monotonic() - started < within
@@ -145,9 +164,13 @@ def warm_up(
 def measure_once(
     root: Path, label: str, system: str, rate: float, seconds: float, grace: float = 15.0
 ) -> Live:
-    """``system`` on a fresh deployment, offered ``rate`` orders/s for ``seconds``."""
+    """``system`` on a fresh deployment, its users registered, offered ``rate`` orders/s for
+    ``seconds``."""
     deployment = make_deployment(f"bench-{run_id()}-{label}", root / label, guarantee_of(system))
     codecs = prepare(deployment)
+    preload_registrations(deployment, codecs, USERS)
+    # The Quix peer confirms orders when the pipeline under test does (bench.throughput).
+    confirms = pipeline_work().confirms
     names = deployment.names
     topic = names.order_created
     codec = codecs[topic]
@@ -159,18 +182,18 @@ def measure_once(
     warmups, timed = records[:WARMUP_ORDERS], records[WARMUP_ORDERS:]
     config = offer_config(deployment.settings)
     offsets = Offsets(deployment.settings)
-    probe = Probe(
-        deployment.settings.kafka_client_config(),
-        {topic: "order", names.user_order_stats: "stats", names.stock_levels: "level"},
-        offsets.partitions,
-    )
+    kinds = {topic: "order", names.user_order_stats: "stats", names.stock_levels: "level"}
+    if confirms:
+        kinds[names.notifications] = "confirm"
+    probe = Probe(deployment.settings.kafka_client_config(), kinds, offsets.partitions)
     lines = sum(len(record["items"]) for *_, record in timed)
     with running(system, deployment) as alive:
         probe.start()
         try:
             within = warm_limit(deployment.settings)
-            warmed = warm_up(Producer(config), topic, warmups, probe, within)
+            warmed = warm_up(Producer(config), topic, warmups, probe, within, confirms)
             stats_before, levels_before = probe.seen("stats"), probe.seen("level")
+            confirmed_before = probe.seen("confirm")
             print(
                 f"latency: {system}, {rate:,.0f} orders/s for {seconds:.0f} s "
                 f"(ready after {warmed} warm-up orders) ...",
@@ -182,6 +205,7 @@ def measure_once(
                 if (
                     probe.seen("stats") >= stats_before + total
                     and probe.seen("level") >= levels_before + lines
+                    and (not confirms or probe.seen("confirm") >= confirmed_before + total)
                 ):
                     break
                 time.sleep(0.1)
@@ -201,10 +225,12 @@ def measure_once(
         stats=latencies(measured, arrivals.of("stats")),
         levels=Percentiles.of(level_values, missing=len(measured) - len(level_values)),
         offered=total / offered.seconds,
+        confirmations=latencies(measured, arrivals.of("confirm")) if confirms else None,
     )
+    confirmations = f"confirmations {live.confirmations.text()}; " if live.confirmations else ""
     print(
         f"  user_order_stats {live.stats.text()}; stock_levels {live.levels.text()}; "
-        f"transport {live.transport.text()} (offered {live.offered:,.0f}/s)",
+        f"{confirmations}transport {live.transport.text()} (offered {live.offered:,.0f}/s)",
         flush=True,
     )
     return live
@@ -255,10 +281,14 @@ def run(root: Path, rate: float, seconds: float, repeats: int = 3) -> list[Row]:
         f"after {WARMUP:.0f} s warm-up, 1 worker, {cores()} cores"
     )
     rows = []
-    for what, figures in (
+    outputs = [
         ("user_order_stats", [live.stats for live in runs]),
         ("last stock_levels", [live.levels for live in runs]),
-    ):
+    ]
+    confirmations = [live.confirmations for live in runs if live.confirmations is not None]
+    if confirmations:
+        outputs.append(("its confirmation (notifications)", confirmations))
+    for what, figures in outputs:
         ratio = median(
             [f.p50 / max(r.transport.p50, 0.001) for f, r in zip(figures, runs, strict=True)]
         )

@@ -8,7 +8,8 @@ order under its real schema id with its Avro body cut in half. Each one is keyed
 of the order before it, so it lands in an order partition among good orders. Every input
 holds the same good orders; the rate is good orders per second, timed as part 1 times it,
 with the dead letters as one more output. After each run the dead-letter topic must hold
-every bad message, key and value byte for byte, once.
+every bad message, key and value byte for byte, once per agent that reads orders (with issue
+28's join, ``orders`` and ``notifications``: header ``dlq.agent``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bench.common import (
     cores,
     make_deployment,
     median,
+    pipeline_work,
     preload_orders,
     prepare,
     run_id,
@@ -33,6 +35,7 @@ from bench.throughput import Input, pipeline_system, run_deployment, run_pipelin
 from pipeline.dev.audit import read_topic
 from pipeline.dev.workers import Deployment
 from pipeline.serde.codec import HEADER_SIZE, frame
+from pipeline.streaming.dead_letters import AGENT
 from pipeline.topics import TopicNames
 
 PART = "7 poison"
@@ -84,16 +87,26 @@ def preload(root: Path, orders: int, users: int, skus: int, every: int) -> Poiso
     return PoisonedInput(every, Input(deployment, loaded), bad)
 
 
-def check_dead_letters(run: Deployment, bad: Sequence[tuple[bytes, bytes]], label: str) -> None:
-    """Every bad message is in the run's dead-letter topic, byte for byte, once."""
+def check_dead_letters(
+    run: Deployment, bad: Sequence[tuple[bytes, bytes]], agents: Sequence[str], label: str
+) -> None:
+    """Every bad message is in the run's dead-letter topic, byte for byte, once per agent of
+    ``agents`` (those that read order_created), named by its ``dlq.agent`` header. A dead
+    letter without one (a pipeline from before agents were named) is the only agent's."""
     topic = TopicNames.dead_letters(run.names.order_created)
-    letters = Counter((r.key or b"", r.value or b"") for r in read_topic(run.settings, topic))
-    if letters != Counter(bad):
-        missing = sum((Counter(bad) - letters).values())
-        extra = sum((letters - Counter(bad)).values())
+    only = agents[0] if len(agents) == 1 else ""
+    letters = Counter(
+        (dict(r.headers).get(AGENT, b"").decode() or only, r.key or b"", r.value or b"")
+        for r in read_topic(run.settings, topic)
+    )
+    wanted = Counter((agent, key, value) for agent in agents for key, value in bad)
+    if letters != wanted:
+        missing = sum((wanted - letters).values())
+        extra = sum((letters - wanted).values())
         raise AssertionError(
             f"{label}: {topic} holds {sum(letters.values())} dead letters for {len(bad)} bad "
-            f"messages ({missing} missing or changed, {extra} not expected)"
+            f"messages and agents {', '.join(agents)} ({missing} missing or changed, "
+            f"{extra} not expected)"
         )
 
 
@@ -118,6 +131,7 @@ def run(
         )
         inputs.append(preload(root, count, users, skus, bad_every))
     rates: dict[tuple[str, int], list[float]] = {}
+    agents = pipeline_work().order_readers
     for repeat in range(repeats):
         print(f"repeat {repeat + 1}/{repeats}", flush=True)
         for guarantee in guarantees:
@@ -125,7 +139,7 @@ def run(
                 label = f"{guarantee}-{poisoned.every}-r{repeat}"
                 deployment = run_deployment(poisoned.source, label, guarantee)
                 window = run_pipeline(poisoned.source, deployment, 1, guarantee)
-                check_dead_letters(deployment, poisoned.bad, label)
+                check_dead_letters(deployment, poisoned.bad, agents, label)
                 rate = count / window.seconds
                 rates.setdefault((guarantee, poisoned.every), []).append(rate)
                 print(
@@ -139,7 +153,10 @@ def run(
         for poisoned in inputs:
             measured = rates[(guarantee, poisoned.every)]
             loaded = poisoned.source.loaded
-            kinds = f"{loaded.bad:,} bad ({', '.join(KINDS)}), all dead-lettered byte for byte; "
+            kinds = (
+                f"{loaded.bad:,} bad ({', '.join(KINDS)}), all dead-lettered byte for byte "
+                f"by {', '.join(agents)}; "
+            )
             out.append(
                 Row(
                     PART,

@@ -16,6 +16,8 @@ What it notes, per kind of topic:
 - ``level`` (stock_levels): every arrival, by ``updated_at``, which is the order's
   ``created_at``: the bench makes ``created_at`` unique per order (1 ms apart), so an
   order's stock levels are the ones with its ``created_at``;
+- ``confirm`` (notifications): the first arrival of each ``order_id``, its confirmation
+  (welcomes, with no order id, are neither noted nor counted);
 - ``raw``: the first arrival of each value, read as text: :func:`round_trip`'s messages.
 """
 
@@ -38,8 +40,19 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from fastavro import parse_schema, schemaless_reader
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
-KINDS = ("order", "stats", "level", "raw")
-AVSC = {"order": "OrderCreated.avsc", "stats": "UserOrderStats.avsc", "level": "StockLevel.avsc"}
+KINDS = ("order", "stats", "level", "confirm", "raw")
+AVSC = {
+    "order": "OrderCreated.avsc",
+    "stats": "UserOrderStats.avsc",
+    "level": "StockLevel.avsc",
+    "confirm": "NotificationRequested.avsc",
+}
+ID_FIELD = {
+    "order": "order_id",
+    "stats": "last_order_id",
+    "level": "updated_at",
+    "confirm": "order_id",
+}
 # How long the probe process may take to start; how long it polls before it says it is
 # ready (its fetch sessions set up).
 START_TIMEOUT = 60.0
@@ -56,11 +69,11 @@ def _plain(schema: Any) -> Any:
 
 
 def _reader(kind: str) -> Callable[[bytes], Any]:
-    """The id a message of ``kind`` is noted under."""
+    """The id a message of ``kind`` is noted under (None: not noted)."""
     if kind == "raw":
         return lambda value: value.decode()
     schema = parse_schema(_plain(json.loads((SCHEMAS / AVSC[kind]).read_text())))
-    field_name = {"order": "order_id", "stats": "last_order_id", "level": "updated_at"}[kind]
+    field_name = ID_FIELD[kind]
 
     def read(value: bytes) -> Any:
         stream = io.BytesIO(value)
@@ -133,6 +146,8 @@ def _watch(
             if message.error() is not None or topic is None:
                 continue
             key = readers[topic](message.value() or b"")
+            if key is None:
+                continue
             if topic in levels:
                 arrivals.levels.setdefault(key, []).append(now)
             else:

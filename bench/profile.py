@@ -25,6 +25,7 @@ from bench.common import (
     Row,
     cpu_seconds,
     make_deployment,
+    pipeline_outputs,
     preload_orders,
     prepare,
     run_id,
@@ -132,7 +133,7 @@ def run(root: Path, orders: int, top: int) -> tuple[list[Row], str]:
     codecs = prepare(deployment)
     loaded = preload_orders(deployment, codecs, orders, users=max(orders, 2), skus=2_000)
     names = deployment.names
-    expected = {names.user_order_stats: loaded.orders, names.stock_levels: loaded.lines}
+    expected = pipeline_outputs(names, loaded)
     offsets = Offsets(deployment.settings)
     start = offsets.ends(expected)
     output = deployment.root / "worker.pyspy.txt"

@@ -11,39 +11,43 @@ from pathlib import Path
 from bench.common import Row, cores
 
 METHOD = """\
-- **Throughput** (1, 2): orders are pre-loaded as Avro on `order_created` (murmur2
-  partitioner), one input per size; each system reads its own with a consumer group of its
-  own. Sizes are per system, 20 s or more of its work here (`bench.throughput.DEFAULT_ORDERS`,
-  N in the notes; `--orders` gives all the same N); the inputs are prefixes of one
-  deterministic order stream, and the ratios compare orders/s. Pipeline workers start on a
-  topic of their own, and the input is copied into it once their group has settled, so no
-  rebalance lands in the timed window. The time runs from the first to the last derived
-  record (`user_order_stats` + `stock_levels` end offsets, polled every 0.05 s); the
-  pipeline must also have committed every input offset.
-  *bare*: one Python process, confluent-kafka consume → fastavro decode → encode one
-  stats record and one stock level per line → produce, no state, no repartition.
-  *bare topology*: the pipeline's topology as the simplest confluent-kafka + fastavro loop
-  with dicts for state: user stats → `user_order_stats` + a changelog record; lines
-  re-keyed by SKU through the repartition topic, consumed back → stock →
-  `stock_levels` + a changelog record (+ low-stock alerts); no retries, no dead letters,
-  no replay positions: the ceiling for Python on this work. Both bare loops time
-  themselves (first record consumed to last output acknowledged) once every output is
-  there. *quix*: the same topology in Quix Streams 3.28.1 (RocksDB state, `group_by`
-  repartition, Confluent Avro serializers over the registry), in its own venv because it
-  pins confluent-kafka <2.13. Its final per-user and per-SKU state was checked equal to
-  the pipeline's on one run.
-- **Latency** (3) and **sustained rate** (3 sustained): a fresh deployment per run; once
-  the system runs (a pipeline worker's group settled, or the Quix peer started), warm-up
-  orders go in one at a time until five in a row came out within 250 ms, then a paced
-  producer (linger.ms 0, acks=all) offers orders at a fixed rate. A probe in a process of
-  its own (`bench.probe`) polls one message at a time and notes when each order arrives on
-  `order_created` (transport, the baseline), as `last_order_id` on `user_order_stats`, and
-  as the last of its lines on `stock_levels` (by `updated_at`, the order's unique
-  `created_at`). The first 5 s are left out; an order not out 15 s after the offer ended
-  counts as never. The probe floor is the same probe and producer on an empty topic with
-  nothing else running. Sustained: 250 to 4,000 orders/s, one worker and the Quix peer
-  interleaved; a rate is sustained when both outputs' p99 stay under 100 ms; the summary
-  is the highest rate up to which every rate was sustained.
+- **Throughput** (1, 2): a registration of each user (`--users`) is pre-loaded on
+  `user_registered`, then the orders as Avro on `order_created` (murmur2 partitioner), one
+  input per size; each system reads its own with a consumer group of its own (the bare loops
+  the orders alone). Sizes are per system, 20 s or more of its work here
+  (`bench.throughput.DEFAULT_ORDERS`, N in the notes; `--orders` gives all the same N); the
+  inputs are prefixes of one deterministic order stream, and the ratios compare orders/s.
+  Pipeline workers start on a topic of their own, and the input is copied into it once their
+  group has settled, so no rebalance lands in the timed window. The time runs from the first
+  to the last derived record (`user_order_stats` + `stock_levels` + `notifications` end
+  offsets, polled every 0.05 s; `notifications` gets a welcome per user and, since issue 28,
+  a confirmation per order); the pipeline must also have committed every input offset.
+  *bare*: one Python process, confluent-kafka consume → fastavro decode → encode one stats
+  record and one stock level per line → produce, no state, no repartition. *bare topology*:
+  the pipeline's topology as the simplest confluent-kafka + fastavro loop with dicts for
+  state: user stats → `user_order_stats` + a changelog record; lines re-keyed by SKU through
+  the repartition topic, consumed back → stock → `stock_levels` + a changelog record (+
+  low-stock alerts); no retries, no dead letters, no replay positions: the ceiling for
+  Python on this work. Both bare loops time themselves (first record consumed to last output
+  acknowledged) once every output is there. *quix*: the same topology in Quix Streams 3.28.1
+  (RocksDB state, `group_by` repartition, Confluent Avro serializers over the registry), in
+  its own venv because it pins confluent-kafka <2.13; the welcomes and (a stateful `apply`
+  over the two topics `concat`-ed, holding orders until the registration) the confirmations,
+  as the pipeline under test does (docs/benchmarks.md). Its final per-user and per-SKU state
+  was checked equal to the pipeline's on one run, its `notifications` records on another.
+- **Latency** (3) and **sustained rate** (3 sustained): a fresh deployment per run; once the
+  system runs (a pipeline worker's group settled, or the Quix peer started), warm-up orders
+  go in one at a time until five in a row came out within 250 ms, then a paced producer
+  (linger.ms 0, acks=all) offers orders at a fixed rate. A probe in a process of its own
+  (`bench.probe`) polls one message at a time and notes when each order arrives on
+  `order_created` (transport, the baseline), as `last_order_id` on `user_order_stats`, as
+  the last of its lines on `stock_levels` (by `updated_at`, the order's unique `created_at`)
+  and, since issue 28, as its confirmation on `notifications` (the users are registered
+  before the system starts). The first 5 s are left out; an order not out 15 s after the
+  offer ended counts as never. The probe floor is the same probe and producer on an empty
+  topic with nothing else running. Sustained: 250 to 4,000 orders/s, one worker and the Quix
+  peer interleaved; a rate is sustained when every output's p99 stays under 100 ms; the
+  summary is the highest rate up to which every rate was sustained.
 - **Recovery and memory** (4, 5): the rows are written straight to the two changelog
   topics in the tables' own layout (a million orders through the agents would take over an hour);
   "ready" is when the views answer for the last key of every partition. Baseline: a

@@ -2,13 +2,16 @@
 workers, the two bare limits, and the Quix Streams peer, over pre-loaded input.
 
 Every system reads a pre-loaded ``order_created`` topic with a consumer group of its own
-and writes its derived topics. Each system gets an input sized for about 20 s or more of
-its own work here (``DEFAULT_ORDERS``; ``--orders`` gives every system the same N): the
-inputs are prefixes of one deterministic order stream, so the orders differ only in how
-many there are. The time is taken from the first to the last derived record appearing
-(end offsets of ``user_order_stats`` and ``stock_levels`` polled every 0.05 s), so
-start-up and group joins are left out; the bare loops time themselves (first record
-consumed to last output acknowledged) after the same check that every output arrived.
+and writes its derived topics; the pipeline and the Quix peer also read the registration of
+each user, loaded before the orders, and write its welcome and (with issue 28's join) a
+confirmation of each order to ``notifications``. Each system gets an input sized for about
+20 s or more of its own work here (``DEFAULT_ORDERS``; ``--orders`` gives every system the
+same N): the inputs are prefixes of one deterministic order stream, so the orders differ
+only in how many there are. The time is taken from the first to the last derived record
+appearing (end offsets of ``user_order_stats``, ``stock_levels`` and ``notifications``
+polled every 0.05 s), so start-up and group joins are left out; the bare loops (orders
+only, no notifications) time themselves (first record consumed to last output
+acknowledged) after the same check that every output arrived.
 Systems run one after the other, interleaved across repeats, so a noisy minute hits
 each of them rather than one.
 """
@@ -34,10 +37,13 @@ from bench.common import (
     copy_topic,
     cores,
     cpu_seconds,
+    expected_outputs,
     guarantee_of,
     make_deployment,
     median,
     peak_rss_bytes,
+    pipeline_outputs,
+    pipeline_work,
     preload_orders,
     prepare,
     run_id,
@@ -47,7 +53,6 @@ from bench.common import (
     watch_outputs,
 )
 from pipeline.dev.workers import Deployment, wait_for
-from pipeline.topics import TopicNames
 
 BARE = "bare"
 BARE_TOPOLOGY = "bare topology"
@@ -80,7 +85,8 @@ def sizes(systems: Sequence[str], orders: int | None) -> dict[str, int]:
 
 @dataclass
 class Input:
-    """Pre-loaded orders on one deployment's order_created topic."""
+    """Pre-loaded registrations and orders on one deployment's user_registered and
+    order_created topics."""
 
     deployment: Deployment
     loaded: Preloaded
@@ -105,8 +111,9 @@ def run_deployment(source: Input, label: str, guarantee: str) -> Deployment:
 
 def run_pipeline(source: Input, deployment: Deployment, workers: int, guarantee: str) -> Window:
     """``workers`` workers of ``deployment`` (``run_deployment``); once their group has
-    settled, the input is copied to its order_created topic; the window of their outputs,
-    the dead letters of the input's bad messages among them.
+    settled, the input is copied to its user_registered and order_created topics (the
+    registrations first); the window of their outputs (``pipeline_outputs``: what the
+    pipeline they run derives), the dead letters of the input's bad messages among them.
 
     The workers start on an empty topic because a group that rebalances while working
     through a backlog measures the rebalance (and, at the time of writing, can stall a
@@ -119,12 +126,7 @@ def run_pipeline(source: Input, deployment: Deployment, workers: int, guarantee:
     """
     prepare(deployment)
     names = deployment.names
-    expected = {
-        names.user_order_stats: source.loaded.orders,
-        names.stock_levels: source.loaded.lines,
-    }
-    if source.loaded.bad:
-        expected[TopicNames.dead_letters(names.order_created)] = source.loaded.bad
+    expected = pipeline_outputs(names, source.loaded)
     messages = source.loaded.orders + source.loaded.bad
     offsets = Offsets(deployment.settings)
     start = offsets.ends(expected)
@@ -133,7 +135,9 @@ def run_pipeline(source: Input, deployment: Deployment, workers: int, guarantee:
         wait_stable_group(started)
         # CPU seconds per order: less moved by other load on a shared machine than orders/s.
         cpu_before = [cpu_seconds(worker.pid) for worker in started]
-        copy_topic(deployment.settings, source.deployment.names.order_created, names.order_created)
+        inputs = source.deployment.names
+        copy_topic(deployment.settings, inputs.user_registered, names.user_registered)
+        copy_topic(deployment.settings, inputs.order_created, names.order_created)
         window = watch_outputs(
             offsets,
             expected,
@@ -179,12 +183,12 @@ def run_pipeline(source: Input, deployment: Deployment, workers: int, guarantee:
         offsets.close()
 
 
-def _outputs_of(prefix_deployment: Deployment, source: Input) -> dict[str, int]:
-    names = prefix_deployment.names
-    return {
-        names.user_order_stats: source.loaded.orders,
-        names.stock_levels: source.loaded.lines,
-    }
+def _bare_outputs(out: Deployment, source: Input) -> dict[str, int]:
+    """What a bare loop writes: it reads the orders alone (no registrations, no
+    notifications)."""
+    expected = expected_outputs(out.names, source.loaded, confirms=False)
+    del expected[out.names.notifications]
+    return expected
 
 
 def run_bare(source: Input, label: str, system: str) -> Window:
@@ -192,7 +196,7 @@ def run_bare(source: Input, label: str, system: str) -> Window:
     (see bench.bare and bench.bare_topology), after checking that its outputs all arrived."""
     out = make_deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
     prepare(out)
-    expected = _outputs_of(out, source)
+    expected = _bare_outputs(out, source)
     offsets = Offsets(out.settings)
     start = offsets.ends(expected)
     out.root.mkdir(parents=True, exist_ok=True)
@@ -232,9 +236,11 @@ def run_bare(source: Input, label: str, system: str) -> Window:
     return Window(0.0, seconds)
 
 
-def start_quix(input_topic: str, out: Deployment) -> subprocess.Popen[bytes]:
-    """The Quix Streams peer reading ``input_topic`` (from its beginning) and writing the
-    derived topics of ``out``, with a consumer group and state dir of its own."""
+def start_quix(inputs: Deployment, out: Deployment) -> subprocess.Popen[bytes]:
+    """The Quix Streams peer reading the user_registered and order_created topics of
+    ``inputs`` (from their beginning) and writing the derived topics of ``out``, with a
+    consumer group and state dir of its own; it confirms orders when the pipeline under test
+    does (``pipeline_work``), so that both do the same work."""
     python = quix_env.ensure()
     settings = out.settings
     out.root.mkdir(parents=True, exist_ok=True)
@@ -247,8 +253,10 @@ def start_quix(input_topic: str, out: Deployment) -> subprocess.Popen[bytes]:
                 settings.kafka_bootstrap_servers,
                 "--registry",
                 settings.schema_registry_url,
+                "--registrations",
+                inputs.names.user_registered,
                 "--input",
-                input_topic,
+                inputs.names.order_created,
                 "--output-prefix",
                 f"{out.name}.",
                 "--group",
@@ -257,6 +265,7 @@ def start_quix(input_topic: str, out: Deployment) -> subprocess.Popen[bytes]:
                 str(out.root / "state"),
                 "--schemas-dir",
                 str(BENCH_DIR.parent / "schemas"),
+                *([] if pipeline_work().confirms else ["--no-confirmations"]),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -266,10 +275,10 @@ def start_quix(input_topic: str, out: Deployment) -> subprocess.Popen[bytes]:
 def run_quix(source: Input, label: str) -> Window:
     out = make_deployment(f"{source.deployment.name}-{label}", source.deployment.root / label)
     prepare(out)  # the output topics and their subjects
-    expected = _outputs_of(out, source)
+    expected = expected_outputs(out.names, source.loaded, pipeline_work().confirms)
     offsets = Offsets(out.settings)
     start = offsets.ends(expected)
-    process = start_quix(source.deployment.names.order_created, out)
+    process = start_quix(source.deployment, out)
     try:
         return watch_outputs(
             offsets, expected, source.timeout(), alive=lambda: process.poll() is None, start=start
@@ -291,7 +300,15 @@ class Results:
 
     def notes(self, system: str) -> str:
         loaded = self.inputs[system].loaded
-        return f"N={loaded.orders:,} orders ({loaded.lines:,} lines), {cores()} cores"
+        if system in BARE_MODULES:
+            work = "no notifications"
+        else:
+            confirms = pipeline_work().confirms
+            work = "a welcome per user" + (" and a confirmation per order" if confirms else "")
+        return (
+            f"N={loaded.orders:,} orders ({loaded.lines:,} lines) of {loaded.users:,} "
+            f"registered users, {work}, {cores()} cores"
+        )
 
 
 def measure(
@@ -306,7 +323,7 @@ def measure(
     system ``repeats`` times, interleaved."""
     by_size: dict[int, Input] = {}
     for count in sorted({orders[system] for system in systems}):
-        print(f"pre-loading {count:,} orders ...", flush=True)
+        print(f"pre-loading {users:,} registrations and {count:,} orders ...", flush=True)
         source = by_size[count] = make_input(root, count, users, skus)
         loaded = source.loaded
         print(
