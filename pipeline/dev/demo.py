@@ -162,6 +162,33 @@ def verify_derived(settings: Settings, events: list[ShopEvent], guarantee: str) 
         )
 
 
+def start_service(
+    label: str,
+    app: str,
+    env: Mapping[str, str],
+    root: Path,
+    workers: list[WorkerProcess],
+    service: Topology,
+) -> WorkerProcess:
+    """Start a worker of ``service`` (the Faust app module ``app``; added to ``workers``)
+    and wait until its consumer group has read its topics from the beginning."""
+    (port,) = free_ports(1)
+    worker = WorkerProcess(label, env, root / label, port, root / f"{label}.log", app=app)
+    workers.append(worker)
+    started = time.monotonic()
+    worker.start()
+    try:
+        worker.wait_healthy()
+    except WorkerFailed as failure:
+        raise click.ClickException(str(failure)) from None
+    wait_caught_up(service)
+    click.echo(
+        f"    {worker.label} ({service.settings.app_id}) read order_created from the beginning "
+        f"in {time.monotonic() - started:.1f} s, start-up included"
+    )
+    return worker
+
+
 def add_points_service(
     settings: Settings,
     env: Mapping[str, str],
@@ -174,23 +201,8 @@ def add_points_service(
     group of its own that reads order_created from the beginning, while the shop pipeline
     runs on unchanged."""
     step("adding the loyalty-points service: its own app and consumer group, started now")
-    (port,) = free_ports(1)
-    worker = WorkerProcess(
-        "points-1", env, root / "points-1", port, root / "points-1.log", app=POINTS_APP
-    )
-    workers.append(worker)
-    started = time.monotonic()
-    worker.start()
-    try:
-        worker.wait_healthy()
-    except WorkerFailed as failure:
-        raise click.ClickException(str(failure)) from None
     service = loyalty_points(points_settings(settings))
-    wait_caught_up(service)
-    click.echo(
-        f"    {worker.label} ({service.settings.app_id}) read order_created from the beginning "
-        f"in {time.monotonic() - started:.1f} s, start-up included"
-    )
+    worker = start_service("points-1", POINTS_APP, env, root, workers, service)
     points = expected.points(events)
     for user in sorted(points)[:3]:
         status, body = worker.get(f"/users/{user}/points")
@@ -223,32 +235,12 @@ def add_analytics_service(
     """Start the analytics service (added to ``workers``): its own consumer group, reading
     order_created from the beginning; show a few SKUs' hours and a user's day."""
     step("adding the analytics service: windows in event time, its own app and consumer group")
-    (port,) = free_ports(1)
     analytics_env = {**env, "PIPELINE_ANALYTICS_GRACE_MS": str(DEMO_ANALYTICS_GRACE_MS)}
-    worker = WorkerProcess(
-        "analytics-1",
-        analytics_env,
-        root / "analytics-1",
-        port,
-        root / "analytics-1.log",
-        app=ANALYTICS_APP,
-    )
-    workers.append(worker)
-    started = time.monotonic()
-    worker.start()
-    try:
-        worker.wait_healthy()
-    except WorkerFailed as failure:
-        raise click.ClickException(str(failure)) from None
     service = order_analytics(
         replace(analytics_settings(settings), analytics_grace_ms=DEMO_ANALYTICS_GRACE_MS)
     )
-    wait_caught_up(service)
-    click.echo(
-        f"    {worker.label} ({service.settings.app_id}) read order_created from the beginning "
-        f"in {time.monotonic() - started:.1f} s, start-up included; grace "
-        f"{DEMO_ANALYTICS_GRACE_MS // 60_000} min for this pre-loaded stream"
-    )
+    worker = start_service("analytics-1", ANALYTICS_APP, analytics_env, root, workers, service)
+    click.echo(f"    grace {DEMO_ANALYTICS_GRACE_MS // 60_000} min for this pre-loaded stream")
     units = expected.units_by_sku(events)
     for sku in sorted(units)[:2]:
         status, body = worker.get(f"/skus/{sku}/sales")
