@@ -12,12 +12,14 @@ import pytest
 
 from pipeline.dev.loadgen import LoadConfig, generate, send
 from pipeline.dev.workers import Deployment, WorkerProcess, wait_for
+from pipeline.services import shop
+from pipeline.settings import Settings
 from tests.integration.conftest import StackInfo
 from tests.integration.harness import views_match
 
 pytestmark = pytest.mark.integration
 
-TABLES = 2
+TABLES = len(shop(Settings()).tables)
 PARTITIONS = 8
 
 

@@ -138,8 +138,8 @@ def test_workers_commands_and_the_load_generator_work_over_tls_by_settings_alone
         orders = sum(1 for event in events if event.stream == CONTRACT.order_created)
         assert order_lines and order_lines[0].split()[-1] == str(orders), listing
 
-        # A record nobody can decode: dead-lettered by both services (in their transactions),
-        # listed and replayed.
+        # A record nobody can decode: dead-lettered by each agent reading it, the shop's two
+        # and the points service's (in their transactions), listed and replayed.
         producer = Producer(shop.settings.kafka_client_config())
         producer.produce(shop.names.order_created, key=b"user-poison", value=b"not avro")
         assert producer.flush(30) == 0
@@ -147,12 +147,12 @@ def test_workers_commands_and_the_load_generator_work_over_tls_by_settings_alone
         def listed() -> str | None:
             result = run_pipeline(shop.env, "dlq", "list")
             assert result.returncode == 0, result.stdout + result.stderr
-            return result.stdout if "2 dead letter(s)" in result.stdout else None
+            return result.stdout if "3 dead letter(s)" in result.stdout else None
 
         outputs.append(wait_for("the dead letter", listed, timeout=120))
-        assert outputs[-1].count("key=b'user-poison'") == 2
+        assert outputs[-1].count("key=b'user-poison'") == 3
         outputs.append(succeeded(run_pipeline(shop.env, "dlq", "replay")))
-        assert "replayed 2 dead letter(s)" in outputs[-1]
+        assert "replayed 3 dead letter(s)" in outputs[-1]
 
         answers = str([main.get("/health"), points.get("/health")])
         for worker in (main, points):
