@@ -191,7 +191,7 @@ class Settings:
     # A join's stream records held per key while its table row is absent
     # (pipeline.streaming.joins): at most this many, none older in event time than this
     # behind the key's latest event; a record beyond either is dead-lettered.
-    join_hold_max_records: int = 100
+    join_hold_max_records: int = 1_000
     join_hold_max_age_ms: int = 24 * 3600 * 1000
     web_host: str = "127.0.0.1"
     web_port: int = 6066

@@ -147,7 +147,7 @@ def main() -> None:
         help="welcomes only, as the pipeline before issue 28's join",
     )
     parser.add_argument(
-        "--hold-max", type=int, default=100, help="orders held per user (as the pipeline's)"
+        "--hold-max", type=int, default=1000, help="orders held per user (as the pipeline's)"
     )
     args = parser.parse_args()
 
