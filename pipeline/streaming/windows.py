@@ -103,15 +103,7 @@ class WindowedHandler(AgentHandler):
         agent = self.agent
         windows, rules, event_time = agent.windows, agent.rules, agent.event_time
         table = agent.row_table.name
-        rows = RowBatch(
-            self.window_store,
-            self.codec.decode,
-            self.codec.encode,
-            self.outputs.send,
-            in_flight,
-            self.outputs.settlement.unsettled(self.window_store),
-            self.cache,
-        )
+        rows = self._rows(self.window_store, self.codec, in_flight)
         partitions: dict[int, Partition] = {}
         setbacks = Setbacks()
         decoded = self._decoded(events, True, setbacks)
