@@ -193,6 +193,10 @@ class Settings:
     # behind the key's latest event; a record beyond either is dead-lettered.
     join_hold_max_records: int = 1_000
     join_hold_max_age_ms: int = 24 * 3600 * 1000
+    # How long a partition of a join's topics waits, at most, for a co-partitioned one read
+    # to an earlier time that still has records to read (pipeline.streaming.read_in_step,
+    # Kafka Streams' max.task.idle.ms); 0 reads them as fetched, not in step.
+    join_in_step_max_wait_ms: int = 10_000
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     # Where other workers reach this one to forward a query for a key it owns; differs from
@@ -308,6 +312,9 @@ class Settings:
             low_stock_threshold=whole("LOW_STOCK_THRESHOLD", 10, 0),
             join_hold_max_records=whole("JOIN_HOLD_MAX_RECORDS", defaults.join_hold_max_records, 0),
             join_hold_max_age_ms=whole("JOIN_HOLD_MAX_AGE_MS", defaults.join_hold_max_age_ms, 0),
+            join_in_step_max_wait_ms=whole(
+                "JOIN_IN_STEP_MAX_WAIT_MS", defaults.join_in_step_max_wait_ms, 0
+            ),
             web_host=get("WEB_HOST", defaults.web_host),
             web_port=whole("WEB_PORT", 6066, 1),
             web_advertised_url=optional("WEB_ADVERTISED_URL"),

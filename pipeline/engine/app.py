@@ -39,6 +39,7 @@ from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import GroupMember
 from pipeline.streaming.processing import BatchHandler, EventRunner, RowCache
 from pipeline.streaming.producer import BatchProducer
+from pipeline.streaming.read_in_step import ReadInStep
 from pipeline.streaming.topology import Agent, RuleBug, Topology
 from pipeline.streaming.transactions import (
     ExactlyOnce,
@@ -224,6 +225,9 @@ def faust_app(topology: Topology) -> PipelineApp:
         web_router_enabled=False,
         web_tables_enabled=False,
         consumer_auto_offset_reset="earliest",
+        # Records handed out per fetch (Kafka's max.poll.records; Faust's default: a whole
+        # fetch of each partition). The reads in step are as fine as this.
+        broker_max_poll_records=500,
         # A crashed worker's partitions wait for its session to expire before they
         # move (Faust's default: 60 s).
         broker_session_timeout=15.0,
@@ -238,6 +242,7 @@ def faust_app(topology: Topology) -> PipelineApp:
     )
     app.topology = topology
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.read_in_step = ReadInStep(topology.in_step, settings.join_in_step_max_wait_ms / 1000)
     metrics = app.pipeline_metrics = Metrics()
     metrics.lags.read = lambda: read_lags(app)
     app.row_caches = []

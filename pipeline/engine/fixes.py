@@ -16,9 +16,10 @@ docs/faust-findings.md):
    acknowledges it (``PipelineConsumer.abandon``, ``ReleasingFlowControl``).
 
 Besides: the app's fetch wait instead of Faust's fixed one, a ``read_committed`` consumer
-that commits nothing for exactly_once (our transactions commit the offsets), and the bulk
-restore run first at each assignment. ``FixedFaustApp`` (the base of every app of ours)
-uses them all: its transport, and the ``TableManager`` it is created with.
+that commits nothing for exactly_once (our transactions commit the offsets), the bulk
+restore run first at each assignment, and the fetches that read a join's co-partitioned
+topics in step (pipeline.streaming.read_in_step). ``FixedFaustApp`` (the base of every app
+of ours) uses them all: its transport, and the ``TableManager`` it is created with.
 """
 
 from __future__ import annotations
@@ -41,11 +42,16 @@ from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
 from pipeline.engine.fast_path import DirectDrainConsumer
+from pipeline.engine.membership import has_records_to_read
+from pipeline.streaming.read_in_step import ReadInStep
 
 log = logging.getLogger(__name__)
 
 
 class PipelineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    # Whether the consumer reads committed records only (exactly_once).
+    reads_committed: ClassVar[bool] = False
+
     def _create_worker_consumer(
         self, transport: faust_aiokafka.Transport
     ) -> aiokafka.AIOKafkaConsumer:
@@ -58,8 +64,10 @@ class PipelineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         """Faust's, with the group membership kept alive meanwhile (see the module, fix 6):
-        aiokafka's heartbeats start before the app's assignment callback instead of after."""
+        aiokafka's heartbeats start before the app's assignment callback instead of after.
+        Each partition is read in step afresh, from its committed offset."""
         self._ensure_consumer()._coordinator._start_heartbeat_task()
+        cast(FixedFaustApp, self.app).read_in_step.restart()
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def _fetch_records(
@@ -70,15 +78,30 @@ class PipelineConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         max_records: int | None = None,
     ) -> RecordMap:
         """Records of the partitions active when the fetch starts, none when none is, and
-        of those still deliverable when it returns (see the module, fixes 1 and 5).
-        ``active_partitions`` is Faust's live set."""
+        of those still deliverable when it returns (see the module, fixes 1 and 5), a
+        join's co-partitioned topics read in step. ``active_partitions`` is Faust's live set."""
         requested = set(active_partitions)
         if not requested:
             return {}
+        read_in_step = cast(FixedFaustApp, self.app).read_in_step
+        if read_in_step.active:
+            reads_committed = self.reads_committed
+
+            def behind(tp: TP) -> bool:
+                return has_records_to_read(consumer, tp, reads_committed)
+
+            paused = cast(faust_aiokafka.Consumer, self.consumer)._buffered_partitions
+            requested, max_records = read_in_step.next_fetch(requested, behind, max_records, paused)
         records = await super()._fetch_records(
             consumer, requested, timeout=timeout, max_records=max_records
         )
-        return self._deliverable(consumer, records, active_partitions)
+        deliverable = self._deliverable(consumer, records, active_partitions)
+        if read_in_step.active:
+            for tp, tp_records in deliverable.items():
+                if tp_records and read_in_step.reads_in_step(tp.topic):
+                    latest = max(record.timestamp for record in tp_records)
+                    read_in_step.delivered((tp.topic, tp.partition), latest)
+        return deliverable
 
     def _deliverable(
         self, consumer: aiokafka.AIOKafkaConsumer, records: RecordMap, active: set[TP]
@@ -152,6 +175,8 @@ class PipelineTransport(faust_aiokafka.Transport):
 
 
 class TransactionalConsumerThread(PipelineConsumerThread):
+    reads_committed = True
+
     def _create_worker_consumer(
         self, transport: faust_aiokafka.Transport
     ) -> aiokafka.AIOKafkaConsumer:
@@ -297,13 +322,15 @@ class ReleasingFlowControl(FlowControlEvent):
 
 
 class FixedFaustApp(faust.App):
-    """A Faust app with both fixes: pass ``TableManager=PipelineTableManager``."""
+    """A Faust app with the fixes: pass ``TableManager=PipelineTableManager``."""
 
     # Set before the app starts when our transactions commit its offsets: its consumer
     # then reads committed records only and Faust commits nothing.
     commits_in_transactions: bool = False
     # How long the broker may hold the worker consumer's fetch (Faust's fixed value here).
     fetch_max_wait_ms: int = 1500
+    # The topics its consumer reads in step (none here).
+    read_in_step: ReadInStep = ReadInStep((), max_wait_s=0)
 
     @cached_property
     def flow_control(self) -> FlowControlEvent:

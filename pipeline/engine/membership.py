@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
+import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT
 
@@ -55,3 +56,21 @@ def fetch_states(app: AppT) -> dict[TP, FetchState]:
         if state is not None and state.has_valid_position and state.highwater is not None:
             states[TP(tp.topic, tp.partition)] = FetchState(state.position, state.highwater)
     return states
+
+
+def has_records_to_read(consumer: aiokafka.AIOKafkaConsumer, tp: TP, reads_committed: bool) -> bool:
+    """Whether ``tp`` has records the consumer fetched and has not handed out, or, as far
+    as its last fetch knows, records still to fetch (its position below the partition's
+    end: the last stable offset when it reads committed records only). Unknown counts as
+    records to read: a partition not fetched yet."""
+    if tp in consumer._fetcher._records:
+        return True
+    subscription = consumer._subscription.subscription
+    assignment = subscription.assignment if subscription is not None else None
+    state = assignment.state_value(tp) if assignment is not None else None
+    if state is None:
+        return False  # not assigned (any more): nothing will come
+    end = state.lso if reads_committed else state.highwater
+    if not state.has_valid_position or end is None:
+        return True
+    return cast(bool, state.position < end)

@@ -390,6 +390,12 @@ class Topology:
         return {topic: frozenset(names) for topic, names in readers.items()}
 
     @property
+    def in_step(self) -> list[frozenset[str]]:
+        """The topics of each join (its table's and its stream's, co-partitioned), read in
+        step by record timestamp (pipeline.streaming.read_in_step)."""
+        return [frozenset(agent.rules) for agent in self.agents if isinstance(agent, JoinAgent)]
+
+    @property
     def sources(self) -> list[str]:
         """Every topic an agent reads, once; each has a dead-letter topic."""
         return list(dict.fromkeys(topic for agent in self.agents for topic in agent.rules))

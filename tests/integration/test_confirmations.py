@@ -188,3 +188,58 @@ def test_held_orders_survive_a_kill_and_are_confirmed_in_order_at_the_registered
     finally:
         for worker in workers:
             worker.stop()
+
+
+CATCHING_UP_USERS = [f"backlog-{index:02d}" for index in range(10)]
+ORDERS_EACH = 5  # beyond the hold bound: none may be held for long
+FILLER_REGISTRATIONS = 30_000  # more than one fetch (1 MiB) of each registrations partition
+
+
+def test_a_worker_catching_up_on_a_backlog_reads_registrations_in_step_with_orders(
+    stack: StackInfo, tmp_path: Path
+) -> None:
+    """While the service is down, many users register, then some of them order more than
+    the hold bound. Read as fetched, the few orders would be read long before the late
+    registrations deep in the registrations' backlog, and dead-lettered past the bound; read
+    in step (by record timestamp, pipeline.streaming.read_in_step) every one is confirmed."""
+    deployed = Deployment(
+        name=f"it-backlog-{uuid.uuid4().hex[:8]}",
+        root=tmp_path,
+        base_env=stack.env,
+        extra_env={
+            "PIPELINE_JOIN_HOLD_MAX_RECORDS": str(HOLD_BOUND),
+            # Two partitions: the backlog of each is several fetches deep.
+            "PIPELINE_PARTITIONS": "2",
+        },
+    )
+    first = deployed.worker("a").start()
+    try:
+        first.wait_healthy()  # the topics exist
+    finally:
+        first.stop()
+    feed = Feed(deployed)
+    feed.send(
+        [registered(f"filler-{n:05d}", "f@shop.example") for n in range(FILLER_REGISTRATIONS)]
+    )
+    feed.send([registered(user, f"{user}@shop.example") for user in CATCHING_UP_USERS])
+    feed.send([placed(user, n) for n in range(1, ORDERS_EACH + 1) for user in CATCHING_UP_USERS])
+
+    worker = first.replacement().start()
+    try:
+        worker.wait_healthy()
+
+        def every_confirmation() -> dict[str, list[dict[str, Any]]] | None:
+            assert joined([worker], "refused") == 0, "orders read ahead of the registrations"
+            found = confirmations(deployed, feed.codecs)
+            complete = all(len(found.get(user, [])) >= ORDERS_EACH for user in CATCHING_UP_USERS)
+            return found if complete else None
+
+        found = wait_for("every order confirmed", every_confirmation, timeout=240)
+        for user in CATCHING_UP_USERS:
+            assert [(n["order_id"], n["address"]) for n in found[user]] == [
+                (f"{user}-o{n:05d}", f"{user}@shop.example") for n in range(1, ORDERS_EACH + 1)
+            ], user
+        dlq = deployed.names.dead_letters(deployed.names.order_created)
+        assert read_topic(deployed.settings, dlq) == []
+    finally:
+        worker.stop()

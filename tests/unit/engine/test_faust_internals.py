@@ -16,6 +16,7 @@ import faust
 import faust._cython as faust_cython
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.consumer.subscription_state import (
     Assignment,
@@ -52,12 +53,13 @@ from pipeline.engine.fixes import (
     TransactionalConsumerThread,
     TransactionalTransport,
 )
-from pipeline.engine.membership import FetchState, fetch_states, group_member
+from pipeline.engine.membership import FetchState, fetch_states, group_member, has_records_to_read
 from pipeline.engine.restore import restore
 from pipeline.engine.store import FaustPartitionStore, partition_reader, write_partition
 from pipeline.services import shop
 from pipeline.settings import Settings
 from pipeline.streaming.ports import GroupMember
+from pipeline.streaming.read_in_step import ReadInStep
 from pipeline.worker import create_app
 
 # Faust's code that pipeline.engine replaces or relies on; a Faust upgrade
@@ -198,6 +200,17 @@ UPSTREAM: dict[Callable[..., Any], str] = {
     cast(property, TopicPartitionState.has_valid_position).fget: (
         "ebe7c39d949a1f189c840c1d181997cdf5d7809665bc36c5e74b4246e3d4c62f"
     ),
+    # The reads in step (PipelineConsumerThread._fetch_records, membership's
+    # has_records_to_read): aiokafka hands out only the requested partitions' records,
+    # keeps the others' buffered (``_records``) without fetching more of them, and keeps
+    # each partition's high watermark and last stable offset from its last fetch.
+    Fetcher.fetched_records: "be4348896b9b66afe048de954e2be91c546f4e96c94cb120d5764ec77ce8f19e",
+    Fetcher._get_actions_per_node: (
+        "1dab2cf937d165d0eeacc8da8ed2b0ebd80b321bb6583757e01cdc1013d31635"
+    ),
+    Fetcher._proc_fetch_request: (
+        "59bf948fff47eed580671971252454daa614df479733f3bedfefe95bc4d8ad30"
+    ),
     # pipeline.engine.rocksdb_memory: BoundedStore replaces how a partition's database is
     # opened (the path, read_only only for a file, the options, the TTL, the read options);
     # PipelineTable builds its store as Collection does, and is made and added as App.Table does.
@@ -271,10 +284,13 @@ def test_the_agents_events_are_fausts_raw_events_made_without_its_serializers() 
     )
 
 
-def fetching_thread(records: dict[TP, list[Any]]) -> tuple[PipelineConsumerThread, Mock]:
+def fetching_thread(
+    records: dict[TP, list[Any]], read_in_step: ReadInStep | None = None
+) -> tuple[PipelineConsumerThread, Mock]:
     """A consumer thread (not started) and the aiokafka consumer it fetches from."""
     thread = PipelineConsumerThread.__new__(PipelineConsumerThread)
     thread.consumer = Mock(flow_active=True, _buffered_partitions=set())
+    thread.app = SimpleNamespace(read_in_step=read_in_step or ReadInStep((), max_wait_s=0))
     aiokafka_consumer = MagicMock(_closed=False)
     aiokafka_consumer._fetcher._closed = False
     aiokafka_consumer._fetcher.fetched_records = AsyncMock(return_value=records)
@@ -322,6 +338,75 @@ def test_records_of_a_partition_paused_while_the_fetch_waited_are_kept_back_and_
 
     assert delivered == {active: records[active], buffered: records[buffered]}
     aiokafka_consumer.seek.assert_called_once_with(paused, 97)
+
+
+def test_a_fetch_leaves_out_a_partition_read_ahead_of_its_co_partitioned_peer() -> None:
+    """A join's topics are read in step (pipeline.streaming.read_in_step): the orders of
+    partition 0, read to a later time than its registrations, wait while those have
+    records to read; the latest timestamp each fetch delivered is their stream time."""
+    orders_0, users_0, orders_1 = TP("orders", 0), TP("users", 0), TP("orders", 1)
+    read_in_step = ReadInStep([{"orders", "users"}], max_wait_s=10.0)
+    read_in_step.delivered(("orders", 0), 5_000)
+    read_in_step.delivered(("users", 0), 1_000)
+    fetched = {users_0: [SimpleNamespace(offset=3, timestamp=t) for t in (2_000, 7_000, 6_000)]}
+    thread, aiokafka_consumer = fetching_thread(fetched, read_in_step)
+    aiokafka_consumer._fetcher._records = {users_0: object()}  # fetched, not handed out
+    aiokafka_consumer.assignment.return_value = {orders_0, users_0, orders_1}
+    active = {orders_0, users_0, orders_1}
+
+    async def fetch() -> None:
+        # aiokafka's subscription state needs a running loop.
+        states = subscribed({orders_0: (10, 20, 20), users_0: (3, 9, 9), orders_1: (4, 4, 4)})
+        aiokafka_consumer._subscription = states._subscription
+        await thread._fetch_records(aiokafka_consumer, active, timeout=1.0, max_records=500)
+
+    asyncio.run(fetch())
+
+    (requested,), kwargs = aiokafka_consumer._fetcher.fetched_records.call_args
+    assert (requested, kwargs["max_records"]) == ({users_0, orders_1}, 500)
+    # The registrations were read to 7,000 (the latest, not the last), past the orders.
+    assert read_in_step.next_fetch({orders_0, users_0}, lambda tp: True, 500) == ({orders_0}, 500)
+
+
+def subscribed(positions: dict[TopicPartition, tuple[int, int | None, int | None]]) -> Any:
+    """An aiokafka consumer's subscription state (real) and fetcher (its buffered records,
+    none): each partition at its (position, high watermark, last stable offset)."""
+    subscription = SubscriptionState()
+    subscription.subscribe({tp.topic for tp in positions})
+    subscription.assign_from_subscribed(set(positions) | {TopicPartition("users", 9)})
+    for tp, (position, highwater, lso) in positions.items():
+        state = subscription.subscription.assignment.state_value(tp)
+        state.reset_to(position)
+        state.highwater, state.lso = highwater, lso
+    return SimpleNamespace(_subscription=subscription, _fetcher=SimpleNamespace(_records={}))
+
+
+def test_records_to_read_are_those_fetched_or_below_the_partitions_end() -> None:
+    caught_up, behind, unknown = (TopicPartition("users", n) for n in range(3))
+    in_open_transaction = TopicPartition("users", 3)
+
+    async def read() -> None:
+        consumer = subscribed(
+            {
+                caught_up: (40, 40, 40),
+                behind: (40, 45, 45),
+                unknown: (40, None, None),
+                in_open_transaction: (40, 45, 40),
+            }
+        )
+        assert not has_records_to_read(consumer, TP("users", 0), reads_committed=False)
+        assert has_records_to_read(consumer, TP("users", 1), reads_committed=False)
+        assert has_records_to_read(consumer, TP("users", 2), reads_committed=False)
+        assert has_records_to_read(consumer, TP("users", 3), reads_committed=False)
+        assert not has_records_to_read(consumer, TP("users", 3), reads_committed=True)
+        # Assigned, no position yet (waiting for its committed offset).
+        assert has_records_to_read(consumer, TP("users", 9), reads_committed=False)
+        # Not assigned: nothing will come.
+        assert not has_records_to_read(consumer, TP("users", 7), reads_committed=False)
+        consumer._fetcher._records[caught_up] = object()
+        assert has_records_to_read(consumer, TP("users", 0), reads_committed=False)
+
+    asyncio.run(read())
 
 
 @pytest.mark.parametrize("recovery_class", [PipelineRecovery, Recovery])
@@ -879,6 +964,9 @@ def test_the_group_membership_is_kept_alive_while_the_app_handles_an_assignment(
     thread = PipelineConsumerThread.__new__(PipelineConsumerThread)
     thread._consumer = cast(Any, SimpleNamespace(_coordinator=coordinator))
     thread.thread_loop = cast(Any, None)
+    read_in_step = ReadInStep([{"orders", "users"}], max_wait_s=10.0)
+    read_in_step.delivered(("orders", 0), 5_000)
+    thread.app = cast(Any, SimpleNamespace(read_in_step=read_in_step))
     heartbeats_during_callback: list[int] = []
 
     async def app_callback(loop: Any, assigned: set[TP], generation_id: int) -> None:
@@ -897,3 +985,7 @@ def test_the_group_membership_is_kept_alive_while_the_app_handles_an_assignment(
 
     asyncio.run(assign())
     assert heartbeats_during_callback[0] >= 5
+    # The partitions are read in step afresh, from their committed offsets: first one
+    # record of each, for its timestamp.
+    both = {TP("orders", 0), TP("users", 0)}
+    assert read_in_step.next_fetch(both, lambda tp: True, 500) == (both, 1)

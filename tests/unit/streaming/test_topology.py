@@ -30,6 +30,11 @@ def test_the_shop_s_topics_follow_from_its_agents() -> None:
     assert "user_points" not in specs
 
 
+def test_a_join_s_topics_are_read_in_step_and_no_other_service_s() -> None:
+    assert shop(SETTINGS).in_step == [frozenset({"user_registered", "order_created"})]
+    assert loyalty_points(points_settings(SETTINGS)).in_step == []
+
+
 def test_the_points_service_has_topics_of_its_own_and_shares_the_orders() -> None:
     points = loyalty_points(points_settings(SETTINGS))
     assert points.settings.app_id == "app-points"
