@@ -1,10 +1,11 @@
 """The composition root: a topology wired into the Faust app a worker runs, with the runtime
 (agents' handlers, the processing guarantee's settlement), the engine (pipeline.engine)
 and the web side (pipeline.web.server). ``pipeline.app`` and ``pipeline.points_app`` are
-its two services.
+its two services. Past the engine's construction, the runtime reaches it only through
+its ports (``WorkerEngine``, pipeline.streaming.ports).
 
 How batches settle is the processing guarantee's: under exactly_once, into the worker's
-Kafka transactions, committed by a task every commit interval
+Kafka transactions, committed by the engine's timer every commit interval
 (pipeline.streaming.transactions), with Faust's own commits off and its consumer reading
 committed records only; under at_least_once, in the order pipeline.streaming.processing
 describes.
@@ -15,10 +16,12 @@ from __future__ import annotations
 from pipeline.engine.app import PipelineApp, faust_app
 from pipeline.kafka.offsets import EndOffsets
 from pipeline.serde.codec import Codecs
-from pipeline.streaming.agents import Outputs, Serdes
+from pipeline.streaming.agents import Serdes
 from pipeline.streaming.dead_letters import DeadLetters
-from pipeline.streaming.handlers import handler_for
-from pipeline.streaming.processing import AtLeastOnce, EventRunner, Settlement
+from pipeline.streaming.handlers import run_agents
+from pipeline.streaming.metrics import Metrics
+from pipeline.streaming.ports import WorkerEngine
+from pipeline.streaming.processing import AtLeastOnce, Settlement
 from pipeline.streaming.producer import BatchProducer, producer_config
 from pipeline.streaming.topology import Topology
 from pipeline.streaming.transactions import ExactlyOnce, TransactionalProducer, transactional_config
@@ -41,42 +44,39 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
             "PIPELINE_PROCESSING_GUARANTEE=exactly_once needs PIPELINE_STORE=rocksdb://"
         )
     topology.check()
+    # The engine, and what it starts and closes with the worker.
     app = faust_app(topology)
     app.codecs = codecs if codecs is not None else Codecs.from_settings(settings)
     metrics = app.pipeline_metrics
     app.batch_producer = BatchProducer(producer_config(settings))
+    app.end_offsets = EndOffsets(settings.kafka_client_config())
     dead_letters = DeadLetters(app.batch_producer, settings.app_id)
     settlement: Settlement
     if exactly_once:
         app.commits_in_transactions = True
-        transactions = app.transactions = ExactlyOnce(
-            TransactionalProducer(transactional_config(settings)),
-            dead_letters,
-            app.group_member,
-            metrics,
-            topology.readers,
-        )
-
-        async def commit_transactions() -> None:
-            await transactions.run(settings.commit_interval_ms / 1000)
-
-        app.run_task(commit_transactions)
-        settlement = transactions
+        settlement = app.transactions = in_transactions(app, topology, dead_letters, metrics)
     else:
         settlement = AtLeastOnce(app.batch_producer, dead_letters)
     serdes = Serdes(records=app.codecs, internal=topology.internal, topology=topology)
-    outputs = Outputs(settlement=settlement, metrics=metrics)
-    for agent in topology.agents:
-        store = app.partition_store(agent.table.name) if agent.table is not None else None
-        handler = handler_for(agent, store, serdes, outputs, metrics)
-        if handler.cache is not None:
-            app.row_caches.append(handler.cache)
-        runner = EventRunner(
-            agent.name, settlement=settlement, metrics=metrics, max_batch=settings.max_batch_events
-        )
-        app.run_agent(agent, handler, runner)
-    app.end_offsets = EndOffsets(settings.kafka_client_config())
+    run_agents(app, topology, settlement, serdes, metrics)
     server.register(
         app.served(), topology, app.codecs, metrics, app.batch_producer, app.end_offsets
     )
     return app
+
+
+def in_transactions(
+    engine: WorkerEngine, topology: Topology, dead_letters: DeadLetters, metrics: Metrics
+) -> ExactlyOnce:
+    """The worker's Kafka transactions, fenced by the engine's group membership and
+    committed by its timer every commit interval."""
+    settings = topology.settings
+    transactions = ExactlyOnce(
+        TransactionalProducer(transactional_config(settings)),
+        dead_letters,
+        engine.group_member,
+        metrics,
+        topology.readers,
+    )
+    engine.every(settings.commit_interval_ms / 1000, transactions.commit)
+    return transactions

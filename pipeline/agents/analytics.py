@@ -31,7 +31,7 @@ from pipeline.domain.analytics import (
 )
 from pipeline.domain.rules import Order
 from pipeline.streaming.event_time import EventTime
-from pipeline.streaming.topology import Emit, TableSpec, Topology
+from pipeline.streaming.topology import Emit, Rekeyed, TableSpec, Topology
 from pipeline.streaming.windowing import Hopping, Tumbling, Window
 from pipeline.topics import TopicNames
 
@@ -55,8 +55,8 @@ def register(topology: Topology, topics: TopicNames, grace_ms: int, retention_ms
     rekey = topology.agent("analytics_sales", emits=[sales_topic.name], event_time=CREATED_AT)
 
     @rekey.on(topics.order_created)
-    def order_sales(user_id: str, order: Order) -> Sequence[Emit]:
-        return [Emit(sales_topic.name, sku, sale) for sku, sale in sales_by_sku(order).items()]
+    def order_sales(user_id: str, order: Order) -> Sequence[Rekeyed[Sale]]:
+        return [sales_topic.emit(sku, sale) for sku, sale in sales_by_sku(order).items()]
 
     hourly = Tumbling(size_ms=HOUR_MS, grace_ms=grace_ms, retention_ms=retention_ms)
     sales = topology.windowed(

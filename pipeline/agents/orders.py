@@ -31,7 +31,7 @@ def register(topology: Topology, topics: TopicNames) -> None:
     def order(user_id: str, order: Order, stats: UserOrderStats | None) -> Update[UserOrderStats]:
         updated = apply_order(stats, order)
         record = user_order_stats(user_id, updated, millis(order["created_at"]))
-        emit = [Emit(lines.name, line.sku, line) for line in order_lines(order)]
+        emit = [lines.emit(line.sku, line) for line in order_lines(order)]
         return Update(updated, [*emit, Emit(topics.user_order_stats, user_id, record)])
 
     topology.view("/users/{user_id}/orders", USER_STATS, user_stats_view)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
@@ -36,11 +36,11 @@ from pipeline.serde.codec import Codecs
 from pipeline.settings import KafkaSecurity, Settings
 from pipeline.streaming import garbage_collection
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.ports import GroupMember
-from pipeline.streaming.processing import BatchHandler, EventRunner, RowCache
+from pipeline.streaming.ports import Arrivals, GroupMember
 from pipeline.streaming.producer import BatchProducer
 from pipeline.streaming.read_in_step import ReadInStep
-from pipeline.streaming.topology import Agent, RuleBug, Topology
+from pipeline.streaming.timers import repeat
+from pipeline.streaming.topology import RuleBug, Topology
 from pipeline.streaming.transactions import (
     ExactlyOnce,
     check_group_metadata,
@@ -62,8 +62,8 @@ class PipelineApp(FixedFaustApp):
     # exactly_once only: the worker's transactions.
     transactions: ExactlyOnce | None = None
     pipeline_tables: dict[str, TableT[bytes, bytes]]
-    # The agents' decoded rows: only valid while the assignment stands.
-    row_caches: list[RowCache[Any]]
+    # Called as a rebalance starts and once it ended (``on_rebalance``).
+    rebalance_callbacks: list[Callable[[], None]]
     end_offsets: EndOffsets
     partition_stores: dict[str, FaustPartitionStore]
 
@@ -95,20 +95,18 @@ class PipelineApp(FixedFaustApp):
     def on_rebalance_start(self) -> None:
         # Called from the consumer's thread, as soon as the group starts rebalancing.
         self.pipeline_metrics.rebalance_started()
-        self._clear_row_caches()
+        self._rebalanced()
         super().on_rebalance_start()
 
     def on_rebalance_end(self) -> None:
         # Once the tables are recovered and the streams resumed.
-        self._clear_row_caches()
+        self._rebalanced()
         super().on_rebalance_end()
         self.pipeline_metrics.rebalance_ended()
 
-    def _clear_row_caches(self) -> None:
-        # The store's writers other than the agents (restores, recovery, standby
-        # updates) write between a rebalance's start and end.
-        for cache in self.row_caches:
-            cache.clear()
+    def _rebalanced(self) -> None:
+        for callback in self.rebalance_callbacks:
+            callback()
 
     async def on_shutdown(self) -> None:
         # After the agents stopped: deliver what their last batches queued.
@@ -152,25 +150,34 @@ class PipelineApp(FixedFaustApp):
             store = self.partition_stores[table] = FaustPartitionStore(self.pipeline_tables[table])
         return store
 
-    def run_agent(self, agent: Agent, handler: BatchHandler, runner: EventRunner) -> None:
-        """A Faust agent over ``agent``'s source topics, read as raw bytes, whose batches
-        ``runner`` hands to ``handler``."""
-        source = self.topic(*agent.rules, schema=RawSchema())
+    def run_agent(
+        self, name: str, topics: Sequence[str], consume: Callable[[Arrivals], Awaitable[None]]
+    ) -> None:
+        """A Faust agent over ``topics``, read as raw bytes, whose stream ``consume``
+        takes in batches."""
+        source = self.topic(*topics, schema=RawSchema())
 
         async def process(stream: StreamT[Any]) -> None:
             try:
-                await runner.consume(ArrivedEvents(stream), handler)
+                await consume(ArrivedEvents(stream))
             except RuleBug as bug:
                 # A bug in the service's rules: the worker stops (exit 1), rather than
                 # dead-letter every event or restart the agent into the same error.
-                log.critical("agent %s stopped the worker: %s", agent.name, bug)
+                log.critical("agent %s stopped the worker: %s", name, bug)
                 await self.crash(bug)
 
-        self.agent(source, name=agent.name)(process)
+        self.agent(source, name=name)(process)
 
-    def run_task(self, task: Callable[[], Awaitable[None]]) -> None:
-        """Run ``task`` while the worker runs."""
-        self.task(task)
+    def on_rebalance(self, callback: Callable[[], None]) -> None:
+        self.rebalance_callbacks.append(callback)
+
+    def every(self, interval_s: float, task: Callable[[], Awaitable[None]]) -> None:
+        """Run ``task`` on its schedule (pipeline.streaming.timers) as a Faust app task."""
+
+        async def run_periodically() -> None:
+            await repeat(interval_s, task)
+
+        self.task(run_periodically)
 
     def group_member(self) -> GroupMember | None:
         return group_member(self)
@@ -245,7 +252,7 @@ def faust_app(topology: Topology) -> PipelineApp:
     app.read_in_step = ReadInStep(topology.in_step, settings.join_in_step_max_wait_ms / 1000)
     metrics = app.pipeline_metrics = Metrics()
     metrics.lags.read = lambda: read_lags(app)
-    app.row_caches = []
+    app.rebalance_callbacks = []
     app.partition_stores = {}
     app.pipeline_tables = {
         spec.name: faust_table(app, settings, metrics, spec) for spec in topology.tables
@@ -259,5 +266,5 @@ def faust_app(topology: Topology) -> PipelineApp:
         async def remove_copies_no_longer_held() -> None:
             cleaner.sweep()
 
-        app.timer(interval, name="remove_copies_no_longer_held")(remove_copies_no_longer_held)
+        app.every(interval, remove_copies_no_longer_held)
     return app

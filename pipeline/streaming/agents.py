@@ -49,7 +49,7 @@ from pipeline.streaming.processing import (
 from pipeline.streaming.producer import Delivered, Outgoing, ProducerRecord
 from pipeline.streaming.topology import (
     Agent,
-    Emit,
+    Emitted,
     InternalTopic,
     RuleBug,
     Topology,
@@ -127,7 +127,7 @@ class Serdes:
         if message.topic not in self.internal:
             self.records.prefetch(message.value)
 
-    def encode(self, emitted: Sequence[Emit], origin: Origin, timestamp: int) -> list[Outgoing]:
+    def encode(self, emitted: Sequence[Emitted], origin: Origin, timestamp: int) -> list[Outgoing]:
         """``emitted`` as records of their topics, stamped with ``timestamp`` (the event
         time of the event they come from); re-keyed ones framed with ``origin`` and their
         index among its re-keyed events."""
@@ -225,7 +225,7 @@ class AgentHandler:
             return True
         return False
 
-    def _check_declared(self, emitted: Sequence[Emit]) -> None:
+    def _check_declared(self, emitted: Sequence[Emitted]) -> None:
         """A rule's bug, not its event's: raised out of the batch, it stops the agent."""
         emits = self.agent.emits
         for event in emitted:

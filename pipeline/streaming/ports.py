@@ -1,13 +1,14 @@
 """What the runtime's core needs of the engine that runs it, as protocols: the records it
 consumes (``Message``, ``Event``), where a batch of them comes from and is acknowledged
-(``Arrivals``), a table's partitions (``PartitionStore``) and the group membership a
-transaction commits under (``GroupMember``). pipeline.engine implements them on Faust; the
-unit tests implement them in memory.
+(``Arrivals``), a table's partitions (``PartitionStore``), what runs a service's agents
+(``Engine``) and, for a worker in a consumer group, its timers and the group membership a
+transaction commits under (``WorkerEngine``, ``GroupMember``). pipeline.engine implements
+them on Faust; the test harness (pipeline.streaming.testing) and the unit tests in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -89,3 +90,39 @@ class GroupMember:
     generation_id: int  # -1 while not a member
     member_id: str  # empty while not a member
     group_instance_id: str | None  # static membership (KIP-345)
+
+
+class Engine(Protocol):
+    """What runs a service's agents: their sources, their tables' stores, and word of the
+    rebalances that move partitions between workers."""
+
+    def partition_store(self, table: str) -> PartitionStore:
+        """``table``'s partitions this worker holds (one store per table)."""
+        ...
+
+    def run_agent(
+        self, name: str, topics: Sequence[str], consume: Callable[[Arrivals], Awaitable[None]]
+    ) -> None:
+        """Run agent ``name``: ``consume`` the arrivals of ``topics``, for as long as the
+        worker runs."""
+        ...
+
+    def on_rebalance(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` as a rebalance starts and once it ended: the partitions held
+        may change, and others than the agents write the stores in between (restores,
+        recovery, standbys)."""
+        ...
+
+
+class WorkerEngine(Engine, Protocol):
+    """The engine of a worker in its consumer group: timers, and its membership."""
+
+    def every(self, interval_s: float, task: Callable[[], Awaitable[None]]) -> None:
+        """Await ``task`` every ``interval_s`` seconds while the worker runs, counted from
+        the start of the previous run (at once when that took longer)."""
+        ...
+
+    def group_member(self) -> GroupMember | None:
+        """This worker's membership as its consumer knows it now; None before the
+        consumer exists."""
+        ...

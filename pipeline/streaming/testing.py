@@ -18,23 +18,24 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.kafka.naming import TopicNaming
 from pipeline.serde.catalog import Catalog
 from pipeline.serde.codec import Codecs
 from pipeline.serde.registry import InMemorySchemaSource
-from pipeline.streaming.agents import Outputs, Serdes
+from pipeline.streaming.agents import Serdes
 from pipeline.streaming.dead_letters import AGENT, ERROR_CLASS, ERROR_MESSAGE, DeadLetters
-from pipeline.streaming.handlers import handler_for
+from pipeline.streaming.handlers import run_agents
 from pipeline.streaming.memory import MemoryPartitionStore
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.ports import Event, MessageHeaders
+from pipeline.streaming.ports import Arrivals, Event, MessageHeaders
 from pipeline.streaming.positions import TrackedCodec, unframe_origin
-from pipeline.streaming.processing import AtLeastOnce, EventRunner
+from pipeline.streaming.processing import AtLeastOnce
 from pipeline.streaming.producer import Delivered, Placement, ProducerRecord
-from pipeline.streaming.topology import Agent, Topology, WindowedAgent
+from pipeline.streaming.topology import Topology, WindowedAgent
 from pipeline.streaming.windows import StoredWindow, stored_windows
 
 
@@ -138,6 +139,39 @@ class Pending:
         self.acknowledged.append(event)
 
 
+@dataclass(frozen=True)
+class RunningAgent:
+    """An agent the engine runs: what it reads, and what consumes it."""
+
+    name: str
+    topics: tuple[str, ...]
+    consume: Callable[[Arrivals], Awaitable[None]]
+
+
+class MemoryEngine:
+    """The agents' engine in memory (``Engine``): one worker holding every partition of
+    its tables' stores, for good; ``ServiceTest.run`` feeds the agents it runs."""
+
+    def __init__(self, topics: TopicNaming) -> None:
+        self.topics = topics
+        self.stores: dict[str, MemoryPartitionStore] = {}
+        self.agents: list[RunningAgent] = []
+
+    def partition_store(self, table: str) -> MemoryPartitionStore:
+        store = self.stores.get(table)
+        if store is None:
+            store = self.stores[table] = MemoryPartitionStore(self.topics.changelog(table))
+        return store
+
+    def run_agent(
+        self, name: str, topics: Sequence[str], consume: Callable[[Arrivals], Awaitable[None]]
+    ) -> None:
+        self.agents.append(RunningAgent(name, tuple(topics), consume))
+
+    def on_rebalance(self, callback: Callable[[], None]) -> None:
+        """Never called back: with one worker holding every partition, nothing moves."""
+
+
 class ServiceTest:
     """One service's agents with their tables, topics and dead letters in memory."""
 
@@ -158,30 +192,9 @@ class ServiceTest:
         self.metrics = Metrics()
         settlement = AtLeastOnce(self.topics, DeadLetters(self.topics, settings.app_id))
         serdes = Serdes(records=self.codecs, internal=topology.internal, topology=topology)
-        outputs = Outputs(settlement=settlement, metrics=self.metrics)
-        self.stores = {
-            spec.name: MemoryPartitionStore(topology.topics.changelog(spec.name))
-            for spec in topology.tables
-        }
-        self.handlers = [
-            (
-                agent,
-                handler_for(
-                    agent,
-                    self.stores[agent.table.name] if agent.table is not None else None,
-                    serdes,
-                    outputs,
-                    self.metrics,
-                ),
-                EventRunner(
-                    agent.name,
-                    settlement=settlement,
-                    metrics=self.metrics,
-                    max_batch=settings.max_batch_events,
-                ),
-            )
-            for agent in topology.agents
-        ]
+        self.engine = MemoryEngine(topology.topics)
+        run_agents(self.engine, topology, settlement, serdes, self.metrics)
+        self.stores = self.engine.stores
         # Per agent and source partition: the offset of the next record to read.
         self.positions: dict[tuple[str, str, int], int] = {}
 
@@ -212,12 +225,12 @@ class ServiceTest:
     async def _run(self) -> None:
         while True:
             ran = False
-            for agent, handler, runner in self.handlers:
+            for agent in self.engine.agents:
                 pending = Pending(self._unread(agent))
                 if not pending.waiting:
                     continue
                 ran = True
-                await runner.consume(pending, handler)
+                await agent.consume(pending)
                 for event in pending.acknowledged:
                     message = event.message
                     place = (agent.name, message.topic, message.partition)
@@ -225,10 +238,10 @@ class ServiceTest:
             if not ran:
                 return
 
-    def _unread(self, agent: Agent) -> list[Record]:
+    def _unread(self, agent: RunningAgent) -> list[Record]:
         unread = []
         for (topic, partition), log in sorted(self.topics.logs.items()):
-            if topic in agent.rules:
+            if topic in agent.topics:
                 unread += log[self.positions.get((agent.name, topic, partition), 0) :]
         return unread
 

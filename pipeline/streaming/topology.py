@@ -13,7 +13,9 @@ rule it applies to each source topic's events and which topics it emits to::
 A rule gets the event's key (text), its decoded value and, for an agent with a
 table, the key's row (None when the table has none); it returns the new row and
 the events to emit (``Update``), or, without a table, only the events. mypy checks
-each rule's shape against its agent (``TableRule``, ``StreamRule``). Emitting to a
+each rule's shape against its agent (``TableRule``, ``StreamRule``) and what it emits: a
+record (``Emit``, an ``AvroRecord``) to a topic with a schema, a value of an internal
+topic's own type through that topic's ``emit`` (``Rekeyed``). Emitting to a
 topic the agent does not declare stops the worker: a bug, not a bad event. The runtime
 (pipeline.streaming.agents) does the rest: decoding (awaiting unknown schema ids),
 batches, binding each row to its partition, skipping replays, sending derived
@@ -52,14 +54,33 @@ class UndeclaredTopic(RuleBug, ValueError):
     """A rule emitted to a topic its agent does not declare (a bug in the rule)."""
 
 
+# A record of a topic's Avro schema: its fields' values by name, as the topic's codec
+# encodes them (it refuses, as a dead letter, what the schema does not allow).
+AvroRecord = Mapping[str, object]
+
+
 @dataclass(frozen=True)
 class Emit:
-    """An event to emit: its topic, its key (text; the partition follows from it) and
-    its value (a record of the topic's schema, or what an internal topic encodes)."""
+    """An event to emit to a topic with a schema: its topic, its key (text; the partition
+    follows from it) and its record."""
 
     topic: str
     key: str
-    value: Any
+    value: AvroRecord
+
+
+@dataclass(frozen=True)
+class Rekeyed(Generic[Value]):
+    """An event to emit to an internal topic, made by its ``InternalTopic.emit``: mypy
+    checks that ``value`` is what the topic encodes."""
+
+    topic: str
+    key: str
+    value: Value
+
+
+# What a rule emits: records to topics with a schema, values to internal topics.
+Emitted = Emit | Rekeyed[Any]
 
 
 @dataclass(frozen=True)
@@ -67,7 +88,7 @@ class Update(Generic[Row]):
     """What a rule makes of one event: the key's new row, and the events it emits."""
 
     row: Row
-    emit: Sequence[Emit] = ()
+    emit: Sequence[Emitted] = ()
 
 
 @dataclass(frozen=True)
@@ -89,13 +110,17 @@ class InternalTopic(Generic[Value]):
     encode: Callable[[Value], bytes]
     decode: Callable[[str, bytes], Value]
 
+    def emit(self, key: str, value: Value) -> Rekeyed[Value]:
+        """``value`` to emit to this topic, keyed by ``key``."""
+        return Rekeyed(self.name, key, value)
+
 
 # A rule with a table: (key, value, the key's row or None) -> the new row and its events.
 TableRule = Callable[[str, Any, Row | None], Update[Row]]
 # A rule without one: (key, value) -> the events it emits.
-StreamRule = Callable[[str, Any], Sequence[Emit]]
+StreamRule = Callable[[str, Any], Sequence[Emitted]]
 # A join's stream-side rule: (key, value, the key's table row) -> the events it emits.
-JoinRule = Callable[[str, Any, Row], Sequence[Emit]]
+JoinRule = Callable[[str, Any, Row], Sequence[Emitted]]
 Rule = TypeVar("Rule", bound=Callable[..., Any])
 
 
@@ -198,7 +223,7 @@ class View(Generic[Row]):
 # the window's new row.
 WindowRule = Callable[[str, Any, Window, Row | None], Row]
 # Its close hook: (key, the window, its final row) -> the events to emit.
-CloseHook = Callable[[str, Window, Row], Sequence[Emit]]
+CloseHook = Callable[[str, Window, Row], Sequence[Emitted]]
 
 
 @dataclass

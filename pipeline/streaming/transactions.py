@@ -321,7 +321,8 @@ class ReadPositions:
 
 class ExactlyOnce:
     """The exactly-once ``Settlement`` (pipeline.streaming.processing): settles batches
-    into the worker's open transaction; ``run`` commits it every commit interval.
+    into the worker's open transaction; ``commit`` closes it, every commit interval
+    (the worker engine's timer).
 
     A commit does not hold up the agents: batches settled while it waits for the broker
     are kept (their rows already readable by the batches after them) and handed to the
@@ -421,18 +422,6 @@ class ExactlyOnce:
         except Exception as error:
             self._fail(error)
         transaction.add(settled)
-
-    async def run(self, interval: float) -> None:
-        """Commit every ``interval`` seconds, counted from the start of the previous commit
-        (at once when it took longer), for as long as the worker runs. Counted from its end,
-        the commit's own round trips (tens of milliseconds, more under load) would add to
-        every interval, and to the latency of every event in it."""
-        loop = asyncio.get_running_loop()
-        due = loop.time() + interval
-        while True:
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            due = loop.time() + interval
-            await self.commit()
 
     async def commit(self) -> None:
         """Commit the open transaction with its offsets, then store its rows and

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 
 from pipeline.engine.fixes import TransactionalTransport
@@ -49,10 +51,12 @@ def test_the_worker_id_is_the_consumers_group_instance_id() -> None:
 
 def test_a_rebalance_clears_the_agents_row_caches_at_its_start_and_end() -> None:
     app = create_app(shop(Settings(app_id="unit")))
-    assert len(app.row_caches) == 3  # one per table
+    # One row cache per table, each cleared by its ``clear`` called back.
+    caches = [cast(Any, callback).__self__ for callback in app.rebalance_callbacks]
+    assert len(caches) == 3
     for clear in (app.on_rebalance_start, app.on_rebalance_end):
-        for cache in app.row_caches:
+        for cache in caches:
             cache.put([(b"u1", "row")])
         clear()
-        assert all(cache.get(b"u1") is None for cache in app.row_caches)
-    assert create_app(shop(Settings(app_id="unit", row_cache_rows=0))).row_caches == []
+        assert all(cache.get(b"u1") is None for cache in caches)
+    assert create_app(shop(Settings(app_id="unit", row_cache_rows=0))).rebalance_callbacks == []

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import struct
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -363,34 +362,6 @@ def test_the_batches_settled_during_a_commit_stay_readable_while_handed_over() -
 
     asyncio.run(scenario())
     assert readable == [{b"sku-2": 1, b"sku-3": 1}]
-
-
-def test_the_commit_interval_counts_from_the_start_of_the_previous_commit(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    pauses: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def sleep(seconds: float) -> None:
-        pauses.append(seconds)
-        if len(pauses) == 3:
-            raise asyncio.CancelledError  # the worker stops
-        await real_sleep(0)
-
-    commits = iter([0.03, 0.08])  # a commit shorter than the interval, then a longer one
-
-    async def commit() -> None:
-        time.sleep(next(commits))  # blocks, as a commit's round trips would hold it
-
-    monkeypatch.setattr(transactions.asyncio, "sleep", sleep)
-    settlement = ExactlyOnce.__new__(ExactlyOnce)
-    monkeypatch.setattr(settlement, "commit", commit)
-    with pytest.raises(asyncio.CancelledError):
-        asyncio.run(settlement.run(0.05))
-    first, after_short, after_long = pauses
-    assert 0.04 < first <= 0.05
-    assert after_short <= 0.05 - 0.03  # what is left of the interval
-    assert after_long == 0.0  # overdue: the next commit at once
 
 
 def test_a_commit_that_never_completes_fails_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ import pytest
 from pipeline.settings import Settings
 from pipeline.streaming.event_time import EventTime
 from pipeline.streaming.testing import ServiceTest
-from pipeline.streaming.topology import Emit, TableSpec, Topology
+from pipeline.streaming.topology import Emit, Rekeyed, TableSpec, Topology
 from pipeline.streaming.windowing import Hopping, Tumbling, Window, clock_key
 from pipeline.streaming.windows import CloseFailed
 from pipeline.topics import TopicNames
@@ -65,9 +65,9 @@ def sales_service(
     rekey = topology.agent("lines", emits=[lines.name], event_time=EventTime.field("created_at"))
 
     @rekey.on(TOPICS.order_created)
-    def order(user_id: str, order: dict[str, Any]) -> Sequence[Emit]:
+    def order(user_id: str, order: dict[str, Any]) -> Sequence[Rekeyed[Line]]:
         return [
-            Emit(lines.name, item["sku"], Line(item["quantity"], item["unit_price_cents"]))
+            lines.emit(item["sku"], Line(item["quantity"], item["unit_price_cents"]))
             for item in order["items"]
         ]
 

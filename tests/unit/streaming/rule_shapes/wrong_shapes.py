@@ -1,13 +1,15 @@
-"""Rules of the wrong shape, for mypy to refuse (tests/unit/streaming/test_rule_types.py)."""
+"""Rules of the wrong shape or emitting the wrong values, for mypy to refuse
+(tests/unit/streaming/test_rule_types.py)."""
 
 from typing import Any
 
 from pipeline.agents.analytics import SKU_SALES
 from pipeline.agents.orders import USER_STATS
 from pipeline.domain.analytics import SkuSales
-from pipeline.domain.rules import UserOrderStats
+from pipeline.domain.encoding import decode_order_line, encode_order_line
+from pipeline.domain.rules import OrderLine, UserOrderStats
 from pipeline.settings import Settings
-from pipeline.streaming.topology import Emit, Topology, Update
+from pipeline.streaming.topology import Emit, Emitted, Topology, Update
 from pipeline.streaming.windowing import Tumbling, Window
 
 topology = Topology(Settings())
@@ -53,3 +55,22 @@ def forgets_the_window(key: str, row: SkuSales) -> list[Emit]:
 @windowed.on("u")
 def counts(key: str, value: Any, window: Window, row: SkuSales | None) -> SkuSales:
     return SkuSales()
+
+
+lines = topology.repartition("lines", encode_order_line, decode_order_line)
+
+
+@stateless.on("t")
+def emits_a_row(key: str, value: dict[str, Any]) -> list[Emitted]:
+    return [Emit("user_order_stats", key, UserOrderStats(0, 0, ""))]
+
+
+@stateless.on("s")
+def rekeys_the_wrong_value(key: str, value: dict[str, Any]) -> list[Emitted]:
+    return [lines.emit(key, SkuSales())]
+
+
+@stateless.on("r")
+def emits_records_and_lines(key: str, value: dict[str, Any]) -> list[Emitted]:
+    line = OrderLine("sku-1", 1, "o1", 0)
+    return [lines.emit(line.sku, line), Emit("user_order_stats", key, {"user_id": key})]
