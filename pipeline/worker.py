@@ -17,7 +17,7 @@ from pipeline.kafka.offsets import EndOffsets
 from pipeline.serde.codec import Codecs
 from pipeline.streaming.agents import Outputs, Serdes
 from pipeline.streaming.dead_letters import DeadLetters
-from pipeline.streaming.handlers import handler_for
+from pipeline.streaming.handlers import handler_for, quiet_closing
 from pipeline.streaming.processing import AtLeastOnce, EventRunner, Settlement
 from pipeline.streaming.producer import BatchProducer, producer_config
 from pipeline.streaming.topology import Topology
@@ -72,7 +72,11 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
         if handler.cache is not None:
             app.row_caches.append(handler.cache)
         runner = EventRunner(
-            agent.name, settlement=settlement, metrics=metrics, max_batch=settings.max_batch_events
+            agent.name,
+            settlement=settlement,
+            metrics=metrics,
+            max_batch=settings.max_batch_events,
+            quiet=quiet_closing(handler, settings),
         )
         app.run_agent(agent, handler, runner)
     app.end_offsets = EndOffsets(settings.kafka_client_config())

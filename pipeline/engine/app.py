@@ -158,7 +158,8 @@ class PipelineApp(FixedFaustApp):
 
         async def process(stream: StreamT[Any]) -> None:
             try:
-                await runner.consume(ArrivedEvents(stream), handler)
+                arrivals = ArrivedEvents(stream)
+                await runner.consume(arrivals, handler, arrivals.held)
             except RuleBug as bug:
                 # A bug in the service's rules: the worker stops (exit 1), rather than
                 # dead-letter every event or restart the agent into the same error.

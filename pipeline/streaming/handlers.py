@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from pipeline.settings import Settings
 from pipeline.streaming.agents import AgentHandler, Outputs, Serdes
 from pipeline.streaming.joins import JoinHandler
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import PartitionStore
+from pipeline.streaming.processing import Quiet
 from pipeline.streaming.topology import Agent, JoinAgent, WindowedAgent
 from pipeline.streaming.windows import WindowedHandler
 
@@ -26,3 +28,11 @@ def handler_for(
         assert store is not None
         return WindowedHandler(agent, store, serdes, outputs, metrics)
     return AgentHandler(agent, store, serdes, outputs, metrics)
+
+
+def quiet_closing(handler: AgentHandler, settings: Settings) -> Quiet | None:
+    """A windowed agent's closing of idle partitions by the wall clock, when it is set
+    (``window_idle_close_ms``); None for every other agent."""
+    if not settings.window_idle_close_ms or not isinstance(handler, WindowedHandler):
+        return None
+    return Quiet(settings.window_idle_close_ms / 1000, handler.close_quiet)

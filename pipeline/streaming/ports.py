@@ -1,8 +1,9 @@
 """What the runtime's core needs of the engine that runs it, as protocols: the records it
 consumes (``Message``, ``Event``), where a batch of them comes from and is acknowledged
-(``Arrivals``), a table's partitions (``PartitionStore``) and the group membership a
-transaction commits under (``GroupMember``). pipeline.engine implements them on Faust; the
-unit tests implement them in memory.
+(``Arrivals``) and which partitions it is assigned (``Assignment``), a table's partitions
+(``PartitionStore``) and the group membership a transaction commits under
+(``GroupMember``). pipeline.engine implements them on Faust; the unit tests implement them
+in memory.
 """
 
 from __future__ import annotations
@@ -77,6 +78,15 @@ class PartitionStore(Protocol):
     def set_changelog_offset(self, partition: int, offset: int) -> None:
         """``partition`` holds the changelog up to ``offset`` (the last record written)."""
         ...
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The partitions of an agent's sources this worker is assigned, in the consumer
+    group's generation that assigned them (none while a rebalance is under way)."""
+
+    generation: int
+    partitions: frozenset[int]
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from pipeline.domain.encoding import EncodingError
 from pipeline.serde.errors import PipelineCodecError, RegistryUnavailable
 from pipeline.streaming.dead_letters import DeadLetters, error_class_of
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.ports import Arrivals, Event, Message, PartitionStore
+from pipeline.streaming.ports import Arrivals, Assignment, Event, Message, PartitionStore
 from pipeline.streaming.producer import Delivered, Outgoing, ProducerRecord, RecordSender
 from pipeline.streaming.topology import RuleBug
 
@@ -258,6 +258,21 @@ def _ignore_outcome(delivery: asyncio.Future[Delivered]) -> None:
 BatchHandler = Callable[[Sequence[Event], Prepared | None], Awaitable[Prepared]]
 
 
+# Has the partitions of the worker's assignment that had no event for a while act by the
+# wall clock, on top of the batch in flight (None when there is none): a windowed agent's
+# closing of idle partitions (pipeline.streaming.windows).
+QuietHandler = Callable[[Assignment, Prepared | None], Awaitable[Prepared]]
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """What an agent does when no event arrived for ``interval_s``: ``handler``, run as a
+    batch of its own, between the agent's batches."""
+
+    interval_s: float
+    handler: QuietHandler
+
+
 # What stops an agent at once: its cancellation, and a bug in its rules, which no retry
 # and no dead letter would fix.
 STOPS_THE_AGENT = (asyncio.CancelledError, RuleBug)
@@ -368,9 +383,18 @@ class EventRunner:
     max_batch: int
     # Pauses between attempts; len(backoff) + 1 attempts in all.
     backoff: Sequence[float] = field(default=(0.1, 0.5, 2.0))
+    # What the agent does after a while without events; None: nothing.
+    quiet: Quiet | None = None
 
-    async def consume(self, arrivals: Arrivals, handler: BatchHandler) -> None:
-        """Handle the agent's events for as long as it runs."""
+    async def consume(
+        self,
+        arrivals: Arrivals,
+        handler: BatchHandler,
+        assigned: Callable[[], Assignment] | None = None,
+    ) -> None:
+        """Handle the agent's events for as long as it runs; with ``quiet`` and ``assigned``
+        (the partitions of the agent's sources this worker is assigned), have the quiet
+        handler act whenever no event arrived for its interval."""
         # Waits for events only with none in hand but the batch in flight, which settles
         # on its own, and those deferred, whose writer schemas are being fetched: at a
         # rebalance Faust stops the flow, then waits for every event handed out to be
@@ -394,6 +418,12 @@ class EventRunner:
                             break  # stopping: the deferred events were not acknowledged
                     batch = [*held, *arrived]
                 else:
+                    if self.quiet is not None and assigned is not None:
+                        done, _ = await asyncio.wait([taking], timeout=self.quiet.interval_s)
+                        if not done:
+                            await self.quiet_batch(arrivals, in_flight, handler, assigned())
+                            in_flight = None
+                            continue
                     batch = await taking
                     taking = None
                     if not batch:
@@ -408,6 +438,37 @@ class EventRunner:
                 taking.cancel()
         if in_flight is not None:
             await self._finish(arrivals, in_flight, handler)
+
+    async def quiet_batch(
+        self,
+        arrivals: Arrivals,
+        in_flight: InFlight | None,
+        handler: BatchHandler,
+        assignment: Assignment,
+    ) -> None:
+        """The quiet handler's batch for the ``assignment``, serialized with the
+        agent's own: after the batch in flight settled, and settled before the next batch
+        is prepared, so that batch reads only what is durable. One that fails is logged
+        and left to the next quiet interval: it acknowledges no event. One with nothing to
+        send settles nothing (under exactly_once it would open a transaction, perhaps
+        before the worker joined its group)."""
+        assert self.quiet is not None
+        if in_flight is not None:
+            await self._finish(arrivals, in_flight, handler)
+        if not assignment.partitions:
+            return
+        try:
+            prepared = await self.quiet.handler(assignment, None)
+        except STOPS_THE_AGENT:
+            raise
+        except Exception as error:
+            log.warning("agent %s: the quiet batch failed (%r)", self.agent, error)
+            return
+        if not prepared.derived and (prepared.rows is None or not prepared.rows.changelog):
+            return
+        failure = await self._settle(arrivals, (), prepared)
+        if failure is not None:
+            log.warning("agent %s: the quiet batch was not settled (%r)", self.agent, failure)
 
     async def _advance(
         self,

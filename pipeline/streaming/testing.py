@@ -27,15 +27,15 @@ from pipeline.serde.codec import Codecs
 from pipeline.serde.registry import InMemorySchemaSource
 from pipeline.streaming.agents import Outputs, Serdes
 from pipeline.streaming.dead_letters import AGENT, ERROR_CLASS, ERROR_MESSAGE, DeadLetters
-from pipeline.streaming.handlers import handler_for
+from pipeline.streaming.handlers import handler_for, quiet_closing
 from pipeline.streaming.memory import MemoryPartitionStore
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.ports import Event, MessageHeaders
+from pipeline.streaming.ports import Assignment, Event, MessageHeaders
 from pipeline.streaming.positions import TrackedCodec, unframe_origin
 from pipeline.streaming.processing import AtLeastOnce, EventRunner
 from pipeline.streaming.producer import Delivered, Placement, ProducerRecord
 from pipeline.streaming.topology import Agent, Topology, WindowedAgent
-from pipeline.streaming.windows import StoredWindow, stored_windows
+from pipeline.streaming.windows import StoredWindow, WindowedHandler, stored_windows
 
 
 @dataclass(frozen=True)
@@ -159,11 +159,13 @@ class ServiceTest:
         settlement = AtLeastOnce(self.topics, DeadLetters(self.topics, settings.app_id))
         serdes = Serdes(records=self.codecs, internal=topology.internal, topology=topology)
         outputs = Outputs(settlement=settlement, metrics=self.metrics)
+        # The wall clock the windowed agents read (seconds): ``quiet`` moves it.
+        self.now = time.time()
         self.stores = {
             spec.name: MemoryPartitionStore(topology.topics.changelog(spec.name))
             for spec in topology.tables
         }
-        self.handlers = [
+        handlers = [
             (
                 agent,
                 handler_for(
@@ -173,14 +175,25 @@ class ServiceTest:
                     outputs,
                     self.metrics,
                 ),
+            )
+            for agent in topology.agents
+        ]
+        for _, handler in handlers:
+            if isinstance(handler, WindowedHandler):
+                handler.wall_clock = self.wall_clock
+        self.handlers = [
+            (
+                agent,
+                handler,
                 EventRunner(
                     agent.name,
                     settlement=settlement,
                     metrics=self.metrics,
                     max_batch=settings.max_batch_events,
+                    quiet=quiet_closing(handler, settings),
                 ),
             )
-            for agent in topology.agents
+            for agent, handler in handlers
         ]
         # Per agent and source partition: the offset of the next record to read.
         self.positions: dict[tuple[str, str, int], int] = {}
@@ -225,6 +238,23 @@ class ServiceTest:
             if not ran:
                 return
 
+    def wall_clock(self) -> float:
+        return self.now
+
+    def quiet(self, seconds: float, *, generation: int = 0) -> None:
+        """Let ``seconds`` of wall-clock time pass with no event arriving: each agent with
+        a quiet handler (a windowed one, with ``window_idle_close_ms`` set) runs its quiet
+        batch for every partition, as a worker holding them all would after that long, in
+        the group's ``generation`` (another one than before: a rebalance happened)."""
+        self.now += seconds
+        asyncio.run(self._quiet(generation))
+
+    async def _quiet(self, generation: int) -> None:
+        every_partition = Assignment(generation, frozenset(range(self.topics.partitions)))
+        for _, handler, runner in self.handlers:
+            if runner.quiet is not None:
+                await runner.quiet_batch(Pending(()), None, handler, every_partition)
+
     def _unread(self, agent: Agent) -> list[Record]:
         unread = []
         for (topic, partition), log in sorted(self.topics.logs.items()):
@@ -239,6 +269,7 @@ class ServiceTest:
         again = ServiceTest(self.topology, catalog=self.catalog)
         again.topics.logs = {place: list(log) for place, log in self.topics.logs.items()}
         again.positions = dict(self.positions)
+        again.now = self.now
         for store in again.stores.values():
             for record in again.topics.records(store.changelog_topic):
                 assert record.key is not None
