@@ -393,8 +393,9 @@ class EventRunner:
         assigned: Callable[[], Assignment] | None = None,
     ) -> None:
         """Handle the agent's events for as long as it runs; with ``quiet`` and ``assigned``
-        (the partitions of the agent's sources this worker is assigned), have the quiet
-        handler act whenever no event arrived for its interval."""
+        (the partitions of the agent's sources this worker is assigned), run the quiet
+        batch once every interval between batches, busy or not (a busy partition must not
+        keep an idle one's windows open; the quiet handler picks the idle partitions)."""
         # Waits for events only with none in hand but the batch in flight, which settles
         # on its own, and those deferred, whose writer schemas are being fetched: at a
         # rebalance Faust stops the flow, then waits for every event handed out to be
@@ -403,10 +404,21 @@ class EventRunner:
         held: Sequence[Event] = ()
         waiting: Sequence[asyncio.Future[Any]] = ()
         taking: asyncio.Future[list[Event]] | None = None
+        loop = asyncio.get_running_loop()
+        quiet = self.quiet if assigned is not None else None
+        quiet_due = loop.time() + quiet.interval_s if quiet is not None else 0.0
         try:
             while True:
                 if taking is None:
                     taking = asyncio.ensure_future(arrivals.take(self.max_batch))
+                if quiet is not None and assigned is not None and not held:
+                    if loop.time() >= quiet_due:
+                        await self.quiet_batch(arrivals, in_flight, handler, assigned())
+                        in_flight = None
+                        quiet_due = loop.time() + quiet.interval_s
+                    done, _ = await asyncio.wait([taking], timeout=quiet_due - loop.time())
+                    if not done:
+                        continue
                 if held:
                     # Deferred events go first, so each partition keeps its order.
                     if waiting:
@@ -418,12 +430,6 @@ class EventRunner:
                             break  # stopping: the deferred events were not acknowledged
                     batch = [*held, *arrived]
                 else:
-                    if self.quiet is not None and assigned is not None:
-                        done, _ = await asyncio.wait([taking], timeout=self.quiet.interval_s)
-                        if not done:
-                            await self.quiet_batch(arrivals, in_flight, handler, assigned())
-                            in_flight = None
-                            continue
                     batch = await taking
                     taking = None
                     if not batch:

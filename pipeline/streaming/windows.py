@@ -9,10 +9,10 @@ and the partition's clock is written last of the partition's changelog records.
 
 A partition of the worker's with no event for a while (``window_idle_close_ms``) has its
 stream time advanced by the wall clock (``close_quiet``, a batch of its own between the
-agent's batches): by the wall time it stayed quiet, the clock written as an event's
-would be. Windows close by the stream time the store holds (durable: under at-least-once
-stored after its changelog record was acknowledged; under exactly-once after its
-transaction committed), so a final a crash has repeated carries the same content: no
+agent's batches, once every interval): by the wall time it stayed quiet, the clock written
+as an event's would be. Windows close by the stream time the store holds (durable: under
+at-least-once stored after its changelog record was acknowledged; under exactly-once after
+its transaction committed), so a final a crash has repeated carries the same content: no
 event can reach a window the stored clock closed. A quiet partition's windows therefore
 close one quiet batch after the one whose advance closes them.
 

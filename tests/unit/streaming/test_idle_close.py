@@ -169,3 +169,34 @@ def test_an_agent_with_nothing_to_do_runs_its_quiet_batch_between_its_batches() 
     assert calls[:1] == [assignment]
     assert [len(events) for events in handled] == [1]
     assert len(arrivals.acknowledged) == 1
+
+
+def test_the_quiet_batch_runs_while_events_keep_arriving() -> None:
+    """A busy partition must not keep an idle one's windows open: the quiet batch runs
+    once every interval between batches, not only when no event arrives."""
+    topics = MemoryTopics(1)
+    settlement = AtLeastOnce(topics, DeadLetters(topics, "unit"))
+    calls: list[int] = []
+    handled: list[int] = []
+
+    async def quiet(assigned: Assignment, in_flight: Prepared | None) -> Prepared:
+        calls.append(len(handled))
+        return Prepared(await topics.send([]))
+
+    class Busy:
+        async def take(self, limit: int) -> list[Event]:
+            await asyncio.sleep(0)  # always an event waiting, until the quiet batch ran
+            if calls or len(handled) > 10_000:
+                return []
+            return [Delivery(Record("t", 0, len(handled), b"k", b"v"))]
+
+        def ack(self, event: Event) -> None:
+            pass
+
+    async def handler(events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
+        handled.append(len(events))
+        return Prepared(await topics.send([]))
+
+    runner = EventRunner("a", settlement, Metrics(), 10, quiet=Quiet(0.001, quiet))
+    asyncio.run(runner.consume(Busy(), handler, lambda: Assignment(1, frozenset({0}))))
+    assert calls and calls[0] >= 1  # after at least one batch of events
