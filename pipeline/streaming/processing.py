@@ -413,7 +413,7 @@ class EventRunner:
                     taking = asyncio.ensure_future(arrivals.take(self.max_batch))
                 if quiet is not None and assigned is not None and not held:
                     if loop.time() >= quiet_due:
-                        await self.quiet_batch(arrivals, in_flight, handler, assigned())
+                        await self.quiet_batch(arrivals, in_flight, handler, assigned)
                         in_flight = None
                         quiet_due = loop.time() + quiet.interval_s
                     done, _ = await asyncio.wait([taking], timeout=quiet_due - loop.time())
@@ -450,17 +450,21 @@ class EventRunner:
         arrivals: Arrivals,
         in_flight: InFlight | None,
         handler: BatchHandler,
-        assignment: Assignment,
+        assigned: Callable[[], Assignment],
     ) -> None:
-        """The quiet handler's batch for the ``assignment``, serialized with the
-        agent's own: after the batch in flight settled, and settled before the next batch
-        is prepared, so that batch reads only what is durable. One that fails is logged
-        and left to the next quiet interval: it acknowledges no event. One with nothing to
-        send settles nothing (under exactly_once it would open a transaction, perhaps
-        before the worker joined its group)."""
+        """The quiet handler's batch for the partitions ``assigned`` gives, serialized with
+        the agent's own: after the batch in flight settled, and settled before the next
+        batch is prepared, so that batch reads only what is durable. One that fails is
+        logged and left to the next quiet interval: it acknowledges no event. One with
+        nothing to send settles nothing (under exactly_once it would open a transaction,
+        perhaps before the worker joined its group). One whose assignment changed while it
+        was prepared (a rebalance began) is abandoned: its clocks are not written for
+        partitions another worker may hold by now; the finals it may have sent repeat,
+        identical, when their windows close again by the same stored clocks."""
         assert self.quiet is not None
         if in_flight is not None:
             await self._finish(arrivals, in_flight, handler)
+        assignment = assigned()
         if not assignment.partitions:
             return
         try:
@@ -471,6 +475,9 @@ class EventRunner:
             log.warning("agent %s: the quiet batch failed (%r)", self.agent, error)
             return
         if not prepared.derived and (prepared.rows is None or not prepared.rows.changelog):
+            return
+        if assigned() != assignment:
+            prepared.abandon()
             return
         failure = await self._settle(arrivals, (), prepared)
         if failure is not None:

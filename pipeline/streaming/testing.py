@@ -253,7 +253,7 @@ class ServiceTest:
         every_partition = Assignment(generation, frozenset(range(self.topics.partitions)))
         for _, handler, runner in self.handlers:
             if runner.quiet is not None:
-                await runner.quiet_batch(Pending(()), None, handler, every_partition)
+                await runner.quiet_batch(Pending(()), None, handler, lambda: every_partition)
 
     def _unread(self, agent: Agent) -> list[Record]:
         unread = []

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from pipeline.settings import Settings
 from pipeline.streaming.dead_letters import DeadLetters
 from pipeline.streaming.metrics import Metrics
 from pipeline.streaming.ports import Assignment, Event
 from pipeline.streaming.processing import AtLeastOnce, EventRunner, Prepared, Quiet
-from pipeline.streaming.testing import Delivery, MemoryTopics, Record, ServiceTest
+from pipeline.streaming.producer import Outgoing
+from pipeline.streaming.testing import Delivery, MemoryTopics, Pending, Record, ServiceTest
 from pipeline.streaming.windowing import clock_key
 from tests.unit.streaming.test_windows import HOUR, MINUTE, T0, TOPICS, final, sales_service, send
 
@@ -200,3 +202,33 @@ def test_the_quiet_batch_runs_while_events_keep_arriving() -> None:
     runner = EventRunner("a", settlement, Metrics(), 10, quiet=Quiet(0.001, quiet))
     asyncio.run(runner.consume(Busy(), handler, lambda: Assignment(1, frozenset({0}))))
     assert calls and calls[0] >= 1  # after at least one batch of events
+
+
+def test_a_quiet_batch_whose_assignment_changed_meanwhile_is_not_settled() -> None:
+    """A rebalance began while the quiet batch was prepared: its clocks are not written
+    for partitions another worker may hold by now."""
+    topics = MemoryTopics(1)
+    settled: list[Prepared] = []
+
+    class Recording(AtLeastOnce):
+        async def settle(
+            self, arrivals: Any, events: Sequence[Event], prepared: Prepared, agent: str
+        ) -> None:
+            settled.append(prepared)
+
+    settlement = Recording(topics, DeadLetters(topics, "unit"))
+    final = Outgoing("finals", b"k", b"v")
+
+    async def quiet(assigned: Assignment, in_flight: Prepared | None) -> Prepared:
+        return Prepared(await topics.send([final]), derived=[final])
+
+    async def handler(events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
+        raise AssertionError("no events")
+
+    runner = EventRunner("a", settlement, Metrics(), 10, quiet=Quiet(1, quiet))
+    generations = iter([Assignment(1, frozenset({0})), Assignment(2, frozenset({0}))])
+    asyncio.run(runner.quiet_batch(Pending(()), None, handler, lambda: next(generations)))
+    assert settled == []
+    steady = Assignment(2, frozenset({0}))
+    asyncio.run(runner.quiet_batch(Pending(()), None, handler, lambda: steady))
+    assert [prepared.derived for prepared in settled] == [[final]]
