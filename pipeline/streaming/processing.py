@@ -258,16 +258,17 @@ def _ignore_outcome(delivery: asyncio.Future[Delivered]) -> None:
 BatchHandler = Callable[[Sequence[Event], Prepared | None], Awaitable[Prepared]]
 
 
-# Has the partitions of the worker's assignment that had no event for a while act by the
-# wall clock, on top of the batch in flight (None when there is none): a windowed agent's
-# closing of idle partitions (pipeline.streaming.windows).
+# Has those of the assigned partitions that had no event for a while act by the wall
+# clock, prepared on top of a batch as ``BatchHandler`` is (the runner gives None: it runs
+# it after the batch in flight settled): a windowed agent's closing of idle partitions
+# (pipeline.streaming.windows).
 QuietHandler = Callable[[Assignment, Prepared | None], Awaitable[Prepared]]
 
 
 @dataclass(frozen=True)
 class Quiet:
-    """What an agent does when no event arrived for ``interval_s``: ``handler``, run as a
-    batch of its own, between the agent's batches."""
+    """What an agent does by the wall clock: ``handler``, once every ``interval_s``, run
+    as a batch of its own between the agent's batches (``EventRunner.quiet_batch``)."""
 
     interval_s: float
     handler: QuietHandler
@@ -383,7 +384,7 @@ class EventRunner:
     max_batch: int
     # Pauses between attempts; len(backoff) + 1 attempts in all.
     backoff: Sequence[float] = field(default=(0.1, 0.5, 2.0))
-    # What the agent does after a while without events; None: nothing.
+    # What the agent does by the wall clock, busy or not; None: nothing.
     quiet: Quiet | None = None
 
     async def consume(
