@@ -231,6 +231,10 @@ class Settings:
     # still takes events, and how long after its start it is kept (at least size + grace).
     analytics_grace_ms: int = 5 * 60_000
     analytics_retention_ms: int = 7 * 24 * 3_600_000
+    # Windowed tables (docs/windows.md): a partition this worker holds that had no event
+    # for this long has its stream time advanced by the wall clock, which closes its
+    # windows; 0: off, stream time moves with events only.
+    window_idle_close_ms: int = 0
     # A message under a schema id the registry answers 404 for: how long the id is asked
     # again (a schema registered a moment ago) before the message is dead-lettered, and
     # how long the id is then believed unknown (its messages dead-lettered at once).
@@ -330,6 +334,7 @@ class Settings:
             analytics_retention_ms=whole(
                 "ANALYTICS_RETENTION_MS", defaults.analytics_retention_ms, 1
             ),
+            window_idle_close_ms=whole("WINDOW_IDLE_CLOSE_MS", defaults.window_idle_close_ms, 0),
             unknown_schema_recheck_ms=whole(
                 "UNKNOWN_SCHEMA_RECHECK_MS", defaults.unknown_schema_recheck_ms, 0
             ),

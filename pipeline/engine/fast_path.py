@@ -17,7 +17,7 @@ from faust.types import TP, AppT, EventT, Message, StreamT
 from mode import Service, ServiceT
 from mode.utils.queues import ThrowableQueue
 
-from pipeline.streaming.ports import Event
+from pipeline.streaming.ports import Assignment, Event
 
 
 class RawSchema(faust.Schema[bytes, bytes]):
@@ -238,6 +238,7 @@ class ArrivedEvents:
         self.consumer = app.consumer
         self.acks_enabled_for = app.topics.acks_enabled_for
         self.on_message_out = app.sensors.on_message_out
+        self.channel = stream.channel
 
     async def take(self, limit: int) -> list[Event]:
         """The events waiting, at least one (waited for), at most ``limit``; none once
@@ -254,6 +255,17 @@ class ArrivedEvents:
             events = self._current(taken)
             if events:
                 return events
+
+    def held(self) -> Assignment:
+        """The partitions of the agent's source topics this worker is assigned; none
+        while the flow is stopped (a rebalance under way)."""
+        app = self.app
+        if not app.flow_control.is_active():
+            return Assignment(app.consumer_generation_id, frozenset())
+        topics = set(self.channel.topics)  # type: ignore[attr-defined]
+        assigned = self.consumer.assignment()
+        held = frozenset(tp.partition for tp in assigned if tp.topic in topics)
+        return Assignment(app.consumer_generation_id, held)
 
     def _current(self, taken: list[EventT[Any]]) -> list[Event]:
         """The events of ``taken`` to process, now tracked. Taken without a pause, so

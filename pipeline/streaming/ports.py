@@ -1,9 +1,10 @@
 """What the runtime's core needs of the engine that runs it, as protocols: the records it
 consumes (``Message``, ``Event``), where a batch of them comes from and is acknowledged
-(``Arrivals``), a table's partitions (``PartitionStore``), what runs a service's agents
-(``Engine``) and, for a worker in a consumer group, its timers and the group membership a
-transaction commits under (``WorkerEngine``, ``GroupMember``). pipeline.engine implements
-them on Faust; the test harness (pipeline.streaming.testing) and the unit tests in memory.
+(``Arrivals``) and which partitions it is assigned (``Assignment``), a table's partitions
+(``PartitionStore``), what runs a service's agents (``Engine``) and, for a worker in a
+consumer group, its timers and the group membership a transaction commits under
+(``WorkerEngine``, ``GroupMember``). pipeline.engine implements them on Faust; the test
+harness (pipeline.streaming.testing) and the unit tests in memory.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Event(Protocol):
 
 
 class Arrivals(Protocol):
-    """Where an agent's events come from, in batches, and where each is acknowledged."""
+    """Where an agent's events come from, in batches, where each is acknowledged, and
+    which of its sources' partitions this worker is assigned."""
 
     async def take(self, limit: int) -> list[Event]:
         """The events that arrived, at least one (waited for), at most ``limit``; none
@@ -52,6 +54,11 @@ class Arrivals(Protocol):
 
     def ack(self, event: Event) -> None:
         """``event`` was processed: its offset may be committed."""
+        ...
+
+    def held(self) -> Assignment:
+        """The partitions of the agent's source topics this worker is assigned now; none
+        while a rebalance is under way."""
         ...
 
 
@@ -78,6 +85,15 @@ class PartitionStore(Protocol):
     def set_changelog_offset(self, partition: int, offset: int) -> None:
         """``partition`` holds the changelog up to ``offset`` (the last record written)."""
         ...
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The partitions of an agent's sources this worker is assigned, in the consumer
+    group's generation that assigned them (none while a rebalance is under way)."""
+
+    generation: int
+    partitions: frozenset[int]
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from pipeline.domain.encoding import EncodingError
 from pipeline.serde.errors import PipelineCodecError, RegistryUnavailable
 from pipeline.streaming.dead_letters import DeadLetters, error_class_of
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.ports import Arrivals, Event, Message, PartitionStore
+from pipeline.streaming.ports import Arrivals, Assignment, Event, Message, PartitionStore
 from pipeline.streaming.producer import Delivered, Outgoing, ProducerRecord, RecordSender
 from pipeline.streaming.topology import RuleBug
 
@@ -258,6 +258,22 @@ def _ignore_outcome(delivery: asyncio.Future[Delivered]) -> None:
 BatchHandler = Callable[[Sequence[Event], Prepared | None], Awaitable[Prepared]]
 
 
+# Has those of the assigned partitions that had no event for a while act by the wall
+# clock, prepared on top of a batch as ``BatchHandler`` is (the runner gives None: it runs
+# it after the batch in flight settled): a windowed agent's closing of idle partitions
+# (pipeline.streaming.windows).
+QuietHandler = Callable[[Assignment, Prepared | None], Awaitable[Prepared]]
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """What an agent does by the wall clock: ``handler``, once every ``interval_s``, run
+    as a batch of its own between the agent's batches (``EventRunner.quiet_batch``)."""
+
+    interval_s: float
+    handler: QuietHandler
+
+
 # What stops an agent at once: its cancellation, and a bug in its rules, which no retry
 # and no dead letter would fix.
 STOPS_THE_AGENT = (asyncio.CancelledError, RuleBug)
@@ -368,9 +384,19 @@ class EventRunner:
     max_batch: int
     # Pauses between attempts; len(backoff) + 1 attempts in all.
     backoff: Sequence[float] = field(default=(0.1, 0.5, 2.0))
+    # What the agent does by the wall clock, busy or not; None: nothing.
+    quiet: Quiet | None = None
 
-    async def consume(self, arrivals: Arrivals, handler: BatchHandler) -> None:
-        """Handle the agent's events for as long as it runs."""
+    async def consume(
+        self,
+        arrivals: Arrivals,
+        handler: BatchHandler,
+        assigned: Callable[[], Assignment] | None = None,
+    ) -> None:
+        """Handle the agent's events for as long as it runs; with ``quiet`` and ``assigned``
+        (the partitions of the agent's sources this worker is assigned), run the quiet
+        batch once every interval between batches, busy or not (a busy partition must not
+        keep an idle one's windows open; the quiet handler picks the idle partitions)."""
         # Waits for events only with none in hand but the batch in flight, which settles
         # on its own, and those deferred, whose writer schemas are being fetched: at a
         # rebalance Faust stops the flow, then waits for every event handed out to be
@@ -379,10 +405,21 @@ class EventRunner:
         held: Sequence[Event] = ()
         waiting: Sequence[asyncio.Future[Any]] = ()
         taking: asyncio.Future[list[Event]] | None = None
+        loop = asyncio.get_running_loop()
+        quiet = self.quiet if assigned is not None else None
+        quiet_due = loop.time() + quiet.interval_s if quiet is not None else 0.0
         try:
             while True:
                 if taking is None:
                     taking = asyncio.ensure_future(arrivals.take(self.max_batch))
+                if quiet is not None and assigned is not None and not held:
+                    if loop.time() >= quiet_due:
+                        await self.quiet_batch(arrivals, in_flight, handler, assigned)
+                        in_flight = None
+                        quiet_due = loop.time() + quiet.interval_s
+                    done, _ = await asyncio.wait([taking], timeout=quiet_due - loop.time())
+                    if not done:
+                        continue
                 if held:
                     # Deferred events go first, so each partition keeps its order.
                     if waiting:
@@ -408,6 +445,44 @@ class EventRunner:
                 taking.cancel()
         if in_flight is not None:
             await self._finish(arrivals, in_flight, handler)
+
+    async def quiet_batch(
+        self,
+        arrivals: Arrivals,
+        in_flight: InFlight | None,
+        handler: BatchHandler,
+        assigned: Callable[[], Assignment],
+    ) -> None:
+        """The quiet handler's batch for the partitions ``assigned`` gives, serialized with
+        the agent's own: after the batch in flight settled, and settled before the next
+        batch is prepared, so that batch reads only what is durable. One that fails is
+        logged and left to the next quiet interval: it acknowledges no event. One with
+        nothing to send settles nothing (under exactly_once it would open a transaction,
+        perhaps before the worker joined its group). One whose assignment changed while it
+        was prepared (a rebalance began) is abandoned: its clocks are not written for
+        partitions another worker may hold by now; the finals it may have sent repeat,
+        identical, when their windows close again by the same stored clocks."""
+        assert self.quiet is not None
+        if in_flight is not None:
+            await self._finish(arrivals, in_flight, handler)
+        assignment = assigned()
+        if not assignment.partitions:
+            return
+        try:
+            prepared = await self.quiet.handler(assignment, None)
+        except STOPS_THE_AGENT:
+            raise
+        except Exception as error:
+            log.warning("agent %s: the quiet batch failed (%r)", self.agent, error)
+            return
+        if not prepared.derived and (prepared.rows is None or not prepared.rows.changelog):
+            return
+        if assigned() != assignment:
+            prepared.abandon()
+            return
+        failure = await self._settle(arrivals, (), prepared)
+        if failure is not None:
+            log.warning("agent %s: the quiet batch was not settled (%r)", self.agent, failure)
 
     async def _advance(
         self,

@@ -31,7 +31,7 @@ from pipeline.streaming.dead_letters import AGENT, ERROR_CLASS, ERROR_MESSAGE, D
 from pipeline.streaming.handlers import run_agents
 from pipeline.streaming.memory import MemoryPartitionStore
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.ports import Arrivals, Event, MessageHeaders
+from pipeline.streaming.ports import Arrivals, Assignment, Event, MessageHeaders
 from pipeline.streaming.positions import TrackedCodec, unframe_origin
 from pipeline.streaming.processing import AtLeastOnce
 from pipeline.streaming.producer import Delivered, Placement, ProducerRecord
@@ -125,11 +125,12 @@ class MemoryTopics:
 
 class Pending:
     """The records an agent has not read yet (``Arrivals``): taken in batches, none
-    once all were."""
+    once all were; of the partitions ``assignment`` holds."""
 
-    def __init__(self, records: Iterable[Record]) -> None:
+    def __init__(self, records: Iterable[Record], assignment: Assignment) -> None:
         self.waiting = [Delivery(record) for record in records]
         self.acknowledged: list[Event] = []
+        self.assignment = assignment
 
     async def take(self, limit: int) -> list[Event]:
         taken, self.waiting = self.waiting[:limit], self.waiting[limit:]
@@ -137,6 +138,9 @@ class Pending:
 
     def ack(self, event: Event) -> None:
         self.acknowledged.append(event)
+
+    def held(self) -> Assignment:
+        return self.assignment
 
 
 @dataclass(frozen=True)
@@ -192,8 +196,14 @@ class ServiceTest:
         self.metrics = Metrics()
         settlement = AtLeastOnce(self.topics, DeadLetters(self.topics, settings.app_id))
         serdes = Serdes(records=self.codecs, internal=topology.internal, topology=topology)
+        # The wall clock the windowed agents read (seconds): ``quiet`` moves it.
+        self.now = time.time()
+        # One worker holding every partition, in the group's generation ``quiet`` gives.
+        self.assignment = Assignment(0, frozenset(range(settings.partitions)))
         self.engine = MemoryEngine(topology.topics)
-        run_agents(self.engine, topology, settlement, serdes, self.metrics)
+        self.runs = run_agents(
+            self.engine, topology, settlement, serdes, self.metrics, wall_clock=self.wall_clock
+        )
         self.stores = self.engine.stores
         # Per agent and source partition: the offset of the next record to read.
         self.positions: dict[tuple[str, str, int], int] = {}
@@ -226,7 +236,7 @@ class ServiceTest:
         while True:
             ran = False
             for agent in self.engine.agents:
-                pending = Pending(self._unread(agent))
+                pending = Pending(self._unread(agent), self.assignment)
                 if not pending.waiting:
                     continue
                 ran = True
@@ -237,6 +247,24 @@ class ServiceTest:
                     self.positions[place] = max(self.positions.get(place, 0), message.offset + 1)
             if not ran:
                 return
+
+    def wall_clock(self) -> float:
+        return self.now
+
+    def quiet(self, seconds: float, *, generation: int = 0) -> None:
+        """Let ``seconds`` of wall-clock time pass with no event arriving: each agent with
+        a quiet handler (a windowed one, with ``window_idle_close_ms`` set) runs its quiet
+        batch for every partition, as a worker holding them all would after that long, in
+        the group's ``generation`` (another one than before: a rebalance happened)."""
+        self.now += seconds
+        self.assignment = Assignment(generation, self.assignment.partitions)
+        asyncio.run(self._quiet())
+
+    async def _quiet(self) -> None:
+        for run in self.runs:
+            if run.runner.quiet is not None:
+                nothing = Pending((), self.assignment)
+                await run.runner.quiet_batch(nothing, None, run.handler, nothing.held)
 
     def _unread(self, agent: RunningAgent) -> list[Record]:
         unread = []
@@ -252,6 +280,7 @@ class ServiceTest:
         again = ServiceTest(self.topology, catalog=self.catalog)
         again.topics.logs = {place: list(log) for place, log in self.topics.logs.items()}
         again.positions = dict(self.positions)
+        again.now = self.now
         for store in again.stores.values():
             for record in again.topics.records(store.changelog_topic):
                 assert record.key is not None

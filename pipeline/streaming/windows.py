@@ -7,6 +7,15 @@ and counted. Per partition, at the end of the batch: the windows that stream tim
 emit their finals (the close hook), those past their retention are deleted (tombstones),
 and the partition's clock is written last of the partition's changelog records.
 
+A partition of the worker's with no event for a while (``window_idle_close_ms``) has its
+stream time advanced by the wall clock (``close_quiet``, a batch of its own between the
+agent's batches, once every interval): by the wall time it stayed quiet, the clock written
+as an event's would be. Windows close by the stream time the store holds (durable: under
+at-least-once stored after its changelog record was acknowledged; under exactly-once after
+its transaction committed), so a final a crash has repeated carries the same content: no
+event can reach a window the stored clock closed. A quiet partition's windows therefore
+close one quiet batch after the one whose advance closes them.
+
 Exact across replays: the clock carries the positions of the events it applied, and a
 partition's changelog records arrive in order, so a clock restored with an event's
 position comes with every window that event changed; a replayed event is skipped whole.
@@ -17,14 +26,15 @@ delivered before a crash.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, cast
 
 from pipeline.streaming.agents import YIELD_EVERY, AgentHandler, Outputs, Serdes, Setbacks
 from pipeline.streaming.event_time import iso
 from pipeline.streaming.metrics import Metrics
-from pipeline.streaming.ports import Event, PartitionStore
+from pipeline.streaming.ports import Assignment, Event, MessageHeaders, PartitionStore
 from pipeline.streaming.positions import (
     AppliedPositions,
     Origin,
@@ -76,6 +86,52 @@ class Partition:
     changed: bool = False
 
 
+@dataclass(frozen=True)
+class PartitionMark:
+    """No record: the partition a quiet batch writes a clock and closes windows in (the
+    ``Message`` its rows are written for)."""
+
+    partition: int
+    topic: str = ""
+    offset: int = -1
+    timestamp: float = 0.0
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: MessageHeaders = None
+
+
+@dataclass(frozen=True)
+class QuietMark:
+    """The ``Event`` a quiet batch writes a partition's rows for."""
+
+    message: PartitionMark
+
+
+@dataclass
+class Quietness:
+    """By the wall clock (seconds): when each partition last had an event, and since when
+    its stream time has not been advanced."""
+
+    last_event: dict[int, float] = field(default_factory=dict)
+    advanced_at: dict[int, float] = field(default_factory=dict)
+    generation: int | None = None
+
+    def heard(self, partition: int, now: float) -> None:
+        self.last_event[partition] = self.advanced_at[partition] = now
+
+    def follow(self, assignment: Assignment) -> None:
+        """Forget the partitions no longer held, and after a rebalance (a generation
+        other than the previous quiet batch's) every one: a partition assigned again (it
+        may have had events elsewhere meanwhile) counts from now."""
+        held = assignment.partitions
+        if assignment.generation != self.generation:
+            if self.generation is not None:
+                held = frozenset()
+            self.generation = assignment.generation
+        for partition in [partition for partition in self.last_event if partition not in held]:
+            del self.last_event[partition], self.advanced_at[partition]
+
+
 class WindowedHandler(AgentHandler):
     """The batch handler of one windowed agent (``BatchHandler`` of
     pipeline.streaming.processing)."""
@@ -92,6 +148,10 @@ class WindowedHandler(AgentHandler):
     ) -> None:
         super().__init__(agent, store, serdes, outputs, metrics)
         self.window_store = store
+        # Seconds since the epoch; the test harness sets its own.
+        self.wall_clock: Callable[[], float] = time.time
+        self.quiet_after_s = serdes.topology.settings.window_idle_close_ms / 1000
+        self.quietness = Quietness()
         table = agent.row_table.name
         self.late = metrics.late_events
         self.misses = metrics.late_window_misses
@@ -153,13 +213,48 @@ class WindowedHandler(AgentHandler):
             partition.event = event
             partition.changed = True
         derived: list[Outgoing] = []
+        now = self.wall_clock()
         for number, partition in partitions.items():
+            self.quietness.heard(number, now)
             derived += self._close(rows, number, partition)
             self._expire(rows, number, partition)
             if partition.changed:  # last: see the module's docstring
                 tracked_clock = Tracked(partition.clock, partition.applied)
                 rows.put(clock_key(number), tracked_clock, partition.event)
         return setbacks.onto(await rows.send(derived))
+
+    async def close_quiet(self, assignment: Assignment, in_flight: Prepared | None) -> Prepared:
+        """The quiet batch (``Quiet`` of pipeline.streaming.processing) for the assigned
+        partitions: each that had no event for ``window_idle_close_ms`` closes the windows
+        its stored stream time closed, then has its stream time advanced by the wall time
+        since it was last advanced (see the module's docstring)."""
+        assert self.codec is not None
+        quietness = self.quietness
+        quietness.follow(assignment)
+        rows = self._rows(self.window_store, self.codec, in_flight)
+        now = self.wall_clock()
+        derived: list[Outgoing] = []
+        for number in sorted(assignment.partitions):
+            last_event = quietness.last_event.setdefault(number, now)
+            advanced_at = quietness.advanced_at.setdefault(number, now)
+            if now - last_event < self.quiet_after_s:
+                continue
+            mark = QuietMark(PartitionMark(number))
+            partition = self._partition(rows, mark)
+            stream_time = partition.clock.stream_time
+            if stream_time == NEVER:
+                continue  # no event yet: nothing to close, no time to advance from
+            stored = self.window_store.read(number, clock_key(number))
+            durable = self.codec.decode(stored).row.stream_time if stored is not None else NEVER
+            partition.clock = partition.clock._replace(stream_time=durable)
+            derived += self._close(rows, number, partition)
+            self._expire(rows, number, partition)
+            advance_ms = int((now - advanced_at) * 1000)
+            partition.clock = partition.clock._replace(stream_time=stream_time + advance_ms)
+            quietness.advanced_at[number] = now
+            if advance_ms > 0 or partition.changed:
+                rows.put(clock_key(number), Tracked(partition.clock, partition.applied), mark)
+        return await rows.send(derived)
 
     def _partition(self, rows: RowBatch[Tracked[Any]], event: Event) -> Partition:
         stored = rows.get(clock_key(event.message.partition), event)

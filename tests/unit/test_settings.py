@@ -91,6 +91,12 @@ def test_bad_values_are_named(name: str, value: str, message: str) -> None:
         Settings.from_env({name: value})
 
 
+def test_closing_idle_window_partitions_is_off_by_default_and_read() -> None:
+    assert Settings.from_env({}).window_idle_close_ms == 0
+    idle = Settings.from_env({"PIPELINE_WINDOW_IDLE_CLOSE_MS": "30000"})
+    assert idle.window_idle_close_ms == 30_000
+
+
 def test_the_state_memory_budget_defaults_to_256_mib_and_is_read() -> None:
     assert Settings.from_env({}).state_memory_mb == 256
     assert Settings.from_env({"PIPELINE_STATE_MEMORY_MB": "1024"}).state_memory_mb == 1024

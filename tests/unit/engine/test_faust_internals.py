@@ -534,6 +534,19 @@ def test_an_arrived_event_skipped_after_another_agent_took_it_is_abandoned() -> 
     app.consumer.abandon.assert_called_once_with(stale.message)
 
 
+def test_the_partitions_held_are_those_of_the_agents_topics_none_while_stopped() -> None:
+    """``ArrivedEvents.held`` reads the names of the topics the stream's channel (a clone of
+    a ``faust.Topic``) reads, and the consumer's assignment."""
+    assert faust.Topic(MagicMock(), topics=["orders"]).clone().topics == ["orders"]
+    arrivals, _, app = arrived_events(generation=4)
+    arrivals.channel = SimpleNamespace(topics=("orders",))
+    app.consumer.assignment.return_value = {TP("orders", 0), TP("orders", 3), TP("other", 1)}
+    held = arrivals.held()
+    assert (held.generation, held.partitions) == (4, frozenset({0, 3}))
+    app.flow_control.suspend()
+    assert arrivals.held().partitions == frozenset()
+
+
 def test_fetch_states_read_aiokafkas_subscription_state() -> None:
     orders_0, orders_1 = TopicPartition("order_created", 0), TopicPartition("order_created", 1)
 
