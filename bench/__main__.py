@@ -370,6 +370,7 @@ def all_command(
     rows += sustained.run(root, sustained_rates, sustained_seconds, 1, quix=quix)
     rows += recovery.run(root, keys)
     rows += poison.run(root, None, users, skus, repeats)
+    rows += windowed.run(root, None, users, skus, repeats, quix=quix)
     profile_rows, profile_text = profile.run(root, orders or profile.ORDERS, 15)
     rows += profile_rows
     extra = [
