@@ -298,6 +298,7 @@ def run_quix(source: Input, label: str) -> float:
     try:
         # The first derived record: the first write to either window's changelog.
         changelogs = quix_changelogs(out.settings, out.name)
+        before = cpu_seconds(process.pid)
         start = {**dict.fromkeys(changelogs, 0), finals: offsets.end(finals)}
         expected = {**dict.fromkeys(changelogs, 1), finals: source.expected.windows}
         window = watch_outputs(
@@ -306,6 +307,13 @@ def run_quix(source: Input, label: str) -> float:
             source.timeout(),
             alive=lambda: process.poll() is None,
             start=start,
+        )
+        used = cpu_seconds(process.pid) - before
+        print(
+            f"  {out.name}: CPU {used:.1f} s while processing, "
+            f"{used / source.orders * 1e6:,.0f} us/order, "
+            f"peak RSS {peak_rss_bytes(process.pid) / 1024**2:,.0f} MiB",
+            flush=True,
         )
     finally:
         stop_process(process)
