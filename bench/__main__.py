@@ -2,6 +2,7 @@
 
     python -m bench all                          # every part, one table, bench/RESULTS.md
     python -m bench throughput --orders 20000    # one part, small, for a quick check
+    python -m bench windowed --repeats 2         # the analytics service vs Quix windows
     python -m bench poison --repeats 2           # bad messages among the orders: their cost
     python -m bench --commit-interval-ms 100 throughput --no-bare --no-quix \
         --guarantee at_least_once --guarantee exactly_once   # the cost of exactly-once
@@ -36,6 +37,7 @@ from bench import (
     scaling,
     sustained,
     throughput,
+    windowed,
 )
 from bench.common import BENCH_DIR, Row, use_pipeline_commit
 from bench.report import publish
@@ -143,6 +145,26 @@ def throughput_command(
     rows = throughput.run(
         workdir(), orders, users, skus, repeats, quix=quix, guarantees=guarantees, bare=bare
     )
+    publish(rows, command_line(), output)
+
+
+@main.command("windowed")
+@click.option(
+    "--orders",
+    default=windowed.DEFAULT_ORDERS,
+    show_default=True,
+    help="Orders pre-loaded over the hours of event time (closing orders added).",
+)
+@click.option("--users", default=20_000, show_default=True, help="Users the orders are drawn from.")
+@click.option("--skus", default=2_000, show_default=True, help="Distinct SKUs in the orders.")
+@click.option("--repeats", default=2, show_default=True, help="Runs of each system, alternating.")
+@click.option("--quix/--no-quix", default=True, show_default=True, help="Run the Quix peer.")
+@output_option(None)
+def windowed_command(
+    orders: int, users: int, skus: int, repeats: int, quix: bool, output: Path | None
+) -> None:
+    """Part 9: the analytics service (event-time windows) vs the same windows in Quix."""
+    rows = windowed.run(workdir(), orders, users, skus, repeats, quix=quix)
     publish(rows, command_line(), output)
 
 
@@ -348,6 +370,7 @@ def all_command(
     rows += sustained.run(root, sustained_rates, sustained_seconds, 1, quix=quix)
     rows += recovery.run(root, keys)
     rows += poison.run(root, None, users, skus, repeats)
+    rows += windowed.run(root, None, users, skus, repeats, quix=quix)
     profile_rows, profile_text = profile.run(root, orders or profile.ORDERS, 15)
     rows += profile_rows
     extra = [

@@ -380,15 +380,21 @@ def _now_ms() -> int:
 
 
 def order_stream(
-    count: int, users: int, skus: int, seed: int = 7, start_ms: int | None = None
+    count: int,
+    users: int,
+    skus: int,
+    seed: int = 7,
+    start_ms: int | None = None,
+    step_ms: float = 1.0,
 ) -> Iterable[tuple[str, dict[str, Any]]]:
     """``count`` orders of 1 to 4 lines over ``users`` users and ``skus`` SKUs, as
-    (key, record) pairs, using the load generator's record builders."""
+    (key, record) pairs, using the load generator's record builders; each one ``step_ms``
+    of event time (created_at, whole milliseconds) after the one before."""
     rng = random.Random(seed)
-    clock = start_ms if start_ms is not None else _now_ms()
+    start = start_ms if start_ms is not None else _now_ms()
     sequence: dict[str, int] = {}
     prices = [rng.randrange(99, 20_000) for _ in range(skus)]
-    for _ in range(count):
+    for index in range(count):
         buyer = user_id(rng.randrange(users))
         sequence[buyer] = sequence.get(buyer, 0) + 1
         picked = rng.sample(range(skus), rng.randrange(1, min(4, skus) + 1))
@@ -396,8 +402,8 @@ def order_stream(
             {"sku": f"SKU-{i:06d}", "quantity": rng.randrange(1, 5), "unit_price_cents": prices[i]}
             for i in picked
         ]
-        clock += 1
-        event = order(buyer, f"{buyer}-o{sequence[buyer]:05d}", lines, clock)
+        at = start + int((index + 1) * step_ms)
+        event = order(buyer, f"{buyer}-o{sequence[buyer]:05d}", lines, at)
         yield event.key, event.record
 
 

@@ -48,6 +48,17 @@ METHOD = """\
   topic with nothing else running. Sustained: 250 to 4,000 orders/s, one worker and the Quix
   peer interleaved; a rate is sustained when every output's p99 stays under 100 ms; the
   summary is the highest rate up to which every rate was sustained.
+- **Windowed** (9): the analytics service (`pipeline.analytics_app`, one worker) and the
+  same two windowed aggregations in Quix Streams (`bench/peers/quix_analytics.py`:
+  `group_by` SKU, `tumbling_window(1 h, grace).reduce(...).final("partition")` to
+  `sku_sales_hourly`; `hopping_window(24 h, 1 h, grace).reduce(...).final("partition")`),
+  both in the orders' event time (created_at), same grace, one partition per topic (stream
+  time per partition: docs/benchmarks.md). The orders span 18 h of event time, then
+  closing orders of every SKU past the last hour's end + grace; the time runs from the
+  first derived record (re-keyed sale or window changelog record) to the last final, and
+  each run's finals are read back and checked against the (SKU, hour) totals computed from
+  the input. The ratio is the median of the per-repeat ratios; repeats alternate which
+  system goes first.
 - **Recovery and memory** (4, 5): the rows are written straight to the two changelog
   topics in the tables' own layout (a million orders through the agents would take over an hour);
   "ready" is when the views answer for the last key of every partition. Baseline: a
