@@ -64,7 +64,7 @@ def consumer(runner: EventRunner, handler: BatchHandler) -> Callable[[Arrivals],
     """What consumes an agent's arrivals: ``runner``, with ``handler``."""
 
     async def consume(arrivals: Arrivals) -> None:
-        await runner.consume(arrivals, handler, arrivals.held)
+        await runner.consume(arrivals, handler)
 
     return consume
 

@@ -387,14 +387,8 @@ class EventRunner:
     # What the agent does by the wall clock, busy or not; None: nothing.
     quiet: Quiet | None = None
 
-    async def consume(
-        self,
-        arrivals: Arrivals,
-        handler: BatchHandler,
-        assigned: Callable[[], Assignment] | None = None,
-    ) -> None:
-        """Handle the agent's events for as long as it runs; with ``quiet`` and ``assigned``
-        (the partitions of the agent's sources this worker is assigned), run the quiet
+    async def consume(self, arrivals: Arrivals, handler: BatchHandler) -> None:
+        """Handle the agent's events for as long as it runs; with ``quiet``, run the quiet
         batch once every interval between batches, busy or not (a busy partition must not
         keep an idle one's windows open; the quiet handler picks the idle partitions)."""
         # Waits for events only with none in hand but the batch in flight, which settles
@@ -406,15 +400,15 @@ class EventRunner:
         waiting: Sequence[asyncio.Future[Any]] = ()
         taking: asyncio.Future[list[Event]] | None = None
         loop = asyncio.get_running_loop()
-        quiet = self.quiet if assigned is not None else None
+        quiet = self.quiet
         quiet_due = loop.time() + quiet.interval_s if quiet is not None else 0.0
         try:
             while True:
                 if taking is None:
                     taking = asyncio.ensure_future(arrivals.take(self.max_batch))
-                if quiet is not None and assigned is not None and not held:
+                if quiet is not None and not held:
                     if loop.time() >= quiet_due:
-                        await self.quiet_batch(arrivals, in_flight, handler, assigned)
+                        await self.quiet_batch(arrivals, in_flight, handler)
                         in_flight = None
                         quiet_due = loop.time() + quiet.interval_s
                     done, _ = await asyncio.wait([taking], timeout=quiet_due - loop.time())
@@ -451,9 +445,8 @@ class EventRunner:
         arrivals: Arrivals,
         in_flight: InFlight | None,
         handler: BatchHandler,
-        assigned: Callable[[], Assignment],
     ) -> None:
-        """The quiet handler's batch for the partitions ``assigned`` gives, serialized with
+        """The quiet handler's batch for the partitions ``arrivals`` holds, serialized with
         the agent's own: after the batch in flight settled, and settled before the next
         batch is prepared, so that batch reads only what is durable. One that fails is
         logged and left to the next quiet interval: it acknowledges no event. One with
@@ -465,7 +458,7 @@ class EventRunner:
         assert self.quiet is not None
         if in_flight is not None:
             await self._finish(arrivals, in_flight, handler)
-        assignment = assigned()
+        assignment = arrivals.held()
         if not assignment.partitions:
             return
         try:
@@ -477,7 +470,7 @@ class EventRunner:
             return
         if not prepared.derived and (prepared.rows is None or not prepared.rows.changelog):
             return
-        if assigned() != assignment:
+        if arrivals.held() != assignment:
             prepared.abandon()
             return
         failure = await self._settle(arrivals, (), prepared)

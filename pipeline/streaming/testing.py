@@ -264,7 +264,7 @@ class ServiceTest:
         for run in self.runs:
             if run.runner.quiet is not None:
                 nothing = Pending((), self.assignment)
-                await run.runner.quiet_batch(nothing, None, run.handler, nothing.held)
+                await run.runner.quiet_batch(nothing, None, run.handler)
 
     def _unread(self, agent: RunningAgent) -> list[Record]:
         unread = []

@@ -159,6 +159,9 @@ def test_an_agent_with_nothing_to_do_runs_its_quiet_batch_between_its_batches() 
         def ack(self, event: Event) -> None:
             self.acknowledged.append(event)
 
+        def held(self) -> Assignment:
+            return assignment
+
     handled: list[Sequence[Event]] = []
 
     async def handler(events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
@@ -167,7 +170,7 @@ def test_an_agent_with_nothing_to_do_runs_its_quiet_batch_between_its_batches() 
 
     runner = EventRunner("a", settlement, Metrics(), 10, quiet=Quiet(0.001, quiet))
     arrivals = Arrivals()
-    asyncio.run(runner.consume(arrivals, handler, lambda: assignment))
+    asyncio.run(runner.consume(arrivals, handler))
     assert calls[:1] == [assignment]
     assert [len(events) for events in handled] == [1]
     assert len(arrivals.acknowledged) == 1
@@ -195,12 +198,15 @@ def test_the_quiet_batch_runs_while_events_keep_arriving() -> None:
         def ack(self, event: Event) -> None:
             pass
 
+        def held(self) -> Assignment:
+            return Assignment(1, frozenset({0}))
+
     async def handler(events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
         handled.append(len(events))
         return Prepared(await topics.send([]))
 
     runner = EventRunner("a", settlement, Metrics(), 10, quiet=Quiet(0.001, quiet))
-    asyncio.run(runner.consume(Busy(), handler, lambda: Assignment(1, frozenset({0}))))
+    asyncio.run(runner.consume(Busy(), handler))
     assert calls and calls[0] >= 1  # after at least one batch of events
 
 
@@ -226,10 +232,18 @@ def test_a_quiet_batch_whose_assignment_changed_meanwhile_is_not_settled() -> No
         raise AssertionError("no events")
 
     runner = EventRunner("a", settlement, Metrics(), 10, quiet=Quiet(1, quiet))
-    generations = iter([Assignment(1, frozenset({0})), Assignment(2, frozenset({0}))])
-    steady = Assignment(2, frozenset({0}))
-    nothing = Pending((), steady)
-    asyncio.run(runner.quiet_batch(nothing, None, handler, lambda: next(generations)))
+
+    class Rebalancing(Pending):
+        """Held in generation 1 when the quiet batch begins, in 2 by the time it is ready."""
+
+        def __init__(self) -> None:
+            super().__init__((), Assignment(2, frozenset({0})))
+            self.generations = iter([Assignment(1, frozenset({0})), self.assignment])
+
+        def held(self) -> Assignment:
+            return next(self.generations)
+
+    asyncio.run(runner.quiet_batch(Rebalancing(), None, handler))
     assert settled == []
-    asyncio.run(runner.quiet_batch(nothing, None, handler, nothing.held))
+    asyncio.run(runner.quiet_batch(Pending((), Assignment(2, frozenset({0}))), None, handler))
     assert [prepared.derived for prepared in settled] == [[final]]
