@@ -13,7 +13,7 @@ describes.
 
 from __future__ import annotations
 
-from pipeline.engine.app import PipelineApp, faust_app
+from pipeline.engine.app import PipelineApp, WorkerClients, faust_app
 from pipeline.kafka.offsets import EndOffsets
 from pipeline.serde.codec import Codecs
 from pipeline.streaming.agents import Serdes
@@ -44,23 +44,24 @@ def create_app(topology: Topology, codecs: Codecs | None = None) -> PipelineApp:
             "PIPELINE_PROCESSING_GUARANTEE=exactly_once needs PIPELINE_STORE=rocksdb://"
         )
     topology.check()
-    # The engine, and what it starts and closes with the worker.
-    app = faust_app(topology)
-    app.codecs = codecs if codecs is not None else Codecs.from_settings(settings)
+    clients = WorkerClients(
+        codecs if codecs is not None else Codecs.from_settings(settings),
+        BatchProducer(producer_config(settings)),
+        EndOffsets(settings.kafka_client_config()),
+    )
+    app = faust_app(topology, clients)
     metrics = app.pipeline_metrics
-    app.batch_producer = BatchProducer(producer_config(settings))
-    app.end_offsets = EndOffsets(settings.kafka_client_config())
-    dead_letters = DeadLetters(app.batch_producer, settings.app_id)
+    dead_letters = DeadLetters(clients.producer, settings.app_id)
     settlement: Settlement
     if exactly_once:
-        app.commits_in_transactions = True
-        settlement = app.transactions = in_transactions(app, topology, dead_letters, metrics)
+        settlement = in_transactions(app, topology, dead_letters, metrics)
+        app.commit_in(settlement)
     else:
-        settlement = AtLeastOnce(app.batch_producer, dead_letters)
-    serdes = Serdes(records=app.codecs, internal=topology.internal, topology=topology)
+        settlement = AtLeastOnce(clients.producer, dead_letters)
+    serdes = Serdes(records=clients.codecs, internal=topology.internal, topology=topology)
     run_agents(app, topology, settlement, serdes, metrics)
     server.register(
-        app.served(), topology, app.codecs, metrics, app.batch_producer, app.end_offsets
+        app.served(), topology, clients.codecs, metrics, clients.producer, clients.end_offsets
     )
     return app
 

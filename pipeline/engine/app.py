@@ -14,6 +14,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
@@ -50,21 +51,31 @@ from pipeline.streaming.transactions import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class WorkerClients:
+    """The clients a worker's app is made with, and closes at its shutdown."""
+
+    codecs: Codecs
+    # Ingest (POSTs); under at-least-once the agents' outputs and dead letters too.
+    producer: BatchProducer
+    end_offsets: EndOffsets
+
+
 class PipelineApp(FixedFaustApp):
     """A Faust app that, before consuming, creates its topics and resolves its schema
     ids, and at each assignment bulk-restores the table partitions it was assigned."""
 
     topology: Topology
+    # Its clients (``WorkerClients``).
     codecs: Codecs
-    pipeline_metrics: Metrics
-    # Ingest (POSTs); under at-least-once the agents' outputs and dead letters too.
     batch_producer: BatchProducer
+    end_offsets: EndOffsets
+    pipeline_metrics: Metrics
     # exactly_once only: the worker's transactions.
     transactions: ExactlyOnce | None = None
     pipeline_tables: dict[str, TableT[bytes, bytes]]
     # Called as a rebalance starts and once it ended (``on_rebalance``).
     rebalance_callbacks: list[Callable[[], None]]
-    end_offsets: EndOffsets
     partition_stores: dict[str, FaustPartitionStore]
 
     @property
@@ -182,6 +193,13 @@ class PipelineApp(FixedFaustApp):
     def group_member(self) -> GroupMember | None:
         return group_member(self)
 
+    def commit_in(self, transactions: ExactlyOnce) -> None:
+        """Settle in ``transactions``, which commit the consumer's offsets: before the app
+        starts, so that its consumer reads committed records only and Faust commits
+        nothing."""
+        self.transactions = transactions
+        self.commits_in_transactions = True
+
     def served(self) -> FaustWorker:
         """This worker as its web side sees it."""
         return FaustWorker(self, self.pipeline_tables, self.pipeline_settings.partitions)
@@ -204,8 +222,8 @@ def broker_credentials(security: KafkaSecurity) -> CredentialsT | ssl.SSLContext
     return context
 
 
-def faust_app(topology: Topology) -> PipelineApp:
-    """The Faust app of ``topology``'s settings, with nothing of the topology in it yet."""
+def faust_app(topology: Topology, clients: WorkerClients) -> PipelineApp:
+    """The Faust app of ``topology``'s settings and ``clients``, with no agent in it yet."""
     settings = topology.settings
     brokers = [
         f"kafka://{server.strip()}" for server in settings.kafka_bootstrap_servers.split(",")
@@ -248,6 +266,9 @@ def faust_app(topology: Topology) -> PipelineApp:
         autodiscover=False,
     )
     app.topology = topology
+    app.codecs = clients.codecs
+    app.batch_producer = clients.producer
+    app.end_offsets = clients.end_offsets
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.read_in_step = ReadInStep(topology.in_step, settings.join_in_step_max_wait_ms / 1000)
     metrics = app.pipeline_metrics = Metrics()
