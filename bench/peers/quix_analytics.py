@@ -21,23 +21,13 @@ until SIGTERM.
 
 from __future__ import annotations
 
-import argparse
-import json
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from quixstreams import Application
-from quixstreams.models.serializers.avro import AvroDeserializer, AvroSerializer
-from quixstreams.models.serializers.schema_registry import (
-    SchemaRegistryClientConfig,
-    SchemaRegistrySerializationConfig,
-)
+from quix_common import Avro, application, arguments
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-# Seconds Application.run's consumer waits for a batch (as in quix_shop.py).
-POLL_TIMEOUT = 0.001
 
 
 def created_at(value: dict[str, Any], headers: Any, timestamp: int, kind: Any) -> int:
@@ -83,43 +73,22 @@ def add_spend(row: dict[str, int], order: dict[str, Any]) -> dict[str, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--broker", required=True)
-    parser.add_argument("--registry", required=True)
-    parser.add_argument("--input", required=True, help="the order_created topic")
-    parser.add_argument("--output-prefix", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--schemas-dir", required=True)
+    parser = arguments(__doc__.split("\n", 1)[0])
     parser.add_argument("--grace-ms", type=int, required=True)
     args = parser.parse_args()
 
-    registry = SchemaRegistryClientConfig(url=args.registry)
-    app = Application(
-        broker_address=args.broker,
-        consumer_group=args.group,
-        auto_offset_reset="earliest",
-        state_dir=args.state_dir,
-        processing_guarantee="at-least-once",
-        consumer_poll_timeout=POLL_TIMEOUT,
-    )
+    avro = Avro(args)
+    app = application(args)
     orders_topic = app.topic(
         args.input,
         key_deserializer="str",
-        value_deserializer=AvroDeserializer(schema_registry_client_config=registry),
+        value_deserializer=avro.deserializer(),
         timestamp_extractor=created_at,
     )
     finals_topic = app.topic(
         f"{args.output_prefix}sku_sales_hourly",
         key_serializer="str",
-        value_serializer=AvroSerializer(
-            json.loads((Path(args.schemas_dir) / "SkuSales.avsc").read_text()),
-            schema_registry_client_config=registry,
-            # The bench registered the subject; serialize with its latest version.
-            schema_registry_serialization_config=SchemaRegistrySerializationConfig(
-                auto_register_schemas=False, use_latest_version=True
-            ),
-        ),
+        value_serializer=avro.serializer("SkuSales.avsc"),
     )
 
     orders = app.dataframe(orders_topic)

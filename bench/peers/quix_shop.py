@@ -21,8 +21,8 @@ the registration arrives. With ``--no-confirmations`` (a pipeline before the joi
 writes the welcomes only.
 
 ``concat`` of two topics (as in every Quix join) makes the app read them
-timestamp-aligned, from a buffer refilled once per ``consumer_poll_timeout``: the peer sets
-``POLL_TIMEOUT`` (docs/benchmarks.md has why).
+timestamp-aligned, from a buffer refilled once per ``consumer_poll_timeout``: the peers set
+``quix_common.POLL_TIMEOUT`` (docs/benchmarks.md has why).
 
 Same records in and out as the pipeline (Confluent Avro via Quix's serializers over
 the registry), at-least-once, Quix's defaults otherwise. Not included (the pipeline does
@@ -32,23 +32,13 @@ order past the hold bound is logged and dropped), the hold's age bound. Runs unt
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from quixstreams import Application, State
-from quixstreams.models.serializers.avro import AvroDeserializer, AvroSerializer
-from quixstreams.models.serializers.schema_registry import (
-    SchemaRegistryClientConfig,
-    SchemaRegistrySerializationConfig,
-)
-
-# Seconds Application.run's consumer waits for a batch (Quix's default: 1.0); see above.
-POLL_TIMEOUT = 0.001
+from quix_common import Avro, application, arguments
+from quixstreams import State
 
 
 def update_stats(order: dict[str, Any], state: State) -> dict[str, Any]:
@@ -131,15 +121,8 @@ def notifier(hold_max: int) -> Callable[[dict[str, Any], State], list[dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--broker", required=True)
-    parser.add_argument("--registry", required=True)
+    parser = arguments(__doc__.split("\n", 1)[0])
     parser.add_argument("--registrations", required=True, help="the user_registered topic")
-    parser.add_argument("--input", required=True, help="the order_created topic")
-    parser.add_argument("--output-prefix", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--schemas-dir", required=True)
     parser.add_argument(
         "--no-confirmations",
         dest="confirm",
@@ -151,52 +134,28 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    schemas = Path(args.schemas_dir)
-    registry = SchemaRegistryClientConfig(url=args.registry)
-    # The bench registered the subjects; serialize with their latest version.
-    serialization = SchemaRegistrySerializationConfig(
-        auto_register_schemas=False, use_latest_version=True
-    )
-
-    def serializer(avsc: str) -> AvroSerializer:
-        return AvroSerializer(
-            json.loads((schemas / avsc).read_text()),
-            schema_registry_client_config=registry,
-            schema_registry_serialization_config=serialization,
-        )
-
-    app = Application(
-        broker_address=args.broker,
-        consumer_group=args.group,
-        auto_offset_reset="earliest",
-        state_dir=args.state_dir,
-        processing_guarantee="at-least-once",
-        consumer_poll_timeout=POLL_TIMEOUT,
-    )
+    avro = Avro(args)
+    app = application(args)
     orders_topic = app.topic(
-        args.input,
-        key_deserializer="str",
-        value_deserializer=AvroDeserializer(schema_registry_client_config=registry),
+        args.input, key_deserializer="str", value_deserializer=avro.deserializer()
     )
     registrations_topic = app.topic(
-        args.registrations,
-        key_deserializer="str",
-        value_deserializer=AvroDeserializer(schema_registry_client_config=registry),
+        args.registrations, key_deserializer="str", value_deserializer=avro.deserializer()
     )
     stats_topic = app.topic(
         f"{args.output_prefix}user_order_stats",
         key_serializer="str",
-        value_serializer=serializer("UserOrderStats.avsc"),
+        value_serializer=avro.serializer("UserOrderStats.avsc"),
     )
     levels_topic = app.topic(
         f"{args.output_prefix}stock_levels",
         key_serializer="str",
-        value_serializer=serializer("StockLevel.avsc"),
+        value_serializer=avro.serializer("StockLevel.avsc"),
     )
     notifications_topic = app.topic(
         f"{args.output_prefix}notifications",
         key_serializer="str",
-        value_serializer=serializer("NotificationRequested.avsc"),
+        value_serializer=avro.serializer("NotificationRequested.avsc"),
     )
 
     orders = app.dataframe(orders_topic)

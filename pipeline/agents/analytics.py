@@ -24,6 +24,7 @@ from pipeline.domain.analytics import (
     encode_sale,
     encode_sku_sales,
     encode_user_spend,
+    merge_spend,
     sales_by_sku,
     sales_view,
     sku_sales_record,
@@ -77,8 +78,14 @@ def register(topology: Topology, topics: TopicNames, grace_ms: int, retention_ms
     sliding_day = Hopping(
         size_ms=DAY_MS, step_ms=HOUR_MS, grace_ms=grace_ms, retention_ms=retention_ms
     )
+    # Kept per hour (a pane) and merged into days when read: one row update per order,
+    # not 24 (docs/windows.md, "Panes").
     spend = topology.windowed(
-        "user_spend", table=USER_SPEND, windows=sliding_day, event_time=CREATED_AT
+        "user_spend",
+        table=USER_SPEND,
+        windows=sliding_day,
+        event_time=CREATED_AT,
+        combine=merge_spend,
     )
 
     @spend.on(topics.order_created)

@@ -70,6 +70,12 @@ def add_spend(row: UserSpend | None, order: Order) -> UserSpend:
     return UserSpend(current.spent_cents + int(order["total_cents"]), current.orders + 1)
 
 
+def merge_spend(earlier: UserSpend, later: UserSpend) -> UserSpend:
+    """A user's spend over two spans of time, from each's: ``add_spend`` folded over
+    both spans' orders gives the same (associative; the order of orders does not matter)."""
+    return UserSpend(earlier.spent_cents + later.spent_cents, earlier.orders + later.orders)
+
+
 def sku_sales_record(sku: str, start_ms: int, end_ms: int, row: SkuSales) -> dict[str, Any]:
     """The ``shop.SkuSales`` record of a SKU's window ``[start_ms, end_ms)``."""
     return {

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -153,7 +153,10 @@ class RowBatch(Generic[Row]):
         self.pending[key] = (row, event)
 
     def delete(self, key: bytes, event: Event) -> None:
-        """Delete ``key``'s row, in the partition of ``event``."""
+        """Delete ``key``'s row, in the partition of ``event``: its tombstone goes after
+        every record this batch had put before (a row written, then deleted, is no longer
+        where it was first written)."""
+        self.pending.pop(key, None)
         self.pending[key] = (None, event)
 
     def scan(self, partition: int, start: bytes, end: bytes) -> list[tuple[bytes, Row]]:
@@ -164,16 +167,27 @@ class RowBatch(Generic[Row]):
         found: dict[bytes, Row | None] = {
             key: self.decode(value) for key, value in self.store.scan(partition, start, end)
         }
+        found.update(self._unstored(start, end))
+        return sorted((key, row) for key, row in found.items() if row is not None)
+
+    def keys(self, partition: int, start: bytes, end: bytes) -> list[bytes]:
+        """The keys ``scan`` gives, without decoding their rows (an index's entries)."""
+        found = {key: True for key, _ in self.store.scan(partition, start, end)}
+        found.update((key, row is not None) for key, row in self._unstored(start, end))
+        return sorted(key for key, present in found.items() if present)
+
+    def _unstored(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, Row | None]]:
+        """The rows not stored yet with keys in ``[start, end)`` (None: deleted), the
+        latest last."""
         if self.unsettled:
             for key, row in self.unsettled.items():
                 if start <= key < end:
-                    found[key] = None if row is DELETED else row
+                    yield key, None if row is DELETED else row
         for batch in (self.previous, self):
             if batch is not None:
                 for key, (pending, _) in batch.pending.items():
                     if start <= key < end:
-                        found[key] = pending
-        return sorted((key, row) for key, row in found.items() if row is not None)
+                        yield key, pending
 
     async def send(self, derived: list[Outgoing]) -> Prepared:
         """Hand the derived events to the producer; the rows follow in ``persist``."""

@@ -39,7 +39,7 @@ from pipeline.kafka.naming import TopicNaming, TopicSpec
 from pipeline.settings import Settings
 from pipeline.streaming.event_time import KAFKA_TIMESTAMP, EventTime
 from pipeline.streaming.joined import Joined, JoinedCodec
-from pipeline.streaming.windowing import Hopping, Window, WindowedRows
+from pipeline.streaming.windowing import Hopping, Panes, Window, WindowedRows
 
 Row = TypeVar("Row")
 Value = TypeVar("Value")
@@ -236,9 +236,12 @@ class WindowedAgent(Agent, Generic[Row]):
     windows: Hopping = field(kw_only=True)
     row_table: TableSpec[Row] = field(kw_only=True)
     close_hook: CloseHook[Row] | None = field(default=None, kw_only=True)
+    # Rows kept per pane, merged into windows (docs/windows.md, "Panes"); None: per window.
+    panes: Panes[Row] | None = field(default=None, kw_only=True)
 
     def on(self, topic: str) -> Callable[[WindowRule[Row]], WindowRule[Row]]:
-        """Apply the decorated rule to every window of every event of ``topic``."""
+        """Apply the decorated rule to every window of every event of ``topic`` (with
+        panes: to the event's pane, once)."""
         return lambda rule: self._register(topic, rule)
 
     def on_close(self, hook: CloseHook[Row]) -> CloseHook[Row]:
@@ -331,10 +334,14 @@ class Topology:
         windows: Hopping,
         event_time: EventTime = KAFKA_TIMESTAMP,
         emits: Iterable[str] = (),
+        combine: Callable[[Row, Row], Row] | None = None,
     ) -> WindowedAgent[Row]:
         """An agent keeping ``table``'s rows per key and window (``Tumbling`` or
-        ``Hopping``), in the event time ``event_time`` reads."""
-        rows = WindowedRows(table.encode, table.decode)
+        ``Hopping``), in the event time ``event_time`` reads. With ``combine`` (an
+        associative merge of two rows, of an aggregate whose order does not matter), rows
+        are kept per key and pane and merged into windows when read (docs/windows.md,
+        "Panes"): one row update per event instead of size/step."""
+        rows = WindowedRows(table.encode, table.decode, paned=combine is not None)
         stored: TableSpec[Any] = TableSpec(table.name, rows.encode, rows.decode, table.help)
         agent = WindowedAgent(
             name,
@@ -343,6 +350,7 @@ class Topology:
             event_time=event_time,
             windows=windows,
             row_table=table,
+            panes=Panes(windows, combine) if combine is not None else None,
         )
         self.agents.append(agent)
         return agent

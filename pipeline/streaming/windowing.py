@@ -5,25 +5,28 @@ multiple of its step and lasts its size. One table partition holds, in key order
 
 - each key's windows, keyed by the key's bytes, 0xff, then the start (u64 big-endian,
   offset by 2^63), so one key's windows are one ordered range scan (0xff never occurs in
-  UTF-8, so no key's windows run into another's);
+  UTF-8, so no key's windows run into another's); in a table of panes (``Panes``), each
+  key's pane rows instead: the key, 0xff, the pane's start, then the first window the
+  row counts in (both u64 likewise);
 - reserved keys, starting with 0xff (a key that no UTF-8 record key starts with): the
   partition's clock (``Clock``: its stream time and which windows it closed and deleted),
   ``0xff 'c'`` + u32 partition; and an index of its windows by start,
-  ``0xff 'i'`` + u32 partition + start + key, so closing and expiry are range scans
-  too. Reserved keys name their partition, so the ones of several partitions sharing one
-  store (``memory://``) never meet.
+  ``0xff 'i'`` + u32 partition + start + key (of panes: + pane start + first window +
+  key), so closing and expiry are range scans too. Reserved keys name their partition,
+  so the ones of several partitions sharing one store (``memory://``) never meet.
 
-Stored values are tagged: ``r`` + the row's own encoding, ``c`` + the clock (three i64),
-``i`` for an index entry; the runtime frames each with its positions
-(pipeline.streaming.positions).
+Stored values are tagged: ``r`` + the row's own encoding (``p`` for a pane's, so neither
+layout is read as the other), ``c`` + the clock (three i64), ``i`` for an index entry;
+the runtime frames each with its positions (pipeline.streaming.positions).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from functools import reduce
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from pipeline.domain.encoding import EncodingError
 
@@ -33,6 +36,7 @@ Row = TypeVar("Row")
 NEVER = -(2**63)
 _BIAS = 2**63
 _START = struct.Struct(">Q")
+_PANE = struct.Struct(">QQ")
 _PARTITION = struct.Struct(">I")
 _CLOCK = struct.Struct(">qqq")
 RESERVED = b"\xff"
@@ -88,6 +92,15 @@ class Hopping:
     def window(self, start: int) -> Window:
         return Window(start, start + self.size_ms)
 
+    def pane(self, event_time: int) -> int:
+        """The start of the pane (``step_ms`` long) ``event_time`` falls in: the start of
+        the newest of its windows."""
+        return event_time // self.step_ms * self.step_ms
+
+    def first_window(self, pane: int) -> int:
+        """The start of the oldest window holding the pane starting at ``pane``."""
+        return pane - self.size_ms + self.step_ms
+
     def _aligned(self, bound: int) -> int:
         """The first window start at or above ``bound``."""
         return -(-bound // self.step_ms) * self.step_ms
@@ -139,6 +152,18 @@ def window_start(row_key: bytes) -> int:
     return int(_START.unpack_from(row_key, len(row_key) - _START.size)[0]) - _BIAS
 
 
+def pane_key(key: bytes, pane: int, first: int) -> bytes:
+    """The row of ``key``'s events in the pane starting at ``pane`` that count in the
+    windows starting at ``first`` and after (and at ``pane`` or before)."""
+    return key + _SEPARATOR + _PANE.pack(pane + _BIAS, first + _BIAS)
+
+
+def pane_of(row_key: bytes) -> tuple[int, int]:
+    """The pane start and first window a pane row's key names."""
+    pane, first = _PANE.unpack_from(row_key, len(row_key) - _PANE.size)
+    return int(pane) - _BIAS, int(first) - _BIAS
+
+
 def clock_key(partition: int) -> bytes:
     return _CLOCK_PREFIX + _PARTITION.pack(partition)
 
@@ -147,8 +172,21 @@ def index_key(partition: int, start: int, key: bytes) -> bytes:
     return _INDEX_PREFIX + _PARTITION.pack(partition) + _START.pack(start + _BIAS) + key
 
 
+def pane_index_key(partition: int, pane: int, first: int, key: bytes) -> bytes:
+    prefix = _INDEX_PREFIX + _PARTITION.pack(partition)
+    return prefix + _PANE.pack(pane + _BIAS, first + _BIAS) + key
+
+
+def pane_indexed(entry: bytes) -> tuple[int, int, bytes]:
+    """The pane start, first window and key of the pane row an index entry names."""
+    offset = len(_INDEX_PREFIX) + _PARTITION.size
+    pane, first = _PANE.unpack_from(entry, offset)
+    return int(pane) - _BIAS, int(first) - _BIAS, entry[offset + _PANE.size :]
+
+
 def index_range(partition: int, start: int, end: int) -> tuple[bytes, bytes]:
-    """The index entries of the windows starting in ``[start, end)``: a scan's bounds."""
+    """The index entries of the windows (or panes) starting in ``[start, end)``: a scan's
+    bounds."""
     prefix = _INDEX_PREFIX + _PARTITION.pack(partition)
     return prefix + _START.pack(start + _BIAS), prefix + _START.pack(end + _BIAS)
 
@@ -161,26 +199,65 @@ def indexed(entry: bytes) -> tuple[int, bytes]:
 
 
 @dataclass(frozen=True)
+class Panes(Generic[Row]):
+    """How a hopping table of an aggregate that combines keeps its rows: one per key and
+    pane (``step_ms`` of event time), not one per window; a window's value is its panes'
+    rows merged by ``combine``, oldest first.
+
+    An event counts in the row of its pane and of the first of its windows still open
+    (``pane_key``): a row (pane, first) counts in the windows starting from ``first`` to
+    the pane's start. While the pane's oldest window is open, that is the pane's shared
+    row; an event that misses some closed windows goes to a row of its own first open
+    window, which no closed window reads, so a closed window's value never changes."""
+
+    windows: Hopping
+    combine: Callable[[Row, Row], Row]
+
+    def spans(self, pane: int, first: int, low: int, high: int) -> range:
+        """The starts of the windows in ``[low, high)`` the row (pane, first) counts in."""
+        step = self.windows.step_ms
+        return range(max(first, low), min(pane + step, high), step)
+
+    def values(
+        self, rows: Sequence[tuple[int, int, Row]], low: int, high: int
+    ) -> list[tuple[int, Row]]:
+        """The windows starting in ``[low, high)`` that a key's rows (pane, first, row),
+        oldest first, make: (start, value), oldest first."""
+        starts = sorted({start for p, f, _ in rows for start in self.spans(p, f, low, high)})
+        return [
+            (start, reduce(self.combine, [row for p, f, row in rows if f <= start <= p]))
+            for start in starts
+        ]
+
+
+@dataclass(frozen=True)
 class WindowedRows:
-    """The values of a windowed table: its rows (``encode``, ``decode``), clocks and
-    index entries, each tagged."""
+    """The values of a windowed table: its rows (``encode``, ``decode``; pane rows if
+    ``paned``), clocks and index entries, each tagged."""
 
     encode_row: Callable[[Any], bytes]
     decode_row: Callable[[bytes], Any]
+    paned: bool = False
 
     def encode(self, value: Any) -> bytes:
         if isinstance(value, Clock):
             return b"c" + _CLOCK.pack(*value)
         if value is INDEXED:
             return b"i"
-        return b"r" + self.encode_row(value)
+        return (b"p" if self.paned else b"r") + self.encode_row(value)
 
     def decode(self, data: bytes) -> Any:
         tag = data[:1]
-        if tag == b"r":
+        if tag == (b"p" if self.paned else b"r"):
             return self.decode_row(data[1:])
         if tag == b"c":
             return Clock(*_CLOCK.unpack_from(data, 1))
         if tag == b"i":
             return INDEXED
+        if tag in (b"p", b"r"):
+            raise EncodingError(
+                f"windowed table value: a {'window' if self.paned else 'pane'} row in a table "
+                f"of {'panes' if self.paned else 'windows'}: the table's combine changed, so "
+                'its layout did; rebuild its state (docs/windows.md, "Panes")'
+            )
         raise EncodingError(f"windowed table value: unknown tag {tag!r}")

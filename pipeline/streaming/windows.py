@@ -2,10 +2,12 @@
 (docs/windows.md).
 
 Per event: its event time advances its partition's stream time; its rule updates each of
-its windows still open; an event whose windows have all closed is late, dead-lettered
-and counted. Per partition, at the end of the batch: the windows that stream time closed
-emit their finals (the close hook), those past their retention are deleted (tombstones),
-and the partition's clock is written last of the partition's changelog records.
+its windows still open (with panes, ``Panes`` of pipeline.streaming.windowing: the one row
+of its pane and first open window); an event whose windows have all closed is late,
+dead-lettered and counted. Per partition, at the end of the batch: the windows that stream
+time closed emit their finals (the close hook), and the partition's clock is written last
+of the partition's changelog records but for the tombstones of the windows past their
+retention, which follow it (``_write_clock``).
 
 A partition of the worker's with no event for a while (``window_idle_close_ms``) has its
 stream time advanced by the wall clock (``close_quiet``, a batch of its own between the
@@ -57,6 +59,10 @@ from pipeline.streaming.windowing import (
     index_range,
     indexed,
     key_range,
+    pane_index_key,
+    pane_indexed,
+    pane_key,
+    pane_of,
     window_key,
     window_start,
 )
@@ -161,7 +167,7 @@ class WindowedHandler(AgentHandler):
     async def __call__(self, events: Sequence[Event], in_flight: Prepared | None) -> Prepared:
         assert self.codec is not None
         agent = self.agent
-        windows, rules, event_time = agent.windows, agent.rules, agent.event_time
+        windows, event_time = agent.windows, agent.event_time
         table = agent.row_table.name
         rows = self._rows(self.window_store, self.codec, in_flight)
         partitions: dict[int, Partition] = {}
@@ -171,7 +177,6 @@ class WindowedHandler(AgentHandler):
             if not index % YIELD_EVERY:
                 await asyncio.sleep(0)
             message = event.message
-            raw_key = cast(bytes, message.key)
             partition = partitions.get(message.partition)
             if partition is None:
                 partition = partitions[message.partition] = self._partition(rows, event)
@@ -179,33 +184,22 @@ class WindowedHandler(AgentHandler):
                 self.replays.inc()
                 continue
             clock = partition.clock
-            updates: list[tuple[int, bytes, Tracked[Any] | None, Any]] = []
             try:
                 at = event_time.of(value, message)
                 stream_time = max(clock.stream_time, at)
                 closed_below = max(clock.closed_below, windows.closed_below(stream_time))
-                starts = windows.starts(at)
-                open_starts = [start for start in starts if start >= closed_below]
-                if not open_starts:
+                updates, missed = self._updates(rows, event, key, value, origin, at, closed_below)
+                if missed is None:
                     self.late.labels(table, message.topic).inc()
-                    raise LateEvent(self._lateness(key, at, starts[-1], stream_time))
-                rule = rules[message.topic]
-                for start in open_starts:
-                    row_key = window_key(raw_key, start)
-                    tracked = rows.get(row_key, event)
-                    if tracked is not None and not is_new(tracked.applied, origin):
-                        continue  # a replay of a batch partly delivered
-                    window = windows.window(start)
-                    row = rule(key, value, window, tracked.row if tracked is not None else None)
-                    updates.append((start, row_key, tracked, row))
+                    raise LateEvent(self._lateness(key, at, windows.pane(at), stream_time))
             except Exception as error:  # the event's or its rule's, for this event alone
                 setbacks.failed.append((event, error))
                 continue
-            if len(open_starts) < len(starts):
-                self.misses.labels(table, message.topic).inc(len(starts) - len(open_starts))
-            for start, row_key, tracked, row in updates:
+            if missed:
+                self.misses.labels(table, message.topic).inc(missed)
+            for entry, row_key, tracked, row in updates:
                 if tracked is None:
-                    rows.put(index_key(message.partition, start, raw_key), _INDEX_ENTRY, event)
+                    rows.put(entry, _INDEX_ENTRY, event)
                 applied = tracked.applied if tracked is not None else {}
                 rows.put(row_key, Tracked(row, advance(applied, origin)), event)
             partition.clock = clock._replace(stream_time=stream_time)
@@ -217,10 +211,8 @@ class WindowedHandler(AgentHandler):
         for number, partition in partitions.items():
             self.quietness.heard(number, now)
             derived += self._close(rows, number, partition)
-            self._expire(rows, number, partition)
-            if partition.changed:  # last: see the module's docstring
-                tracked_clock = Tracked(partition.clock, partition.applied)
-                rows.put(clock_key(number), tracked_clock, partition.event)
+            expired = self._expire(rows, number, partition)
+            self._write_clock(rows, number, partition, expired, partition.changed)
         return setbacks.onto(await rows.send(derived))
 
     async def close_quiet(self, assignment: Assignment, in_flight: Prepared | None) -> Prepared:
@@ -248,13 +240,59 @@ class WindowedHandler(AgentHandler):
             durable = self.codec.decode(stored).row.stream_time if stored is not None else NEVER
             partition.clock = partition.clock._replace(stream_time=durable)
             derived += self._close(rows, number, partition)
-            self._expire(rows, number, partition)
+            expired = self._expire(rows, number, partition)
             advance_ms = int((now - advanced_at) * 1000)
             partition.clock = partition.clock._replace(stream_time=stream_time + advance_ms)
             quietness.advanced_at[number] = now
-            if advance_ms > 0 or partition.changed:
-                rows.put(clock_key(number), Tracked(partition.clock, partition.applied), mark)
+            changed = advance_ms > 0 or partition.changed
+            self._write_clock(rows, number, partition, expired, changed)
         return await rows.send(derived)
+
+    def _updates(
+        self,
+        rows: RowBatch[Tracked[Any]],
+        event: Event,
+        key: str,
+        value: Any,
+        origin: Origin,
+        at: int,
+        closed_below: int,
+    ) -> tuple[list[tuple[bytes, bytes, Tracked[Any] | None, Any]], int | None]:
+        """The rows a new event at ``at`` changes, in the windows starting at
+        ``closed_below`` or after (those below have closed): (index entry, row key, the
+        row before, the row after) for each, with how many of its windows it missed; None
+        for the event that missed them all. Without panes, a row per open window; with
+        panes, the one of its pane and first open window (``Panes``)."""
+        windows, panes = self.agent.windows, self.agent.panes
+        rule = self.agent.rules[event.message.topic]
+        partition, raw_key = event.message.partition, cast(bytes, event.message.key)
+        updates = []
+        if panes is not None:
+            pane = windows.pane(at)
+            first = windows.first_window(pane)
+            open_from = max(first, closed_below)
+            if open_from > pane:
+                return [], None
+            row_key = pane_key(raw_key, pane, open_from)
+            tracked = rows.get(row_key, event)
+            if tracked is None or is_new(tracked.applied, origin):  # else a partial replay
+                pane_window = Window(pane, pane + windows.step_ms)
+                row = rule(key, value, pane_window, tracked.row if tracked is not None else None)
+                entry = pane_index_key(partition, pane, open_from, raw_key)
+                updates.append((entry, row_key, tracked, row))
+            return updates, (open_from - first) // windows.step_ms
+        starts = windows.starts(at)
+        open_starts = [start for start in starts if start >= closed_below]
+        if not open_starts:
+            return [], None
+        for start in open_starts:
+            row_key = window_key(raw_key, start)
+            tracked = rows.get(row_key, event)
+            if tracked is not None and not is_new(tracked.applied, origin):
+                continue  # a replay of a batch partly delivered
+            row = rule(key, value, windows.window(start), tracked.row if tracked else None)
+            updates.append((index_key(partition, start, raw_key), row_key, tracked, row))
+        return updates, len(starts) - len(open_starts)
 
     def _partition(self, rows: RowBatch[Tracked[Any]], event: Event) -> Partition:
         stored = rows.get(clock_key(event.message.partition), event)
@@ -284,18 +322,15 @@ class WindowedHandler(AgentHandler):
         if clock.stream_time == NEVER or bound <= clock.closed_below:
             return []
         finals: list[Outgoing] = []
-        for entry, _ in rows.scan(number, *index_range(number, clock.closed_below, bound)):
-            start, raw_key = indexed(entry)
-            tracked = rows.get(window_key(raw_key, start), partition.event)
-            if tracked is None:
-                continue
-            self.closed.inc()
+        closing = self._closing(rows, partition.event, clock.closed_below, bound)
+        self.closed.inc(len(closing))
+        for start, raw_key, row in closing:
             if hook is None:
-                continue
+                break
             window = windows.window(start)
             key = raw_key.decode()
             try:
-                emitted = hook(key, window, tracked.row)
+                emitted = hook(key, window, row)
                 self._check_declared(emitted)
                 finals += self.serdes.encode(emitted, _NO_ORIGIN, window.end - 1)
             except RuleBug:
@@ -309,24 +344,114 @@ class WindowedHandler(AgentHandler):
         partition.changed = True
         return finals
 
-    def _expire(self, rows: RowBatch[Tracked[Any]], number: int, partition: Partition) -> None:
-        """Delete the windows past their retention, restored ones included: every index
-        entry below the bound, not only those this worker wrote."""
+    def _closing(
+        self, rows: RowBatch[Tracked[Any]], event: Event, low: int, high: int
+    ) -> list[tuple[int, bytes, Any]]:
+        """The windows of ``event``'s partition starting in ``[low, high)``: (start, key,
+        final row), by start and key. In a table of panes without a close hook, the rows
+        are not read (None)."""
+        number = event.message.partition
+        panes = self.agent.panes
+        if panes is None:
+            closing = []
+            for entry in rows.keys(number, *index_range(number, low, high)):
+                start, raw_key = indexed(entry)
+                tracked = rows.get(window_key(raw_key, start), event)
+                if tracked is not None:
+                    closing.append((start, raw_key, tracked.row))
+            return closing
+        entries = self._pane_entries(rows, number, low, high)
+        if self.agent.close_hook is None:
+            made = self._pane_windows(entries, low, high)
+            return [(start, raw_key, None) for start, raw_key in sorted(made)]
+        by_key: dict[bytes, list[tuple[int, int, Any]]] = {}  # each in pane order
+        for pane, first, raw_key in entries:
+            tracked = rows.get(pane_key(raw_key, pane, first), event)
+            if tracked is not None:
+                by_key.setdefault(raw_key, []).append((pane, first, tracked.row))
+        finals = [
+            (start, raw_key, row)
+            for raw_key, read in by_key.items()
+            for start, row in panes.values(read, low, high)
+        ]
+        return sorted(finals, key=lambda final: final[:2])
+
+    def _pane_entries(
+        self, rows: RowBatch[Tracked[Any]], number: int, low: int, high: int
+    ) -> list[tuple[int, int, bytes]]:
+        """The pane rows (pane, first window, key) of the windows starting in ``[low,
+        high)``, as the index names them: panes up to a window's size past ``high``."""
         windows = self.agent.windows
+        beyond = high + windows.size_ms - windows.step_ms
+        return [
+            pane_indexed(entry) for entry in rows.keys(number, *index_range(number, low, beyond))
+        ]
+
+    def _pane_windows(
+        self, entries: Iterable[tuple[int, int, bytes]], low: int, high: int
+    ) -> set[tuple[int, bytes]]:
+        """The windows (start, key) starting in ``[low, high)`` that pane rows make."""
+        step = self.agent.windows.step_ms
+        return {
+            (start, raw_key)
+            for pane, first, raw_key in entries
+            for start in range(max(first, low), min(pane + step, high), step)
+        }
+
+    def _expire(
+        self, rows: RowBatch[Tracked[Any]], number: int, partition: Partition
+    ) -> list[bytes]:
+        """The keys to delete of the windows past their retention, restored ones included:
+        every index entry below the bound, not only those this worker wrote. Of panes:
+        those whose last window (the one starting with the pane) is past it; the windows
+        expired are counted as their panes make them."""
+        windows, panes = self.agent.windows, self.agent.panes
         clock = partition.clock
         bound = max(clock.expired_below, windows.expired_below(clock.stream_time))
         if clock.stream_time == NEVER or bound <= clock.expired_below:
-            return
-        event = partition.event
-        for entry, _ in rows.scan(number, *index_range(number, NEVER, bound)):
-            start, raw_key = indexed(entry)
-            # The row before its index entry: a crash between their tombstones leaves an
-            # entry without a row, which the next expiry deletes, never a row unindexed.
-            rows.delete(window_key(raw_key, start), event)
-            rows.delete(entry, event)
-            self.expired.inc()
+            return []
+        expired = []
+        # Each row before its index entry: a crash between their tombstones leaves an entry
+        # without a row, which the next expiry deletes, never a row unindexed.
+        if panes is None:
+            for entry in rows.keys(number, *index_range(number, NEVER, bound)):
+                start, raw_key = indexed(entry)
+                expired += [window_key(raw_key, start), entry]
+                self.expired.inc()
+        else:
+            entries = self._pane_entries(rows, number, NEVER, bound)
+            for pane, first, raw_key in entries:
+                if pane < bound:
+                    expired += [
+                        pane_key(raw_key, pane, first),
+                        pane_index_key(number, pane, first, raw_key),
+                    ]
+            self.expired.inc(len(self._pane_windows(entries, clock.expired_below, bound)))
         partition.clock = clock._replace(expired_below=bound)
         partition.changed = True
+        return expired
+
+    def _write_clock(
+        self,
+        rows: RowBatch[Tracked[Any]],
+        number: int,
+        partition: Partition,
+        expired: list[bytes],
+        changed: bool,
+    ) -> None:
+        """Write the partition's clock, if ``changed``, after the batch's rows (see the
+        module's docstring), then the tombstones of the ``expired`` rows. Not before: a
+        window closed and expired in one batch (stream time leapt past its retention) would
+        otherwise, after a crash that kept its tombstones but lost the clock, be closed
+        again without the rows they deleted (a pane's, or its own updated in the batch),
+        a final of other content. Behind the clock, a tombstone lost leaves a row below the
+        clock's expiry, which no window and no view reads, and which the next expiry
+        deletes: it scans from the oldest entry."""
+        if changed:
+            clock = Tracked(partition.clock, partition.applied)
+            rows.put(clock_key(number), clock, partition.event)
+        for key in expired:
+            rows.delete(key, partition.event)
 
 
 class StoredWindow(NamedTuple):
@@ -357,9 +482,19 @@ def stored_windows(
     clock = codec.decode(stored_clock).row if stored_clock is not None else Clock()
     windows = agent.windows
     closed_below = max(clock.closed_below, windows.closed_below(clock.stream_time))
+    if agent.panes is not None:
+        rows = [
+            (*pane_of(row_key), codec.decode(value).row)
+            for row_key, value in store.scan(partition, *key_range(key))
+        ]
+        if not rows:
+            return []
+        made = agent.panes.values(rows, clock.expired_below, rows[-1][0] + 1)
+        return [StoredWindow(windows.window(s), row, s < closed_below) for s, row in made]
     found = []
     for row_key, value in store.scan(partition, *key_range(key)):
         start = window_start(row_key)
-        row = codec.decode(value).row
-        found.append(StoredWindow(windows.window(start), row, start < closed_below))
+        if start >= clock.expired_below:  # below: a row whose tombstone is still to come
+            row = codec.decode(value).row
+            found.append(StoredWindow(windows.window(start), row, start < closed_below))
     return found

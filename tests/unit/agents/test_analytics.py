@@ -7,17 +7,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.domain.analytics import (
     Sale,
     SkuSales,
     UserSpend,
+    add_spend,
     decode_sale,
     decode_sku_sales,
     decode_user_spend,
     encode_sale,
     encode_sku_sales,
     encode_user_spend,
+    merge_spend,
 )
 from pipeline.domain.encoding import EncodingError
 from pipeline.services import analytics_settings, order_analytics
@@ -121,6 +125,23 @@ def test_a_replayed_order_counts_once() -> None:
         service.emitted("sku_sales_hourly"),
     )
     assert after == before
+
+
+def spent(totals: list[int]) -> UserSpend:
+    row = None
+    for total in totals:
+        row = add_spend(row, {"total_cents": total})
+    assert row is not None
+    return row
+
+
+@given(st.lists(st.integers(0, 10**9), min_size=3), st.data())
+def test_spend_merges_as_its_orders_add_up(totals: list[int], data: st.DataObject) -> None:
+    cut = data.draw(st.integers(1, len(totals) - 2))
+    again = data.draw(st.integers(cut + 1, len(totals) - 1))
+    a, b, c = spent(totals[:cut]), spent(totals[cut:again]), spent(totals[again:])
+    assert merge_spend(a, b) == spent(totals[:again])
+    assert merge_spend(merge_spend(a, b), c) == merge_spend(a, merge_spend(b, c)) == spent(totals)
 
 
 def test_rows_and_sales_round_trip_and_bad_bytes_are_refused() -> None:

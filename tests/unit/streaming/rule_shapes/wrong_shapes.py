@@ -74,3 +74,10 @@ def rekeys_the_wrong_value(key: str, value: dict[str, Any]) -> list[Emitted]:
 def emits_records_and_lines(key: str, value: dict[str, Any]) -> list[Emitted]:
     line = OrderLine("sku-1", 1, "o1", 0)
     return [lines.emit(line.sku, line), Emit("user_order_stats", key, {"user_id": key})]
+
+
+def merges_other_rows(earlier: UserOrderStats, later: UserOrderStats) -> UserOrderStats:
+    return later
+
+
+topology.windowed("spend", table=SKU_SALES, windows=Tumbling(size_ms=10), combine=merges_other_rows)
