@@ -58,7 +58,10 @@ METHOD = """\
   first derived record (re-keyed sale or window changelog record) to the last final, and
   each run's finals are read back and checked against the (SKU, hour) totals computed from
   the input. The ratio is the median of the per-repeat ratios; repeats alternate which
-  system goes first.
+  system goes first. Store keys: a pipeline-only run, as many orders over 54 h, fed to one
+  worker in two halves of event time; the worker stopped after each and the keys of its
+  RocksDB stores counted (read-only), with the windows kept 25 h and, on the same input,
+  with the default 7 days (nothing expires); then the closing orders, and its finals checked.
 - **Recovery and memory** (4, 5): the rows are written straight to the two changelog
   topics in the tables' own layout (a million orders through the agents would take over an hour);
   "ready" is when the views answer for the last key of every partition. Baseline: a

@@ -19,16 +19,25 @@ late, and both close the same windows at the same records.
 The time runs, as in bench.throughput, from the first derived record (on the system's
 repartition topic) to the last final; the analytics worker starts on an empty topic of its
 own and the input is copied in once its group has settled. Systems run interleaved.
+
+The store run (``measure_store``, pipeline only, untimed) shows the store staying flat:
+as many orders over ``STORE_SPAN_HOURS``, fed to a worker in two halves of event time, the
+worker stopped after each and its RocksDB stores' keys counted, then the closing orders for
+the finals check; once with the windows kept ``STORE_RETENTION_MS``, once with the default
+retention (nothing expires).
 """
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rocksdict import AccessType, Options, Rdict
 
 from bench import quix_env
 from bench.common import (
@@ -52,7 +61,7 @@ from bench.common import (
 )
 from pipeline.dev.audit import decoded, read_topic
 from pipeline.dev.loadgen import order, user_id
-from pipeline.dev.workers import ANALYTICS_APP, Deployment, wait_for
+from pipeline.dev.workers import ANALYTICS_APP, Deployment, WorkerProcess, wait_for
 from pipeline.kafka.topics import admin_client, ensure_topics
 from pipeline.serde.codec import Codecs
 from pipeline.services import analytics_settings, order_analytics, shop
@@ -73,6 +82,12 @@ GRACE_MS = Settings.analytics_grace_ms
 # Orders pre-loaded by default: 20 s or more of the slower system's work here.
 DEFAULT_ORDERS = 40_000
 SALES_BY_SKU = "sales_by_sku"  # the repartition topic's name in both systems
+TABLES = ("sku_sales", "user_spend")  # the analytics service's windowed tables
+# The store run: its retention, the least whole hours past the sliding day's size + grace
+# (so both tables expire windows), and a span whose half is past that, measured at its half
+# and its end. The broker keeps records of any age (no time-based topic retention).
+STORE_RETENTION_MS = 25 * HOUR_MS
+STORE_SPAN_HOURS = 54
 
 
 @dataclass(frozen=True)
@@ -123,14 +138,16 @@ def closing_orders(skus: int, at_ms: int) -> Iterator[dict[str, Any]]:
         yield order(user_id(0), f"closing-{first:06d}", lines, at_ms).record
 
 
-def event_times(now_ms: int, grace_ms: int) -> tuple[int, int]:
+def event_times(now_ms: int, grace_ms: int, span_hours: int = SPAN_HOURS) -> tuple[int, int]:
     """Where the orders' event time starts (on an hour) and the closing orders' instant:
     one minute past the last hour's end + grace, an hour or more before ``now_ms``."""
-    start = (now_ms // HOUR_MS - SPAN_HOURS - 2) * HOUR_MS - (grace_ms // HOUR_MS) * HOUR_MS
-    return start, start + SPAN_HOURS * HOUR_MS + grace_ms + 60_000
+    start = (now_ms // HOUR_MS - span_hours - 2) * HOUR_MS - (grace_ms // HOUR_MS) * HOUR_MS
+    return start, start + span_hours * HOUR_MS + grace_ms + 60_000
 
 
-def one_partition(name: str, root: Path) -> Deployment:
+def one_partition(
+    name: str, root: Path, retention_ms: int = Settings.analytics_retention_ms
+) -> Deployment:
     """A deployment whose topics have one partition (see the module docstring)."""
     return Deployment(
         name=name,
@@ -139,6 +156,7 @@ def one_partition(name: str, root: Path) -> Deployment:
         extra_env={
             "PIPELINE_PARTITIONS": "1",
             "PIPELINE_ANALYTICS_GRACE_MS": str(GRACE_MS),
+            "PIPELINE_ANALYTICS_RETENTION_MS": str(retention_ms),
         },
     )
 
@@ -165,24 +183,43 @@ class Input:
         return max(180.0, self.orders / 100)
 
 
-def make_input(root: Path, count: int, users: int, skus: int) -> Input:
-    deployment = one_partition(f"bench-{run_id()}", root / f"windowed-input-{count}")
-    codec = prepare(deployment)[deployment.names.order_created]
-    start, closing_at = event_times(int(time.time() * 1000), GRACE_MS)
-    step = SPAN_HOURS * HOUR_MS / (count + 1)  # the last order before the span's end
+def orders_over(
+    span_hours: int, count: int, users: int, skus: int
+) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]], Totals]:
+    """Where the span starts, ``count`` orders evenly over it, the closing orders, and the
+    finals expected of them."""
+    start, closing_at = event_times(int(time.time() * 1000), GRACE_MS, span_hours)
+    step = span_hours * HOUR_MS / (count + 1)  # the last order before the span's end
     records = [
         record for _, record in order_stream(count, users, skus, start_ms=start, step_ms=step)
     ]
     expected = hourly_totals(records)
-    records += closing_orders(skus, closing_at)
-    started = time.monotonic()
-    produce_all(
+    return start, records, list(closing_orders(skus, closing_at)), expected
+
+
+def sales(records: Iterable[dict[str, Any]]) -> int:
+    """The re-keyed sales of ``records``: one per distinct SKU of an order."""
+    return sum(len({item["sku"] for item in record["items"]}) for record in records)
+
+
+def load(deployment: Deployment, codecs: Codecs, records: Iterable[dict[str, Any]]) -> int:
+    """``records`` produced to the deployment's ``order_created``; how many."""
+    topic = deployment.names.order_created
+    return produce_all(
         bulk_producer(deployment.settings),
-        deployment.names.order_created,
-        ((record["user_id"].encode(), codec.encode(record)) for record in records),
+        topic,
+        ((record["user_id"].encode(), codecs[topic].encode(record)) for record in records),
     )
-    lines = sum(len({item["sku"] for item in record["items"]}) for record in records)
-    return Input(deployment, len(records), lines, expected, time.monotonic() - started)
+
+
+def make_input(root: Path, count: int, users: int, skus: int) -> Input:
+    deployment = one_partition(f"bench-{run_id()}", root / f"windowed-input-{count}")
+    codecs = prepare(deployment)
+    _, records, closing, expected = orders_over(SPAN_HOURS, count, users, skus)
+    records += closing
+    started = time.monotonic()
+    load(deployment, codecs, records)
+    return Input(deployment, len(records), sales(records), expected, time.monotonic() - started)
 
 
 def read_finals(deployment: Deployment) -> Totals:
@@ -193,9 +230,9 @@ def read_finals(deployment: Deployment) -> Totals:
     return finals_totals(decoded(codecs, topic, read_topic(settings, topic)))
 
 
-def check(system: str, source: Input, got: Totals) -> None:
-    if got != source.expected:
-        raise RuntimeError(f"{system}: finals {got}, expected {source.expected} from the input")
+def check(system: str, expected: Totals, got: Totals) -> None:
+    if got != expected:
+        raise RuntimeError(f"{system}: finals {got}, expected {expected} from the input")
 
 
 def run_pipeline(source: Input, label: str) -> float:
@@ -240,7 +277,7 @@ def run_pipeline(source: Input, label: str) -> float:
     finally:
         worker.stop()
         offsets.close()
-    check(PIPELINE, source, read_finals(deployment))
+    check(PIPELINE, source.expected, read_finals(deployment))
     return window.seconds
 
 
@@ -318,8 +355,98 @@ def run_quix(source: Input, label: str) -> float:
     finally:
         stop_process(process)
         offsets.close()
-    check(QUIX, source, read_finals(out))
+    check(QUIX, source.expected, read_finals(out))
     return window.seconds
+
+
+def store_keys(data_dir: Path) -> dict[str, int]:
+    """The keys of each windowed table's RocksDB stores under a stopped worker's
+    ``data_dir`` (each partition's database, opened read-only): its window rows (of the
+    sliding day: hourly panes), their index entries and the partition's clock."""
+    counts = dict.fromkeys(TABLES, 0)
+    for table in TABLES:
+        paths = sorted(data_dir.rglob(f"{table}-*.db"))
+        if not paths:
+            raise RuntimeError(f"no store of {table} under {data_dir}")
+        for path in paths:
+            db = Rdict(
+                str(path), options=Options(raw_mode=True), access_type=AccessType.read_only()
+            )
+            try:
+                counts[table] += len(list(db.keys()))
+            finally:
+                db.close()
+    return counts
+
+
+def caught_up(worker: WorkerProcess, offsets: Offsets, group: str, wanted: dict[str, int]) -> bool:
+    if not worker.running():
+        raise worker.failure("exited")
+    return all(offsets.committed(group, topic) >= end for topic, end in wanted.items())
+
+
+def run_store(
+    root: Path, retention_ms: int, parts: Sequence[list[dict[str, Any]]], expected: Totals
+) -> list[dict[str, int]]:
+    """One analytics worker fed ``parts`` one after the other, stopped once it committed
+    each; its stores' keys at each stop, once its finals are checked."""
+    deployment = one_partition(f"bench-{run_id()}-{root.name}", root, retention_ms)
+    codecs = prepare(deployment)
+    analytics = analytics_settings(deployment.settings)
+    group = analytics.app_id
+    repartition = TopicNames.from_settings(analytics).internal(SALES_BY_SKU)
+    worker = deployment.worker("analytics", app=ANALYTICS_APP)
+    offsets = Offsets(deployment.settings)
+    wanted = {deployment.names.order_created: 0, repartition: 0}
+    keys = []
+    try:
+        for part in parts:
+            wanted[deployment.names.order_created] += load(deployment, codecs, part)
+            wanted[repartition] += sales(part)
+            worker = worker.replacement().start()
+            wait_for(
+                f"{group} to commit {wanted}",
+                functools.partial(caught_up, worker, offsets, group, dict(wanted)),
+                timeout=max(180.0, wanted[repartition] / 100),
+                interval=0.5,
+            )
+            worker.stop()
+            keys.append(store_keys(worker.data_dir))
+            print(f"  {deployment.name}: store keys {keys[-1]}", flush=True)
+    finally:
+        worker.stop()
+        offsets.close()
+    check(f"{PIPELINE} ({root.name})", expected, read_finals(deployment))
+    return keys
+
+
+@dataclass(frozen=True)
+class StoreSizes:
+    """Store keys per table at the half and the end of the store run's orders, then past
+    the closing orders (a window more of every SKU)."""
+
+    orders: int  # closing orders included
+    expiring: list[dict[str, int]]  # windows kept STORE_RETENTION_MS
+    unexpired: list[dict[str, int]]  # the default retention: nothing expires
+
+
+def measure_store(root: Path, orders: int, users: int, skus: int) -> StoreSizes:
+    print(
+        f"store run: {orders:,} orders over {STORE_SPAN_HOURS} h of event time, in two "
+        "halves, then the closing orders",
+        flush=True,
+    )
+    start, records, closing, expected = orders_over(STORE_SPAN_HOURS, orders, users, skus)
+    middle = start + STORE_SPAN_HOURS // 2 * HOUR_MS
+    parts = (
+        [record for record in records if record["created_at"] < middle],
+        [record for record in records if record["created_at"] >= middle],
+        closing,
+    )
+    root = root / f"windowed-store-{orders}"
+    expiring = run_store(root / "expiring", STORE_RETENTION_MS, parts, expected)
+    unexpired = run_store(root / "unexpired", Settings.analytics_retention_ms, parts, expected)
+    return StoreSizes(len(records) + len(closing), expiring, unexpired)
 
 
 @dataclass
@@ -379,6 +506,32 @@ def rows(results: Results, users: int) -> list[Row]:
     return out
 
 
+def store_rows(sizes: StoreSizes, users: int) -> list[Row]:
+    half = STORE_SPAN_HOURS // 2
+    notes = (
+        f"N={sizes.orders:,} orders of {users:,} users over {STORE_SPAN_HOURS} h of event "
+        f"time, 1 partition, grace {GRACE_MS // 60_000} min; the worker stopped at {half} h "
+        "and at the end (before the closing orders), its RocksDB stores' keys counted "
+        "(window rows or hourly panes, their index entries, the clock); without expiry: the "
+        "same input, the default retention; finals checked equal in total"
+    )
+    out = []
+    for table in TABLES:
+        kept_half, kept_end = (keys[table] for keys in sizes.expiring[:2])
+        all_half, all_end = (keys[table] for keys in sizes.unexpired[:2])
+        out.append(
+            Row(
+                PART,
+                f"{PIPELINE}: {table} store keys at {half} h / {STORE_SPAN_HOURS} h",
+                f"{kept_half:,} / {kept_end:,} (retention {STORE_RETENTION_MS // HOUR_MS} h)",
+                f"{kept_end / kept_half:.2f}x; without expiry {all_half:,} / {all_end:,}, "
+                f"{all_end / all_half:.2f}x",
+                notes,
+            )
+        )
+    return out
+
+
 def run(
     root: Path,
     orders: int | None,
@@ -387,5 +540,6 @@ def run(
     repeats: int,
     quix: bool = True,
 ) -> list[Row]:
-    results = measure(root, orders or DEFAULT_ORDERS, users, skus, repeats, quix)
-    return rows(results, users)
+    orders = orders or DEFAULT_ORDERS
+    results = measure(root, orders, users, skus, repeats, quix)
+    return rows(results, users) + store_rows(measure_store(root, orders, users, skus), users)
