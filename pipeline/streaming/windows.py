@@ -391,11 +391,12 @@ class WindowedHandler(AgentHandler):
         self, entries: Iterable[tuple[int, int, bytes]], low: int, high: int
     ) -> set[tuple[int, bytes]]:
         """The windows (start, key) starting in ``[low, high)`` that pane rows make."""
-        step = self.agent.windows.step_ms
+        panes = self.agent.panes
+        assert panes is not None
         return {
             (start, raw_key)
             for pane, first, raw_key in entries
-            for start in range(max(first, low), min(pane + step, high), step)
+            for start in panes.spans(pane, first, low, high)
         }
 
     def _expire(
